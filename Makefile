@@ -1,0 +1,30 @@
+# runner: `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## make .venv and install the project into it
+
+run: $(STAMP)  ## train the default config on the embedded digits dataset (offline)
+	$(PY) -m runner
+
+test: $(STAMP)  ## run the test suite (slow tests skipped)
+	$(PY) -m pytest
+
+bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
+	$(PY) -m runner.bench
+
+clean:  ## remove the venv and outputs
+	rm -rf $(VENV) outputs

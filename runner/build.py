@@ -1,0 +1,66 @@
+"""Where config choices become objects: one function per group, all called from `build_experiment`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import optax
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from runner.model import CNN, MLP
+from runner.optim import build_optimizer
+from runner.techniques.regularizers import Regularizer, combine
+from runner.techniques.schedules import Schedule
+
+MODELS = {"mlp": MLP, "cnn": CNN}
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything the train step closes over."""
+
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    regularizer: Regularizer
+    schedule: Schedule
+
+
+def build_regularizer(cfg: DictConfig) -> Regularizer:
+    """All selected regularizers merged into one record of hooks."""
+    return combine([instantiate(node, _convert_="all") for node in (cfg.get("regularizer") or {}).values()])
+
+
+def build_model(cfg: DictConfig, num_classes: int, regularizer: Regularizer) -> nn.Module:
+    """The MLP or CNN with the chosen initializer, activation, normalization and dropout."""
+    layer = cfg.normalization.layer
+    extra: dict[str, Any] = {"channels": tuple(cfg.model.channels)} if cfg.model.name == "cnn" else {}
+    return MODELS[cfg.model.name](
+        num_classes=num_classes,
+        depth=cfg.model.depth,
+        width=cfg.model.width,
+        kernel_init=instantiate(cfg.initializer, _convert_="all"),
+        activation=instantiate(cfg.activation, _convert_="all"),
+        normalization=None if layer is None else instantiate(layer, _convert_="all"),
+        norm_position=cfg.normalization.position,
+        hidden_dropout=regularizer.hidden_dropout,
+        input_dropout=regularizer.input_dropout,
+        **extra,
+    )
+
+
+def build_schedule(cfg: DictConfig, steps_per_epoch: int) -> Schedule:
+    """The learning-rate schedule, with durations in steps."""
+    return instantiate(cfg.schedule, _convert_="all", learning_rate=cfg.optimizer.learning_rate,
+                       steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.trainer.epochs)
+
+
+def build_experiment(cfg: DictConfig, num_classes: int, steps_per_epoch: int) -> Experiment:
+    """Model, optimizer chain, regularizer and schedule for one run."""
+    regularizer = build_regularizer(cfg)
+    schedule = build_schedule(cfg, steps_per_epoch)
+    optimizer = build_optimizer(cfg.optimizer, schedule, cfg.trainer.clip, cfg.trainer.clip_threshold,
+                                regularizer.transform)
+    return Experiment(build_model(cfg, num_classes, regularizer), optimizer, regularizer, schedule)

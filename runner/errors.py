@@ -1,0 +1,9 @@
+"""The one exception type for the user's mistakes.
+
+Raised where the mistake is found, with a message naming the key (or file) and what is valid;
+`python -m runner` prints it as one line on stderr and exits with code 2.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: a config value, a file, a dataset that cannot be had."""

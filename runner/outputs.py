@@ -1,0 +1,86 @@
+"""Files in a run dir, written so that a crash or interrupt never leaves one half-written.
+
+summary.json and other whole files go through a temp file and a rename; metrics.jsonl is appended one
+flushed line at a time, and readers skip a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: a non-finite float is written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    write_atomic(path, json.dumps(_clean(obj), indent=2) + "\n")
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return finite_or_none(obj)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line and push it to disk before returning."""
+    with open(path, "a") as f:
+        f.write(json.dumps(_clean(record)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete record of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
+    records = []
+    path = Path(path)
+    if not path.exists():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def rewrite_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """Atomically replace a JSON-lines file (used when a resumed run drops records past its checkpoint)."""
+    write_atomic(path, "".join(json.dumps(_clean(r)) + "\n" for r in records))
+
+
+def remove_new_dir(path: Path, stop_at: Path) -> None:
+    """Remove a run dir this process created, and any parents it left empty, up to `stop_at`."""
+    path, stop_at = Path(path).resolve(), Path(stop_at).resolve()
+    shutil.rmtree(path, ignore_errors=True)
+    parent = path.parent
+    while parent != stop_at and stop_at in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent

@@ -1,0 +1,172 @@
+"""One run, from a validated config to metrics.jsonl and summary.json in its run dir.
+
+The host loop only moves between compiled epochs: it reads each epoch's metrics once, evaluates on
+the validation split, logs, and decides (early stopping, plateau, divergence).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig
+
+from runner.build import build_experiment
+from runner.console import Console
+from runner.data import Splits, load_splits
+from runner.errors import UserError
+from runner.outputs import append_jsonl, read_jsonl, write_json
+from runner.train import TrainState, create_train_state, make_evaluate, make_train_epoch
+
+
+def load_data(cfg: DictConfig) -> Splits:
+    """The dataset's splits, checked against the batch size."""
+    d = cfg.dataset
+    splits = load_splits(d.name, val_fraction=d.val_fraction, seed=cfg.trainer.seed, data_dir=d.data_dir,
+                         path=d.path, train_subset=d.train_subset)
+    n = len(splits.x_train)
+    if cfg.trainer.batch_size > n:
+        raise UserError(f"trainer.batch_size: {cfg.trainer.batch_size} is larger than the training set "
+                        f"({n} examples); use at most {n}")
+    return splits
+
+
+def padded(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Inputs, labels and a mask of real examples, padded to a whole number of batches, on device."""
+    n = len(x)
+    batch_size = max(1, min(batch_size, n))
+    total = -(-n // batch_size) * batch_size
+    pad = total - n
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+    mask = np.arange(total) < n
+    return jax.device_put(x), jax.device_put(y), jax.device_put(mask)
+
+
+class Evaluator:
+    """A compiled evaluation of one split (padded once, kept on device)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mc_samples: int = 0):
+        self.size = len(x)
+        if self.size:
+            batch = max(1, min(batch_size, self.size))
+            self.arrays = padded(x, y, batch)
+            self._fn = jax.jit(make_evaluate(batch, mc_samples))
+
+    def compile(self, state: TrainState, key: jax.Array) -> None:
+        if self.size:
+            self._fn = self._fn.lower(state, *self.arrays, key).compile()
+
+    def __call__(self, state: TrainState, key: jax.Array) -> dict[str, float]:
+        if not self.size:
+            return {"loss": float("nan"), "accuracy": float("nan")}
+        return {k: float(v) for k, v in jax.device_get(self._fn(state, *self.arrays, key)).items()}
+
+
+class EarlyStopping:
+    """Stop when the monitored validation metric has not improved for `patience` epochs."""
+
+    def __init__(self, patience: int, monitor: str):
+        self.patience, self.monitor = patience, monitor
+        self.sign = -1.0 if monitor == "val_loss" else 1.0
+        self.best, self.best_epoch, self.best_state = -np.inf, 0, None
+
+    def update(self, epoch: int, record: dict, state: TrainState) -> bool:
+        """Record this epoch; True when training should stop."""
+        value = record[self.monitor]
+        if value is not None and np.isfinite(value) and self.sign * value > self.best:
+            self.best, self.best_epoch, self.best_state = self.sign * value, epoch, state
+        return self.patience > 0 and epoch - self.best_epoch >= self.patience
+
+
+def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str, Any]:
+    """Train per the config, writing metrics.jsonl and summary.json in `run_dir`; returns the summary."""
+    start = time.perf_counter()
+    tc = cfg.trainer
+    splits = load_data(cfg)
+    steps_per_epoch = len(splits.x_train) // tc.batch_size
+    experiment = build_experiment(cfg, splits.num_classes, steps_per_epoch)
+    devices = [str(d) for d in jax.devices()]
+    console.info(f"dataset {splits.name}: {len(splits.x_train)} train / {len(splits.x_val)} val / "
+                 f"{len(splits.x_test)} test; devices: {', '.join(devices)}")
+
+    init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(tc.seed), 3)
+    x_train, y_train = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
+    state = create_train_state(init_key, experiment, x_train[: tc.batch_size])
+    val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size)
+
+    compile_start = time.perf_counter()
+    train_epoch = jax.jit(make_train_epoch(experiment, tc.batch_size)).lower(
+        state, x_train, y_train, data_key).compile()
+    val.compile(state, eval_key)
+    compile_time = time.perf_counter() - compile_start
+
+    metrics_path = run_dir / "metrics.jsonl"
+    stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
+    status, diverged_at, train_time, epoch = "completed", None, 0.0, 0
+    with console.epochs(tc.epochs) as show:
+        for epoch in range(1, tc.epochs + 1):
+            epoch_start = time.perf_counter()
+            state, m = train_epoch(state, x_train, y_train, jax.random.fold_in(data_key, epoch))
+            m = jax.device_get(m)
+            epoch_time = time.perf_counter() - epoch_start
+            train_time += epoch_time
+            if m["first_nonfinite_step"] >= 0:
+                status, diverged_at = "diverged", int(m["first_nonfinite_step"])
+                console.warn(f"diverged: non-finite loss at step {diverged_at} (epoch {epoch})")
+                break
+            v = val(state, eval_key)
+            step = int(state.step)
+            record = {"epoch": epoch, "step": step, "lr": current_lr(experiment, state),
+                      "train_loss": float(m["loss"]), "train_accuracy": float(m["accuracy"]),
+                      "val_loss": v["loss"], "val_accuracy": v["accuracy"], "epoch_time_s": epoch_time}
+            append_jsonl(metrics_path, record)
+            show(epoch, {k: record[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")})
+            if experiment.schedule.plateau is not None:
+                _, plateau = experiment.schedule.plateau.update(None, state.plateau, value=v["loss"])
+                state = state.replace(plateau=plateau)
+            if stopper.update(epoch, record, state):
+                status = "early_stopped"
+                break
+    if status == "early_stopped" and tc.early_stopping.restore_best and stopper.best_state is not None:
+        state = stopper.best_state
+        console.info(f"early stopping: restored the weights of epoch {stopper.best_epoch}")
+
+    test = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size)(state, eval_key)
+    epochs_run = epoch if status != "diverged" else epoch - 1
+    summary = {
+        "status": status,
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "best_val_accuracy": best_val_accuracy(metrics_path),
+        "epochs": epochs_run,
+        "steps": int(state.step),
+        "wall_time_s": time.perf_counter() - start,
+        "train_examples_per_s": steps_per_epoch * tc.batch_size * epoch / train_time if train_time else None,
+        "compile_time_s": compile_time,
+        "devices": devices,
+        "seed": tc.seed,
+    }
+    if diverged_at is not None:
+        summary["diverged_at_step"] = diverged_at
+    if tc.mc_dropout_samples:
+        mc = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, tc.mc_dropout_samples)(state, eval_key)
+        summary["mc_dropout_test_accuracy"] = mc["accuracy"]
+        summary["mc_dropout_test_loss"] = mc["loss"]
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def current_lr(experiment, state: TrainState) -> float:
+    """The learning rate the next step will use (schedule times the plateau scale)."""
+    scale = 1.0 if state.plateau is None else float(state.plateau.scale)
+    return float(experiment.schedule.learning_rate(jnp.asarray(state.step))) * scale
+
+
+def best_val_accuracy(metrics_path: Path) -> float | None:
+    values = [r["val_accuracy"] for r in read_jsonl(metrics_path) if r.get("val_accuracy") is not None]
+    return max(values) if values else None

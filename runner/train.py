@@ -1,0 +1,137 @@
+"""Train state, the pure train and eval steps, and the epoch as one compiled `lax.scan`.
+
+Nothing here reads the config, prints, or returns to the host: `make_train_epoch` and `make_evaluate`
+close over an `Experiment` and return functions of arrays only, which the caller jits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from runner.build import Experiment
+
+
+class TrainState(train_state.TrainState):
+    """Params, optimizer state and step, plus batch-norm statistics, the run's RNG and the plateau state."""
+
+    batch_stats: Any = None
+    rng: jax.Array = None  # never split in place: each step uses fold_in(rng, step)
+    plateau: Any = None  # optax reduce_on_plateau state, stepped once per epoch; None without that schedule
+
+
+def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Array) -> TrainState:
+    """Initialize the model on one example batch and the optimizer on its params."""
+    init_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
+    variables = experiment.model.init({"params": init_rng, "dropout": dropout_rng}, example_x, train=False)
+    plateau = experiment.schedule.plateau
+    return TrainState.create(
+        apply_fn=experiment.model.apply,
+        params=variables["params"],
+        tx=experiment.optimizer,
+        batch_stats=variables.get("batch_stats", {}),
+        rng=run_rng,
+        plateau=None if plateau is None else plateau.init(variables["params"]),
+    )
+
+
+def _learning_rate_scale(state: TrainState) -> jax.Array:
+    return jnp.asarray(1.0) if state.plateau is None else state.plateau.scale
+
+
+def make_train_step(experiment: Experiment) -> Callable:
+    """`train_step(state, x, y) -> (state, metrics)` with every choice closed over."""
+    regularizer = experiment.regularizer
+
+    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
+        augment_rng, perturb_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+        if regularizer.augment is not None:
+            x = regularizer.augment(x, augment_rng)
+
+        def loss_fn(params):
+            seen = params if regularizer.perturb is None else regularizer.perturb(params, perturb_rng)
+            logits, updates = state.apply_fn(
+                {"params": seen, "batch_stats": state.batch_stats}, x, train=True,
+                rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            penalty = 0.0 if regularizer.penalty is None else regularizer.penalty(params)
+            return loss + penalty, (loss, logits, updates.get("batch_stats", {}))
+
+        grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        scale = _learning_rate_scale(state)
+        updates = jax.tree_util.tree_map(lambda u: scale * u, updates)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, batch_stats=batch_stats)
+        metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_train_epoch(experiment: Experiment, batch_size: int) -> Callable:
+    """`train_epoch(state, x, y, key) -> (state, metrics)`: one pass over shuffled batches, one program.
+
+    The data stay on device; each step gathers its batch by index. The last partial batch is dropped.
+    metrics: mean loss, accuracy, and the first step whose loss was not finite (-1 if none).
+    """
+    train_step = make_train_step(experiment)
+
+    def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+        steps = x.shape[0] // batch_size
+        order = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+
+        def body(carry, indices):
+            state, loss_sum, correct, first_bad = carry
+            step = state.step
+            state, m = train_step(state, x[indices], y[indices])
+            first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(m["loss"]), step, first_bad)
+            return (state, loss_sum + m["loss"], correct + m["correct"], first_bad), None
+
+        init = (state, jnp.zeros(()), jnp.zeros((), jnp.int32), jnp.asarray(-1, jnp.int32))
+        (state, loss_sum, correct, first_bad), _ = jax.lax.scan(body, init, order)
+        return state, {"loss": loss_sum / steps, "accuracy": correct / (steps * batch_size),
+                       "first_nonfinite_step": first_bad}
+
+    return train_epoch
+
+
+def make_evaluate(batch_size: int, mc_samples: int = 0) -> Callable:
+    """`evaluate(state, x, y, mask, key) -> metrics`: loss and accuracy over padded batches, one program.
+
+    `mask` marks real examples (inputs are padded to a whole number of batches). With `mc_samples` > 0
+    the prediction is MC dropout (Gal & Ghahramani 2016): the mean class probabilities of that many passes
+    with dropout active (seeded by `key`), normalization still on its running statistics.
+    """
+
+    def log_probs(state: TrainState, x: jax.Array, key: jax.Array) -> jax.Array:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        if mc_samples == 0:
+            return jax.nn.log_softmax(state.apply_fn(variables, x, train=False))
+        passes = jax.vmap(lambda k: jax.nn.softmax(
+            state.apply_fn(variables, x, train=False, mc_dropout=True, rngs={"dropout": k})))
+        return jnp.log(passes(jax.random.split(key, mc_samples)).mean(0) + 1e-12)
+
+    def evaluate(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array, key: jax.Array):
+        batches = x.shape[0] // batch_size
+
+        def body(carry, batch):
+            loss_sum, correct = carry
+            bx, by, bm, i = batch
+            logp = log_probs(state, bx, jax.random.fold_in(key, i))
+            losses = -jnp.take_along_axis(logp, by[:, None], axis=-1)[:, 0]
+            hits = (jnp.argmax(logp, -1) == by) & bm
+            return (loss_sum + jnp.sum(jnp.where(bm, losses, 0.0)), correct + jnp.sum(hits)), None
+
+        as_batches = lambda a: a.reshape((batches, batch_size) + a.shape[1:])  # noqa: E731
+        (loss_sum, correct), _ = jax.lax.scan(
+            body, (jnp.zeros(()), jnp.zeros((), jnp.int32)),
+            (as_batches(x), as_batches(y), as_batches(mask), jnp.arange(batches)))
+        count = jnp.maximum(jnp.sum(mask), 1)
+        return {"loss": loss_sum / count, "accuracy": correct / count}
+
+    return evaluate
