@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from runner.config import CONF_DIR, register_schemas
 from runner.console import Console, error
 from runner.errors import UserError
+from runner.interrupts import Interrupted
 from runner.outputs import remove_new_dir
 from runner.preflight import preflight
 
@@ -32,9 +33,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = train_and_evaluate(cfg, run_dir, console)
     except UserError as e:
-        remove_new_dir(run_dir, stop_at=Path.cwd())
+        if not cfg.trainer.resume:  # a resumed run dir holds earlier results: keep it
+            remove_new_dir(run_dir, stop_at=Path.cwd())
         error(str(e))
         sys.exit(2)
+    except Interrupted as e:
+        sys.exit(e.exit_code)
     console.table("results", ["status", "test_accuracy", "test_loss", "best_val_accuracy", "epochs",
                               "train_examples_per_s", "wall_time_s"],
                   [[summary[k] for k in ("status", "test_accuracy", "test_loss", "best_val_accuracy", "epochs",

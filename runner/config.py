@@ -89,7 +89,8 @@ class TrainerConfig:
     diagnostics_every: int = 0  # steps; 0 turns per-layer diagnostics off
     checkpoint_every: int = 0  # epochs; 0 checkpoints only at the end
     keep_checkpoints: int = 2
-    resume: bool = False
+    resume: bool = False  # continue from the newest checkpoint in the run dir (hydra.run.dir=...)
+    sparsify_threshold: float = 0.0  # after training, connection weights with |w| below it become 0
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
@@ -98,6 +99,8 @@ class TrainerConfig:
             _require(getattr(self, key) >= 0, f"trainer.{key}", f"must be >= 0, got {getattr(self, key)}")
         _require(self.clip in CLIP_CHOICES, "trainer.clip",
                  f"must be one of {', '.join(CLIP_CHOICES)}, got {self.clip!r}")
+        _require(self.sparsify_threshold >= 0, "trainer.sparsify_threshold",
+                 f"must be >= 0, got {self.sparsify_threshold}")
         _require(self.clip_threshold > 0, "trainer.clip_threshold", f"must be > 0, got {self.clip_threshold}")
 
 

@@ -7,6 +7,7 @@ same composition happens first, through Hydra's compose API, so a mistake costs 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -14,6 +15,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from runner.checkpoint import has_checkpoint
 from runner.config import CONF_DIR, validate
 from runner.errors import UserError
 
@@ -60,14 +62,27 @@ def preflight(argv: list[str]) -> None:
     """Compose and validate every job of this command line; raises UserError on the first bad one."""
     if any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc") for a in argv):
         return
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for job in expand_sweep(overrides_of(argv)):
             cfg = _compose(job)
             validate(cfg)
+            if cfg.trainer.resume and not multirun:  # in a sweep, jobs without a checkpoint start afresh
+                _check_resumable(overrides_of(argv))
             if cfg.dataset.name == "npz":
                 from runner.data import validate_npz  # only now: tfds is slow to import
 
                 validate_npz(cfg.dataset.path)
+
+
+def _check_resumable(overrides: list[str]) -> None:
+    """A single run resumes only into an existing run dir with a complete checkpoint."""
+    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    if run_dir is None:
+        raise UserError("trainer.resume=true needs hydra.run.dir=<the run dir of the run to continue>")
+    if not has_checkpoint(Path(run_dir)):
+        raise UserError(f"trainer.resume: no checkpoint in {run_dir}/checkpoints; "
+                        "valid: the run dir of a run that saved one (see its summary.json)")
 
 
 def _compose(job: list[str]):

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import flax
 import numpy as np
 from omegaconf import DictConfig
 
@@ -19,7 +20,9 @@ from runner.build import build_experiment
 from runner.console import Console
 from runner.data import Splits, load_splits
 from runner.errors import UserError
-from runner.outputs import append_jsonl, read_jsonl, write_json
+from runner.checkpoint import Checkpoints
+from runner.interrupts import Interrupted, deferred_signals
+from runner.outputs import append_jsonl, read_jsonl, rewrite_jsonl, write_json
 from runner.train import TrainState, create_train_state, make_evaluate, make_train_epoch
 
 
@@ -79,12 +82,16 @@ class EarlyStopping:
         """Record this epoch; True when training should stop."""
         value = record[self.monitor]
         if value is not None and np.isfinite(value) and self.sign * value > self.best:
-            self.best, self.best_epoch, self.best_state = self.sign * value, epoch, state
+            self.best, self.best_epoch = self.sign * value, epoch
+            self.best_state = state if self.patience > 0 else None
         return self.patience > 0 and epoch - self.best_epoch >= self.patience
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str, Any]:
-    """Train per the config, writing metrics.jsonl and summary.json in `run_dir`; returns the summary."""
+    """Train per the config, writing metrics.jsonl, checkpoints and summary.json in `run_dir`.
+
+    Returns the summary; raises Interrupted (after saving) on SIGTERM/SIGINT.
+    """
     start = time.perf_counter()
     tc = cfg.trainer
     splits = load_data(cfg)
@@ -98,6 +105,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     x_train, y_train = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
     state = create_train_state(init_key, experiment, x_train[: tc.batch_size])
     val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size)
+    metrics_path = run_dir / "metrics.jsonl"
+    stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
+    checkpoints = Checkpoints(run_dir / "checkpoints", tc.keep_checkpoints)
+    first_epoch = 1
+    if tc.resume:
+        state, first_epoch = resume(checkpoints, state, stopper, metrics_path, console)
 
     compile_start = time.perf_counter()
     train_epoch = jax.jit(make_train_epoch(experiment, tc.batch_size)).lower(
@@ -105,23 +118,20 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     val.compile(state, eval_key)
     compile_time = time.perf_counter() - compile_start
 
-    metrics_path = run_dir / "metrics.jsonl"
-    stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
-    status, diverged_at, train_time, epoch = "completed", None, 0.0, 0
-    with console.epochs(tc.epochs) as show:
-        for epoch in range(1, tc.epochs + 1):
+    status, diverged_at, epoch, timed_epochs, train_time = "completed", None, first_epoch - 1, 0, 0.0
+    with deferred_signals() as interrupt, console.epochs(tc.epochs, start=epoch) as show:
+        for epoch in range(first_epoch, tc.epochs + 1):
             epoch_start = time.perf_counter()
             state, m = train_epoch(state, x_train, y_train, jax.random.fold_in(data_key, epoch))
             m = jax.device_get(m)
             epoch_time = time.perf_counter() - epoch_start
-            train_time += epoch_time
+            train_time, timed_epochs = train_time + epoch_time, timed_epochs + 1
             if m["first_nonfinite_step"] >= 0:
                 status, diverged_at = "diverged", int(m["first_nonfinite_step"])
                 console.warn(f"diverged: non-finite loss at step {diverged_at} (epoch {epoch})")
                 break
             v = val(state, eval_key)
-            step = int(state.step)
-            record = {"epoch": epoch, "step": step, "lr": current_lr(experiment, state),
+            record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(experiment, state),
                       "train_loss": float(m["loss"]), "train_accuracy": float(m["accuracy"]),
                       "val_loss": v["loss"], "val_accuracy": v["accuracy"], "epoch_time_s": epoch_time}
             append_jsonl(metrics_path, record)
@@ -129,36 +139,82 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
             if experiment.schedule.plateau is not None:
                 _, plateau = experiment.schedule.plateau.update(None, state.plateau, value=v["loss"])
                 state = state.replace(plateau=plateau)
-            if stopper.update(epoch, record, state):
+            stop = stopper.update(epoch, record, state)
+            if interrupt.is_set() or stop or epoch == tc.epochs or (
+                    tc.checkpoint_every and epoch % tc.checkpoint_every == 0):
+                save_checkpoint(checkpoints, epoch, state, stopper)
+            if interrupt.is_set():
+                status = "interrupted"
+                break
+            if stop:
                 status = "early_stopped"
                 break
+
+    summary = {"status": status, "epochs": epoch if status != "diverged" else epoch - 1,
+               "steps": int(state.step), "best_val_accuracy": best_val_accuracy(metrics_path),
+               "train_examples_per_s": steps_per_epoch * tc.batch_size * timed_epochs / train_time
+               if train_time else None,
+               "compile_time_s": compile_time, "devices": devices, "seed": tc.seed}
+    if status == "interrupted":
+        summary.update(test_loss=None, test_accuracy=None, wall_time_s=time.perf_counter() - start)
+        write_json(run_dir / "summary.json", summary)
+        console.warn(f"interrupted at epoch {epoch}: checkpoint saved; continue with "
+                     f"trainer.resume=true hydra.run.dir={run_dir}")
+        raise Interrupted(interrupt.signum)
+    if diverged_at is not None:
+        summary["diverged_at_step"] = diverged_at
     if status == "early_stopped" and tc.early_stopping.restore_best and stopper.best_state is not None:
         state = stopper.best_state
         console.info(f"early stopping: restored the weights of epoch {stopper.best_epoch}")
-
-    test = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size)(state, eval_key)
-    epochs_run = epoch if status != "diverged" else epoch - 1
-    summary = {
-        "status": status,
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
-        "best_val_accuracy": best_val_accuracy(metrics_path),
-        "epochs": epochs_run,
-        "steps": int(state.step),
-        "wall_time_s": time.perf_counter() - start,
-        "train_examples_per_s": steps_per_epoch * tc.batch_size * epoch / train_time if train_time else None,
-        "compile_time_s": compile_time,
-        "devices": devices,
-        "seed": tc.seed,
-    }
-    if diverged_at is not None:
-        summary["diverged_at_step"] = diverged_at
-    if tc.mc_dropout_samples:
-        mc = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, tc.mc_dropout_samples)(state, eval_key)
-        summary["mc_dropout_test_accuracy"] = mc["accuracy"]
-        summary["mc_dropout_test_loss"] = mc["loss"]
+    summary.update(final_evaluation(cfg, splits, state, eval_key))
+    summary["wall_time_s"] = time.perf_counter() - start
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def final_evaluation(cfg: DictConfig, splits: Splits, state: TrainState, key: jax.Array) -> dict[str, Any]:
+    """Test metrics (and MC dropout's, when asked) of the final weights, with their sparsity."""
+    tc = cfg.trainer
+    if tc.sparsify_threshold > 0:
+        state = state.replace(params=sparsify(state.params, tc.sparsify_threshold))
+    test = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size)(state, key)
+    result = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
+              "weight_sparsity": weight_sparsity(state.params)}
+    if tc.mc_dropout_samples:
+        mc = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, tc.mc_dropout_samples)(state, key)
+        result.update(mc_dropout_test_accuracy=mc["accuracy"], mc_dropout_test_loss=mc["loss"])
+    return result
+
+
+def sparsify(params: Any, threshold: float) -> Any:
+    """Connection weights with |w| < threshold set to exactly zero (biases and norm parameters kept)."""
+    return flax.traverse_util.unflatten_dict({
+        path: jnp.where(jnp.abs(w) < threshold, 0.0, w) if path[-1] == "kernel" else w
+        for path, w in flax.traverse_util.flatten_dict(params).items()})
+
+
+def weight_sparsity(params: Any) -> float:
+    """The fraction of connection weights (kernels) that are exactly zero."""
+    kernels = [w for path, w in flax.traverse_util.flatten_dict(params).items() if path[-1] == "kernel"]
+    return float(sum(int(jnp.sum(w == 0)) for w in kernels) / sum(w.size for w in kernels))
+
+
+def save_checkpoint(checkpoints: Checkpoints, epoch: int, state: TrainState, stopper: EarlyStopping) -> None:
+    """Everything the loop needs to continue after `epoch` exactly as if it had not stopped."""
+    trees = {"state": state} if stopper.best_state is None else {"state": state, "best": stopper.best_state}
+    checkpoints.save(epoch, trees, {"epoch": epoch, "best": stopper.best, "best_epoch": stopper.best_epoch})
+
+
+def resume(checkpoints: Checkpoints, state: TrainState, stopper: EarlyStopping, metrics_path: Path,
+           console: Console) -> tuple[TrainState, int]:
+    """Restore the newest usable checkpoint; drop metrics of epochs after it. Returns (state, next epoch)."""
+    trees, meta = checkpoints.restore_latest({"state": state, "best": state}, console.warn)
+    epoch = int(meta["epoch"])
+    stopper.best, stopper.best_epoch = float(meta["best"]), int(meta["best_epoch"])
+    stopper.best_state = trees.get("best")
+    rewrite_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["epoch"] <= epoch])
+    console.info(f"resumed from the checkpoint of epoch {epoch} (step {int(trees['state'].step)})")
+    return trees["state"], epoch + 1
 
 
 def current_lr(experiment, state: TrainState) -> float:

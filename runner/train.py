@@ -39,10 +39,6 @@ def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Ar
     )
 
 
-def _learning_rate_scale(state: TrainState) -> jax.Array:
-    return jnp.asarray(1.0) if state.plateau is None else state.plateau.scale
-
-
 def make_train_step(experiment: Experiment) -> Callable:
     """`train_step(state, x, y) -> (state, metrics)` with every choice closed over."""
     regularizer = experiment.regularizer
@@ -63,8 +59,8 @@ def make_train_step(experiment: Experiment) -> Callable:
 
         grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-        scale = _learning_rate_scale(state)
-        updates = jax.tree_util.tree_map(lambda u: scale * u, updates)
+        if state.plateau is not None:  # performance scheduling: the plateau's scale multiplies the step
+            updates = jax.tree_util.tree_map(lambda u: state.plateau.scale * u, updates)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, batch_stats=batch_stats)
         metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}

@@ -13,12 +13,13 @@ import jax.numpy as jnp
 class PReLU(nn.Module):
     r"""Parametric ReLU: :math:`f(x) = x` for :math:`x > 0`, else :math:`\alpha x`, :math:`\alpha` learned.
 
-    :class:`flax.linen.PReLU` learns one slope per layer; this one also learns one per unit (the
-    channel-wise form the paper recommends), and takes ``train`` like the other layers here.
+    :class:`flax.linen.PReLU` learns one slope per layer; this one can also learn one per unit (the
+    paper's channel-wise form), and takes ``train`` like the other layers here.
 
     Attributes:
         per_unit: one slope per feature along the last axis if true, else one for the layer.
-        init: the starting slope (0.25 in the paper).
+        alpha_init: the starting slope (0.25 in the paper). Not ``init``, which would hide
+            :meth:`flax.linen.Module.init`.
 
     References:
         He et al., `Delving Deep into Rectifiers: Surpassing Human-Level Performance on ImageNet
@@ -26,14 +27,14 @@ class PReLU(nn.Module):
     """
 
     per_unit: bool = True
-    init: float = 0.25
+    alpha_init: float = 0.25
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Applies the activation; ``train`` changes nothing."""
         del train
         shape = (x.shape[-1],) if self.per_unit else ()
-        alpha = self.param("alpha", nn.initializers.constant(self.init), shape, jnp.float32)
+        alpha = self.param("alpha", nn.initializers.constant(self.alpha_init), shape, jnp.float32)
         return jnp.where(x > 0, x, alpha.astype(x.dtype) * x)
 
 

@@ -22,7 +22,7 @@ from jax.scipy import ndimage
 
 from runner.errors import UserError
 
-# Klambauer et al. 2017, eq. (14): the SELU constants for zero mean and unit variance.
+# Klambauer et al. 2017: the SELU constants (alpha_01, lambda_01) whose fixed point is mean 0, variance 1.
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_LAMBDA = 1.0507009873554804934193349852946
 
@@ -107,7 +107,7 @@ class AlphaDropout(nn.Module):
 
     References:
         Klambauer et al., `Self-Normalizing Neural Networks <https://arxiv.org/abs/1706.02515>`_,
-        2017 (section "New Dropout Technique")
+        2017 (alpha dropout)
     """
 
     rate: float
@@ -314,7 +314,10 @@ def _single_dropout(modules: list[nn.Module], where: str) -> nn.Module | None:
 
 
 def combine(regularizers: Sequence[Regularizer]) -> Regularizer:
-    """Merges regularizers: sums penalties, composes perturbs and augments, chains transforms."""
+    """Merges regularizers: sums penalties, composes perturbs and augments, chains transforms.
+
+    At most one of them may set hidden dropout, and one input dropout; more is a UserError.
+    """
     regularizers = list(regularizers)
 
     def present(field):

@@ -20,7 +20,7 @@ X = jnp.array([[-2.0, -1.0, 0.5, 3.0], [1.0, -0.5, -4.0, 2.0], [-1.5, 2.5, -0.25
     ],
 )
 def test_prelu_has_one_slope_per_unit_or_one_per_layer(per_unit, x, shape):
-    params = PReLU(per_unit=per_unit, init=0.3).init(jax.random.key(0), x, train=True)["params"]
+    params = PReLU(per_unit=per_unit, alpha_init=0.3).init(jax.random.key(0), x, train=True)["params"]
     assert params["alpha"].shape == shape
     np.testing.assert_array_equal(params["alpha"], np.full(shape, 0.3, np.float32))
 

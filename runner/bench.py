@@ -1,0 +1,456 @@
+"""`python -m runner.bench`: the runner's speed against the limit, a hand-written JAX loop of the same model.
+
+Each entry of `CASES` is one row: the runner's compiled epoch (composed, built and compiled as a run
+does) and the limit's epoch are timed alternately on the same on-device synthetic data, after AOT
+compilation and one warm-up epoch; the median epoch gives examples/s. Alternating keeps a busy machine
+from favouring either side. Then the default run's time to its first epoch line (a subprocess), the
+evaluation throughput and peak host memory. Everything lands in
+`<out>/<YYYY-mm-dd_HH-MM-SS>/results.json`.
+
+The limit is plain JAX: params as lists of (W, b), elu, he_normal, optional batch norm and dropout,
+optax.adam, softmax cross-entropy, the epoch as one `lax.scan` over batches gathered by index.
+`limit_spec` refuses a config it does not model, so a new case cannot silently compare different nets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from runner.build import build_experiment
+from runner.config import CONF_DIR, register_schemas, validate
+from runner.console import Console
+from runner.outputs import write_json
+from runner.train import create_train_state, make_evaluate, make_train_epoch
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+EVAL_BATCH_SIZE = 1000
+MLP20X100 = ("model.depth=20", "model.width=100", "activation=elu", "initializer=he_normal",
+             "normalization=none", "regularizer=[]", "optimizer=adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of the throughput table: a runner config at one batch size, against its limit."""
+
+    name: str
+    overrides: tuple[str, ...]
+    batch_size: int
+    input_shape: tuple[int, ...] = IMAGE_SHAPE
+    per_step_loop: bool = False  # also time a loop that dispatches one jitted step at a time
+
+
+CASES = [
+    Case("mlp20x100_b32", MLP20X100, 32, per_step_loop=True),
+    Case("mlp20x100_b128", MLP20X100, 128),
+    Case("mlp5x300_bn_dropout", ("model.depth=5", "model.width=300"), 128),
+    Case("cnn", ("model=cnn",), 128),
+]
+
+SMOKE = {"examples": 256, "epochs": 1, "eval_examples": EVAL_BATCH_SIZE}
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The validated config `python -m runner <overrides>` would run."""
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    validate(cfg)
+    return cfg
+
+
+def synthetic_data(key: jax.Array, n: int, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Standard-normal inputs labelled by a random linear teacher: learnable, and on device."""
+    x_key, teacher_key = jax.random.split(key)
+    x = jax.random.normal(x_key, (n, *shape), jnp.float32)
+    teacher = jax.random.normal(teacher_key, (math.prod(shape), NUM_CLASSES))
+    return x, jnp.argmax(x.reshape(n, -1) @ teacher, -1).astype(jnp.int32)
+
+
+# ---- the limit: the same nets and update, written by hand ----
+
+class LimitSpec(NamedTuple):
+    """What the hand-written net needs to know: the layers, and the techniques on each hidden layer."""
+
+    channels: tuple[int, ...]  # 3x3 convolutions, each followed by 2x2 max pooling
+    depth: int
+    width: int
+    batch_norm: tuple[float, float] | None  # (momentum, epsilon), before the activation
+    dropout_rate: float
+    adam: dict[str, float]
+
+
+class LimitState(NamedTuple):
+    params: tuple[list, list]  # ([(W, b) per layer, head last], [(scale, offset) per normalized layer])
+    stats: list  # (running mean, running variance) per normalized layer
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+
+
+def limit_spec(cfg: DictConfig) -> LimitSpec:
+    """The limit's description of `cfg`'s net; raises for choices the hand-written loop does not model."""
+    modelled = {"activation": "jax.nn.elu", "initializer": "jax.nn.initializers.he_normal",
+                "optimizer": "optax.adam", "schedule": "runner.techniques.schedules.constant"}
+    for group, target in modelled.items():
+        if cfg[group]._target_ != target:
+            raise ValueError(f"the limit models {group} {target} only, not {cfg[group]._target_}")
+    regularizers = dict(cfg.get("regularizer") or {})
+    if set(regularizers) - {"dropout"} or (regularizers and regularizers["dropout"].on_inputs):
+        raise ValueError(f"the limit models hidden dropout only, not regularizer={list(regularizers)}")
+    layer = cfg.normalization.layer
+    if layer is not None and (layer._target_ != "flax.linen.BatchNorm" or cfg.normalization.position != "pre"):
+        raise ValueError(f"the limit models batch norm before the activation only, not {layer._target_}")
+    if cfg.trainer.clip != "none":
+        raise ValueError("the limit models trainer.clip=none only")
+    return LimitSpec(
+        channels=tuple(cfg.model.channels) if cfg.model.name == "cnn" else (),
+        depth=cfg.model.depth,
+        width=cfg.model.width,
+        batch_norm=None if layer is None else (layer.momentum, layer.epsilon),
+        dropout_rate=regularizers["dropout"].rate if regularizers else 0.0,
+        adam={k: cfg.optimizer[k] for k in ("learning_rate", "b1", "b2", "eps")},
+    )
+
+
+def _pools(spatial: Sequence[int]) -> bool:
+    return all(size >= 2 for size in spatial)  # the runner's CNN skips pooling once a side is 1
+
+
+def init_limit(key: jax.Array, spec: LimitSpec, input_shape: Sequence[int]) -> LimitState:
+    """He-normal weights, zero biases, unit scales: the runner's initialization, by hand."""
+    he_normal = jax.nn.initializers.he_normal()
+    shapes, spatial, channels = [], list(input_shape[:-1]), input_shape[-1]
+    for features in spec.channels:
+        shapes.append((3,) * len(spatial) + (channels, features))
+        channels = features
+        spatial = [s // 2 for s in spatial] if _pools(spatial) else spatial
+    fan_in = math.prod(spatial) * channels
+    for _ in range(spec.depth):
+        shapes.append((fan_in, spec.width))
+        fan_in = spec.width
+    shapes.append((fan_in, NUM_CLASSES))
+    keys = jax.random.split(key, len(shapes) + 1)
+    layers = [(he_normal(k, s), jnp.zeros(s[-1])) for k, s in zip(keys, shapes)]
+    hidden = [s[-1] for s in shapes[:-1]] if spec.batch_norm else []
+    norms = [(jnp.ones(n), jnp.zeros(n)) for n in hidden]
+    stats = [(jnp.zeros(n), jnp.ones(n)) for n in hidden]
+    params = (layers, norms)
+    return LimitState(params, stats, limit_optimizer(spec).init(params), jnp.zeros((), jnp.int32), keys[-1])
+
+
+def limit_optimizer(spec: LimitSpec) -> optax.GradientTransformation:
+    a = spec.adam
+    return optax.adam(a["learning_rate"], b1=a["b1"], b2=a["b2"], eps=a["eps"])
+
+
+def _batch_norm(h, scale, offset, running, momentum, epsilon):
+    """Flax BatchNorm in training mode: batch statistics (fast variance), running averages updated."""
+    axes = tuple(range(h.ndim - 1))
+    mean = jnp.mean(h, axes)
+    var = jnp.maximum(0.0, jnp.mean(h * h, axes) - mean * mean)
+    running_mean, running_var = running
+    updated = (momentum * running_mean + (1 - momentum) * mean, momentum * running_var + (1 - momentum) * var)
+    return (h - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + offset, updated
+
+
+def limit_forward(spec: LimitSpec, params, stats, x: jax.Array, key: jax.Array):
+    """Logits and updated batch-norm statistics of one training-mode pass."""
+    layers, norms = params
+    hidden = layers[:-1]
+    keys = jax.random.split(key, len(hidden)) if spec.dropout_rate else [None] * len(hidden)
+    new_stats, h = [], x
+    for i, (w, b) in enumerate(hidden):
+        convolution = i < len(spec.channels)
+        if convolution:
+            h = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+        else:
+            h = h.reshape(h.shape[0], -1) @ w + b
+        if spec.batch_norm:
+            h, updated = _batch_norm(h, *norms[i], stats[i], *spec.batch_norm)
+            new_stats.append(updated)
+        h = jax.nn.elu(h)
+        if spec.dropout_rate:
+            keep = 1.0 - spec.dropout_rate
+            h = jnp.where(jax.random.bernoulli(keys[i], keep, h.shape), h / keep, 0.0)
+        if convolution and _pools(h.shape[1:-1]):
+            h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    w, b = layers[-1]
+    return h.reshape(h.shape[0], -1) @ w + b, new_stats
+
+
+def make_limit_step(spec: LimitSpec) -> Callable:
+    """`step(state, x, y) -> (state, loss)`: one Adam step on softmax cross-entropy."""
+    optimizer = limit_optimizer(spec)
+
+    def step(state: LimitState, x: jax.Array, y: jax.Array):
+        def loss_fn(params):
+            logits, stats = limit_forward(spec, params, state.stats, x, jax.random.fold_in(state.rng, state.step))
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), stats
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state)
+        return LimitState(optax.apply_updates(state.params, updates), stats, opt_state, state.step + 1,
+                          state.rng), loss
+
+    return step
+
+
+def _batch_order(key: jax.Array, n: int, batch_size: int) -> jax.Array:
+    steps = n // batch_size
+    return jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def make_limit_epoch(spec: LimitSpec, batch_size: int) -> Callable:
+    """`epoch(state, x, y, key) -> (state, mean loss)`: shuffled batches, one `lax.scan`."""
+    step = make_limit_step(spec)
+
+    def epoch(state: LimitState, x: jax.Array, y: jax.Array, key: jax.Array):
+        state, losses = jax.lax.scan(lambda s, i: step(s, x[i], y[i]), state, _batch_order(key, len(x), batch_size))
+        return state, losses.mean()
+
+    return epoch
+
+
+def make_per_step_epoch(spec: LimitSpec, state: LimitState, x: jax.Array, y: jax.Array,
+                        batch_size: int) -> Callable:
+    """The limit's step dispatched once per batch from Python, batches shuffled on device per epoch."""
+    step = make_limit_step(spec)
+    shuffle = jax.jit(lambda x, y, key: (lambda order: (x[order], y[order]))(_batch_order(key, len(x), batch_size)))
+    xs, ys = shuffle(x, y, jax.random.PRNGKey(0))
+    indexed = jax.jit(lambda s, xs, ys, i: step(s, xs[i], ys[i])).lower(state, xs, ys, np.int32(0)).compile()
+
+    def epoch(state: LimitState, x: jax.Array, y: jax.Array, key: jax.Array):
+        xs, ys = shuffle(x, y, key)
+        losses = []
+        for i in range(len(xs)):
+            state, loss = indexed(state, xs, ys, np.int32(i))
+            losses.append(loss)
+        return state, jnp.mean(jnp.stack(losses))
+
+    return epoch
+
+
+# ---- timing ----
+
+class Loop:
+    """A compiled epoch that carries its own state from one timed call to the next."""
+
+    def __init__(self, epoch: Callable, state: Any, x: jax.Array, y: jax.Array, key: jax.Array):
+        self.epoch, self.state, self.x, self.y, self.key, self.count = epoch, state, x, y, key, 0
+
+    def __call__(self) -> Any:
+        self.count += 1
+        self.state, metrics = self.epoch(self.state, self.x, self.y, jax.random.fold_in(self.key, self.count))
+        return jax.block_until_ready((self.state, metrics))[1]
+
+
+def time_alternately(loops: dict[str, Loop], epochs: int) -> dict[str, float]:
+    """Median seconds per epoch of each loop, after one warm-up epoch each, the loops taking turns."""
+    for loop in loops.values():
+        loop()
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(epochs):
+        for name, loop in loops.items():
+            start = time.perf_counter()
+            loop()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compiled(fn: Callable, *args) -> tuple[Callable, float]:
+    """`fn` jitted and compiled ahead of time for `args`, and the seconds that took."""
+    start = time.perf_counter()
+    executable = jax.jit(fn).lower(*args).compile()
+    return executable, time.perf_counter() - start
+
+
+def runner_loop(cfg: DictConfig, x: jax.Array, y: jax.Array, batch_size: int) -> tuple[Loop, float]:
+    """The runner's compiled epoch, built as `runner.run.train_and_evaluate` builds it."""
+    experiment = build_experiment(cfg, NUM_CLASSES, len(x) // batch_size)
+    init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3)
+    state = create_train_state(init_key, experiment, x[:batch_size])
+    train_epoch, seconds = compiled(make_train_epoch(experiment, batch_size), state, x, y, data_key)
+    return Loop(train_epoch, state, x, y, data_key), seconds
+
+
+def measure_case(case: Case, examples: int, epochs: int) -> dict[str, Any]:
+    """Examples/s of the runner and of the limit (and of the per-step loop, if asked) for one case."""
+    cfg = compose_config(*case.overrides, f"trainer.batch_size={case.batch_size}")
+    spec = limit_spec(cfg)
+    x, y = synthetic_data(jax.random.PRNGKey(0), examples, case.input_shape)
+    runner, runner_compile_s = runner_loop(cfg, x, y, case.batch_size)
+    state = init_limit(jax.random.PRNGKey(cfg.trainer.seed), spec, case.input_shape)
+    limit_epoch, limit_compile_s = compiled(make_limit_epoch(spec, case.batch_size), state, x, y,
+                                            jax.random.PRNGKey(1))
+    loops = {"runner": runner, "limit": Loop(limit_epoch, state, x, y, jax.random.PRNGKey(1))}
+    if case.per_step_loop:
+        loops["per_step"] = Loop(make_per_step_epoch(spec, state, x, y, case.batch_size), state, x, y,
+                                 jax.random.PRNGKey(1))
+    seconds = time_alternately(loops, epochs)
+    trained = (examples // case.batch_size) * case.batch_size
+    speed = {name: trained / s for name, s in seconds.items()}
+    row = {"name": case.name, "batch_size": case.batch_size, "overrides": list(case.overrides),
+           "runner_examples_per_s": speed["runner"], "limit_examples_per_s": speed["limit"],
+           "ratio": speed["runner"] / speed["limit"],
+           "runner_compile_s": runner_compile_s, "limit_compile_s": limit_compile_s}
+    if "per_step" in speed:
+        row["per_step_examples_per_s"] = speed["per_step"]
+    return row
+
+
+def measure_evaluation(examples: int, epochs: int) -> float:
+    """Examples/s of the runner's compiled evaluation of mlp20x100 at eval batch `EVAL_BATCH_SIZE`."""
+    cfg = compose_config(*MLP20X100)
+    n = max(1, -(-examples // EVAL_BATCH_SIZE)) * EVAL_BATCH_SIZE
+    x, y = synthetic_data(jax.random.PRNGKey(2), n, IMAGE_SHAPE)
+    mask = jnp.ones(n, bool)
+    experiment = build_experiment(cfg, NUM_CLASSES, 1)
+    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:1])
+    key = jax.random.PRNGKey(3)
+    evaluate, _ = compiled(make_evaluate(EVAL_BATCH_SIZE), state, x, y, mask, key)
+    jax.block_until_ready(evaluate(state, x, y, mask, key))
+    times = []
+    for _ in range(max(3, epochs)):
+        start = time.perf_counter()
+        jax.block_until_ready(evaluate(state, x, y, mask, key))
+        times.append(time.perf_counter() - start)
+    return n / statistics.median(times)
+
+
+def measure_first_step(timeout: float = 300) -> dict[str, float]:
+    """`python -m runner trainer.epochs=1` from process start to its "epoch 1/" line, data already built."""
+    with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
+        env = {**os.environ, "TFDS_DATA_DIR": str(Path(tmp) / "tfds")}
+        _run_default(Path(tmp), env, timeout)  # builds the dataset, which a user's second run finds ready
+        return _run_default(Path(tmp), env, timeout)
+
+
+def _run_default(cwd: Path, env: dict[str, str], timeout: float) -> dict[str, float]:
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "runner", "trainer.epochs=1"], cwd=cwd, env=env,
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+        first_step, run_dir = None, None
+        for line in process.stdout:
+            if first_step is None and line.startswith("epoch 1/"):
+                first_step = time.perf_counter() - start
+            if line.startswith("results in "):
+                run_dir = cwd / line[len("results in "):].strip()
+        code = process.wait(timeout)
+        if code != 0 or first_step is None or run_dir is None:
+            stderr.seek(0)
+            raise RuntimeError(f"python -m runner exited {code} without an epoch line or run dir:\n{stderr.read()}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"time_to_first_step_s": first_step, "compile_time_s": summary["compile_time_s"]}
+
+
+def peak_memory_mib(who: int) -> float:
+    """Peak resident memory from getrusage: KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(who).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def machine() -> dict[str, Any]:
+    return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": str(jax.devices()),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+# ---- the command ----
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runner.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=[c.name for c in CASES], metavar="NAME",
+                        help=f"cases to run (default all): {' '.join(c.name for c in CASES)}")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="N",
+                        help="run every chosen case at each of these batch sizes instead of its own")
+    parser.add_argument("--epochs", type=int, help="timed epochs per loop; the median is reported (default 5)")
+    parser.add_argument("--examples", type=int, help="synthetic training examples (default 4096)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny sizes ({SMOKE['examples']} examples, 1 epoch), no time-to-first-step run")
+    parser.add_argument("--first-step", action=argparse.BooleanOptionalAction, default=None,
+                        help="time `python -m runner` to its first epoch (default: on, off with --smoke)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="base dir of the results")
+    args = parser.parse_args(argv)
+    args.examples = args.examples or (SMOKE["examples"] if args.smoke else 4096)
+    args.epochs = args.epochs or (SMOKE["epochs"] if args.smoke else 5)
+    args.eval_examples = SMOKE["eval_examples"] if args.smoke else 10 * EVAL_BATCH_SIZE
+    args.first_step = (not args.smoke) if args.first_step is None else args.first_step
+    for name in ("examples", "epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    for batch_size in args.batch_sizes or ():
+        if not 1 <= batch_size <= args.examples:
+            parser.error(f"--batch-sizes: {batch_size} is not in [1, --examples={args.examples}]")
+    return args
+
+
+def chosen_cases(args: argparse.Namespace) -> list[Case]:
+    cases = [c for c in CASES if not args.models or c.name in args.models]
+    if args.batch_sizes:
+        cases = [dataclasses.replace(c, batch_size=b) for c in cases for b in args.batch_sizes]
+    too_big = [c.name for c in cases if c.batch_size > args.examples]
+    if too_big:
+        raise SystemExit(f"error: --examples={args.examples} is smaller than the batch of {', '.join(too_big)}")
+    return cases
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Measure everything and write results.json; returns its path."""
+    args = parse_args(argv)
+    console = Console()
+    out_dir = args.out / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    console.info(f"bench: {args.examples} synthetic examples, median of {args.epochs} epochs, "
+                 f"devices {jax.devices()}")
+    results: dict[str, Any] = {"machine": machine(), "examples": args.examples, "epochs": args.epochs,
+                               "cases": []}
+    for case in chosen_cases(args):
+        results["cases"].append(measure_case(case, args.examples, args.epochs))
+    results["eval_examples_per_s"] = measure_evaluation(args.eval_examples, args.epochs)
+    if args.first_step:
+        results.update(measure_first_step())
+        results["runner_peak_host_memory_mib"] = peak_memory_mib(resource.RUSAGE_CHILDREN)
+    results["peak_host_memory_mib"] = peak_memory_mib(resource.RUSAGE_SELF)
+    path = out_dir / "results.json"
+    write_json(path, results)
+    show(console, results)
+    console.info(f"results in {path}")
+    return path
+
+
+def show(console: Console, results: dict[str, Any]) -> None:
+    """The throughput table, then the single measurements."""
+    console.table("training throughput (examples/s, median epoch)",
+                  ["case", "batch", "runner", "limit", "runner/limit", "per-step loop"],
+                  [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
+                    c["ratio"], c.get("per_step_examples_per_s")] for c in results["cases"]])
+    labels = {"time_to_first_step_s": "time to first step (s)", "compile_time_s": "compile time (s)",
+              "eval_examples_per_s": f"evaluation (examples/s, batch {EVAL_BATCH_SIZE})",
+              "peak_host_memory_mib": "peak host memory, bench (MiB)",
+              "runner_peak_host_memory_mib": "peak host memory, python -m runner (MiB)"}
+    console.table("runner", ["measure", "value"], [[label, results[k]] for k, label in labels.items() if k in results])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Checkpoints of a run, with orbax: everything needed to continue bit for bit.
+
+A checkpoint holds the train state (params, batch statistics, optimizer state, step — which fixes the
+schedule position and, through fold_in, every RNG draw), the epoch (which fixes the data order), and the
+host loop's own state (early stopping). Orbax writes each one to a temporary dir and renames it when
+complete, so a partly written checkpoint is never listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from runner.errors import UserError
+
+
+class Checkpoints:
+    """The checkpoints/ dir of one run: save every few epochs, restore the newest usable one."""
+
+    def __init__(self, directory: Path, keep: int):
+        self.directory = Path(directory).resolve()
+        self._manager = None
+        self._keep = keep
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        if self._manager is None:  # created on first use, so a run that never saves leaves no dir
+            options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
+                                                   enable_async_checkpointing=False)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager
+
+    def save(self, epoch: int, trees: dict[str, Any], meta: dict) -> None:
+        """Save pytrees (a train state, ...) and JSON metadata as the checkpoint of `epoch`."""
+        items = {name: ocp.args.StandardSave(serialization.to_state_dict(tree)) for name, tree in trees.items()}
+        self.manager.save(epoch, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True)
+
+    def restore_latest(self, templates: dict[str, Any], warn: Callable[[str], None]) -> tuple[dict, dict]:
+        """The newest checkpoint that restores onto `templates`, falling back past unusable ones.
+
+        Returns (trees, meta); raises UserError when no checkpoint is usable.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True) if self.directory.exists() else []
+        problems = []
+        for i, epoch in enumerate(steps):
+            try:
+                return self._restore(epoch, templates)
+            except Exception as e:  # orbax raises many types for torn, corrupt or mismatched files
+                problems.append(f"checkpoint {epoch}: {_first_line(e)}")
+                if i + 1 < len(steps):
+                    warn(f"checkpoint of epoch {epoch} is unusable ({_first_line(e)}); "
+                         f"resuming from epoch {steps[i + 1]}")
+        detail = "; ".join(problems) if problems else "none found"
+        raise UserError(f"trainer.resume: no usable checkpoint in {self.directory} ({detail}); "
+                        "resume needs hydra.run.dir=<the run dir of the run to continue>")
+
+    def _restore(self, epoch: int, templates: dict[str, Any]) -> tuple[dict, dict]:
+        names = [n for n in templates if (self.directory / str(epoch) / n).is_dir()]
+        args = {n: ocp.args.StandardRestore(serialization.to_state_dict(templates[n])) for n in names}
+        restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
+        trees = {n: serialization.from_state_dict(templates[n], restored[n]) for n in names}
+        return trees, dict(restored["meta"])
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run dir holds at least one complete checkpoint (without opening it)."""
+    directory = Path(run_dir) / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
+                                      for p in directory.iterdir())
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(e).__name__

@@ -1,0 +1,185 @@
+"""tfds datasets by name, the embedded ones and the catalogue's (mnist, cifar10, ...), read into NumPy arrays.
+
+tfds reads without TensorFlow only from array_record files, through `as_data_source`, so every dataset is prepared
+in that format. Preparing a catalogue dataset downloads it and, in tfds 4.9, also needs TensorFlow (its builders
+read the downloads with tf.io.gfile and encode images with tf.image); reading a prepared copy does not.
+"""
+
+import contextlib
+import logging
+import socket
+import urllib.error
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import requests
+import tensorflow_datasets as tfds
+from etils import epath
+
+from runner.data import embedded  # noqa: F401  (defining its builders registers digits and mnist1d with tfds)
+from runner.data.splits import TrainTest
+from runner.errors import UserError
+
+VALID_DATASETS = "digits, mnist1d, npz, mnist, fashion_mnist, cifar10, or any tfds catalogue name"
+_OFFLINE_CHOICES = "dataset=digits|mnist1d|npz"
+
+# Examples decoded per __getitems__ call: one call per example is slow, one call for all holds every decoded dict.
+_READ_CHUNK = 4096
+
+# What a failed download raises, at the top of its exception chain or below it.
+_NETWORK_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    urllib.error.URLError,
+)
+
+tfds.disable_progress_bar()  # tfds' tqdm bars would interleave with the runner's own console output
+
+
+def load_tfds(name: str, data_dir: str | None) -> TrainTest:
+    """Reads the train and test splits of tfds dataset `name`, preparing it in `data_dir` first if needed."""
+    with _quiet_logs():
+        builder = _make_builder(name, data_dir)
+        input_key, label_key = _supervised_keys(name, builder)
+        builder = _prepare(name, data_dir, builder)
+        available = set(builder.info.splits)
+        # Splits are unknown only where tfds.testing.mock_data stands in for the data; it serves any split then.
+        if available and not {"train", "test"} <= available:
+            raise UserError(
+                f"dataset.name={name} has splits {sorted(available)}; valid: a dataset with train and test splits"
+            )
+        try:
+            sources = builder.as_data_source(split={"train": "train", "test": "test"})
+        except NotImplementedError as error:  # a copy prepared in another format, e.g. TensorFlow's tfrecord
+            raise UserError(
+                f"dataset.name={name} in {builder.data_dir_root} was prepared as {builder.info.file_format.value}, "
+                "which needs TensorFlow to read; valid: a copy prepared with --file_format=array_record, "
+                "or another data_dir"
+            ) from error
+        x_train, y_train = _read_split(sources["train"], builder.info.features, input_key, label_key)
+        x_test, y_test = _read_split(sources["test"], builder.info.features, input_key, label_key)
+    return TrainTest(x_train, y_train, x_test, y_test, builder.info.features[label_key].num_classes)
+
+
+def _make_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """tfds' builder for `name` in `data_dir` (None: tfds' default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    try:
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.DatasetNotFoundError:
+        raise UserError(f"dataset.name={name} is not a known dataset; valid: {VALID_DATASETS}") from None
+
+
+def _supervised_keys(name: str, builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
+    """The input and label feature names, checked to be fixed-shape numeric inputs and class labels."""
+    keys = builder.info.supervised_keys
+    not_classification = f"dataset.name={name} is not a classification dataset this runner can train on"
+    if not keys or not all(isinstance(key, str) for key in keys[:2]):
+        raise UserError(f"{not_classification} (no single input and label); valid: {VALID_DATASETS}")
+    input_key, label_key = keys[:2]
+    features = builder.info.features
+    if not isinstance(features[label_key], tfds.features.ClassLabel):
+        raise UserError(f"{not_classification} ({label_key!r} is not a class label); valid: {VALID_DATASETS}")
+    shape, dtype = getattr(features[input_key], "shape", None), getattr(features[input_key], "np_dtype", None)
+    if (
+        not isinstance(shape, tuple)
+        or None in shape
+        or not 1 <= len(shape) <= 3
+        or dtype is None
+        or not np.issubdtype(dtype, np.number)
+    ):
+        raise UserError(
+            f"{not_classification} ({input_key!r} is {dtype} of shape {shape}); "
+            f"valid: fixed-shape numeric signals or images, such as {VALID_DATASETS}"
+        )
+    return input_key, label_key
+
+
+def _prepare(name: str, data_dir: str | None, builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+    """Builds or downloads the dataset unless a complete copy exists, and returns a builder reading that copy.
+
+    tfds writes into an `incomplete.*` dir and renames it into place when done, so a build cut short is never
+    taken for a complete copy; whatever partial output this build leaves on failure is removed here.
+    """
+    partial_before = _partial_outputs(builder)
+    try:
+        builder.download_and_prepare()
+    except BaseException as error:
+        # tfds removes its own incomplete.* dir on failure, but not the .tmp.* dirs of unfinished downloads.
+        for path in _partial_outputs(builder) - partial_before:
+            if path.is_dir():
+                path.rmtree(missing_ok=True)
+            else:
+                path.unlink(missing_ok=True)
+        if not isinstance(error, Exception):  # KeyboardInterrupt and the like: stop as asked
+            raise
+        # A parallel job (another run of a sweep) may have finished the same build first, so tfds could not rename
+        # this build into place: the other copy is complete.
+        if builder.is_prepared():
+            return _make_builder(name, data_dir)
+        if any(isinstance(cause, _NETWORK_ERRORS) for cause in _chain(error)):
+            raise UserError(
+                f"dataset.name={name} is not prepared in {builder.data_dir_root} and could not be downloaded: it needs "
+                f"network once to download, or use {_OFFLINE_CHOICES}"
+            ) from error
+        if any(isinstance(cause, ModuleNotFoundError) and cause.name == "tensorflow" for cause in _chain(error)):
+            raise UserError(
+                f"dataset.name={name} is not prepared in {builder.data_dir_root}, and tfds needs TensorFlow (not "
+                f"installed) to prepare it: run once where it is, `tfds build {name} --file_format=array_record "
+                f"--data_dir={builder.data_dir_root}`, or use {_OFFLINE_CHOICES}"
+            ) from error
+        raise
+    return builder
+
+
+def _partial_outputs(builder: tfds.core.DatasetBuilder) -> set[epath.Path]:
+    """What unfinished tfds builds leave: `incomplete.*` dataset and extraction dirs, `*.tmp.*` download dirs."""
+    downloads = epath.Path(builder.data_dir_root) / "downloads"
+    # The paths tfds uses: <data_dir>/<name>[/<config>]/incomplete.*, downloads/[<name>/]*.tmp.*,
+    # downloads/extracted/incomplete.*.
+    candidates = [*epath.Path(builder.data_dir).parent.glob("*"), *downloads.glob("*"), *downloads.glob("*/*")]
+    return {path for path in candidates if path.name.startswith("incomplete.") or ".tmp." in path.name}
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """`error`, then the exceptions it was raised from: tfds re-raises what its download threads and imports raise."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _read_split(
+    source: Sequence[dict], features: tfds.features.FeaturesDict, input_key: str, label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """All inputs and labels of one split, decoded a chunk at a time; (L,) signals get a trailing channel axis.
+
+    Inputs of two or more axes are kept as stored: tfds images are (H, W, C), mnist1d's signals (L, 1).
+    """
+    inputs = np.empty((len(source), *features[input_key].shape), features[input_key].np_dtype)
+    labels = np.empty(len(source), np.int64)
+    for start in range(0, len(source), _READ_CHUNK):
+        stop = min(start + _READ_CHUNK, len(source))
+        examples = source.__getitems__(list(range(start, stop)))
+        inputs[start:stop] = np.stack([example[input_key] for example in examples])
+        labels[start:stop] = [example[label_key] for example in examples]
+    return (inputs[..., None] if inputs.ndim == 2 else inputs), labels
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Hides the INFO and WARNING logs of tfds (absl) and of its downloads' retries (urllib3).
+
+    They advise tfds' own developers (install OpenCV, a variant folder lacks its json) or repeat each retry of a
+    download; what a runner user must know arrives as an exception.
+    """
+    loggers = [logging.getLogger("absl"), logging.getLogger("urllib3")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -1,0 +1,88 @@
+"""A local dataset file in the Keras convention: an .npz holding x_train, y_train, x_test and y_test."""
+
+import os
+import zipfile
+
+import numpy as np
+
+from runner.data.splits import TrainTest
+from runner.errors import UserError
+
+_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_VALID_FILE = "an .npz with x_train, y_train, x_test, y_test (np.savez)"
+
+
+def validate_npz(path: str | None) -> None:
+    """Raises UserError, naming the file and the problem, unless `path` is an .npz dataset `read_npz` accepts."""
+    read_npz(path)
+
+
+def read_npz(path: str | None) -> TrainTest:
+    """Reads and checks an .npz dataset: finite (N, D), (N, H, W) or (N, H, W, C) inputs, integer labels 0..K-1."""
+    if path is None:
+        raise UserError(f"dataset=npz needs dataset.path=<file>; valid: {_VALID_FILE}")
+    if not os.path.isfile(path):
+        raise UserError(f"dataset.path={path}: no such file; valid: {_VALID_FILE}")
+    arrays = _read_arrays(path)
+    for split in ("train", "test"):
+        _check_split(path, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
+    x_train, y_train, x_test, y_test = (arrays[key] for key in _KEYS)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise UserError(
+            f"{path}: x_train examples are {x_train.shape[1:]} but x_test examples {x_test.shape[1:]}; "
+            "valid: one example shape in both"
+        )
+    num_classes = int(y_train.max()) + 1
+    if y_test.max() >= num_classes:
+        raise UserError(
+            f"{path}: y_test has class {y_test.max()} but y_train's classes are 0..{num_classes - 1}; "
+            "valid: test labels among the training classes"
+        )
+    return TrainTest(_with_channel_axis(x_train), y_train, _with_channel_axis(x_test), y_test, num_classes)
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The four arrays of the file, or a UserError saying why they cannot be had."""
+    try:
+        # allow_pickle=False: a dataset file must not run code on load.
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path} is not a readable .npz ({error}); valid: {_VALID_FILE}") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UserError(f"{path} holds a single .npy array, not an .npz archive; valid: {_VALID_FILE}")
+    with archive:
+        missing = [key for key in _KEYS if key not in archive.files]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}; valid: {_VALID_FILE}")
+        try:
+            return {key: archive[key] for key in _KEYS}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise UserError(f"{path} has an unreadable array ({error}); valid: {_VALID_FILE}") from error
+
+
+def _with_channel_axis(x: np.ndarray) -> np.ndarray:
+    """Adds the trailing channel axis that (N, D) vectors and (N, H, W) images lack; (N, H, W, C) has one."""
+    return x[..., None] if x.ndim in (2, 3) else x
+
+
+def _check_split(path: str, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Raises UserError on the first problem with one split's inputs `x` and labels `y`."""
+    x_key, y_key = f"x_{split}", f"y_{split}"
+    if not 2 <= x.ndim <= 4:
+        raise UserError(f"{path}: {x_key} has shape {x.shape}; valid: (N, D), (N, H, W) or (N, H, W, C)")
+    if x.dtype.kind not in "iuf":
+        raise UserError(f"{path}: {x_key} has dtype {x.dtype}; valid: integer (e.g. uint8) or float inputs")
+    if y.ndim != 1:
+        raise UserError(
+            f"{path}: {y_key} has shape {y.shape}; valid: (N,) class ids (for one-hot labels, store their argmax)"
+        )
+    if y.dtype.kind not in "iu":
+        raise UserError(f"{path}: {y_key} has dtype {y.dtype}; valid: integer class ids 0..K-1")
+    if len(x) != len(y):
+        raise UserError(f"{path}: {x_key} has {len(x)} examples but {y_key} {len(y)} labels; valid: one label each")
+    if len(y) == 0:
+        raise UserError(f"{path}: {x_key} has no examples; valid: at least one")
+    if y.min() < 0:
+        raise UserError(f"{path}: {y_key} has negative label {y.min()}; valid: class ids 0..K-1")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise UserError(f"{path}: {x_key} has NaN or infinite values; valid: finite inputs")

@@ -1,0 +1,16 @@
+"""Fixtures for the data tests: no network. (The session's tfds data dir, `tfds_dir`, is in tests/conftest.py.)"""
+
+import socket
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Makes every network access fail at once: these tests must run offline, where a DNS lookup can hang."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("tests/data must not use the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)

@@ -1,0 +1,126 @@
+"""tfds catalogue datasets: read through as_data_source, refused in the user's words when they cannot be had."""
+
+import importlib.util
+import io
+
+import numpy as np
+import pytest
+import requests
+import tensorflow_datasets as tfds
+from PIL import Image
+from tensorflow_datasets.testing import mocking
+
+from runner.data import load_splits
+from runner.data.catalogue import load_tfds
+from runner.errors import UserError
+
+_HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+
+
+@pytest.fixture
+def mock_catalogue(monkeypatch):
+    """tfds.testing.mock_data: random examples for any catalogue dataset, nothing downloaded or prepared."""
+    # tfds 4.9.10's mock installs `_getitems` on the data source unbound, so __getitems__ receives the keys as
+    # `self` and fails; its own tests (mocking_test.py) only index one example at a time.
+    monkeypatch.setattr(
+        mocking,
+        "_getitems",
+        lambda record_keys, generator, serialized=False: [generator[key] for key in record_keys],
+    )
+    with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+@pytest.mark.parametrize(
+    ("name", "example_shape"), [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))]
+)
+def test_catalogue_images_load_with_their_shape_and_labels_in_range(mock_catalogue, tmp_path, name, example_shape):
+    splits = load_splits(name, val_fraction=0.25, seed=0, data_dir=str(tmp_path))
+    assert splits.x_train.shape == (18, *example_shape)
+    assert splits.x_val.shape == (6, *example_shape)
+    assert splits.x_test.shape == (24, *example_shape)
+    assert splits.x_train.dtype == np.float32 and splits.y_train.dtype == np.int32
+    assert splits.num_classes == 10
+    for labels in (splits.y_train, splits.y_val, splits.y_test):
+        assert labels.min() >= 0 and labels.max() < 10
+    assert splits.name == name
+
+
+def test_an_offline_download_is_a_user_error_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    def offline(url, **kwargs):
+        raise requests.exceptions.ConnectionError(f"Failed to resolve host of {url}")
+
+    monkeypatch.setattr("tensorflow_datasets.core.download.downloader._open_url", offline)
+    with pytest.raises(UserError) as raised:
+        load_splits("mnist", val_fraction=0.1, seed=0, data_dir=str(tmp_path))
+    assert str(raised.value) == (
+        f"dataset.name=mnist is not prepared in {tmp_path} and could not be downloaded: it needs network once to "
+        "download, or use dataset=digits|mnist1d|npz"
+    )
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith("incomplete.") or ".tmp." in p.name]
+    assert leftovers == []
+    assert not (tmp_path / "mnist" / "3.0.1").exists()
+
+
+def test_an_unknown_name_lists_the_valid_choices(tmp_path):
+    valid = r"valid: digits, mnist1d, npz, mnist, fashion_mnist, cifar10, or any tfds catalogue name"
+    with pytest.raises(UserError, match=rf"dataset.name=mnits is not a known dataset; {valid}"):
+        load_splits("mnits", val_fraction=0.1, seed=0, data_dir=str(tmp_path))
+
+
+def test_a_dataset_of_text_inputs_is_refused_before_any_download(tmp_path):
+    with pytest.raises(UserError, match=r"dataset.name=imdb_reviews is not a classification dataset .*'text'"):
+        load_tfds("imdb_reviews", str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+class TinyPngImages(tfds.core.GeneratorBasedBuilder):
+    """Six 4x4 grayscale images per split, stored like tfds' catalogue images: PNG-encoded Image features."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(4, 4, 1)), "label": tfds.features.ClassLabel(num_classes=3)}
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0), "test": self._generate_examples(100)}
+
+    def _generate_examples(self, offset):
+        for index in range(6):
+            buffer = io.BytesIO()
+            # Encoded here with PIL: tfds encodes NumPy images with TensorFlow, which this venv lacks.
+            Image.fromarray(np.full((4, 4), offset + index, np.uint8)).save(buffer, format="PNG")
+            yield index, {"image": buffer.getvalue(), "label": index % 3}
+
+
+def test_a_copy_with_png_images_is_read_without_tensorflow(tmp_path):
+    data = load_tfds("tiny_png_images", str(tmp_path))
+    assert data.x_train.shape == (6, 4, 4, 1) and data.x_train.dtype == np.uint8
+    assert sorted(data.x_test[:, 0, 0, 0]) == list(range(100, 106))
+    assert data.num_classes == 3
+
+
+class TinyNumpyImages(TinyPngImages):
+    """TinyPngImages given as NumPy arrays, which tfds can only encode to PNG with TensorFlow."""
+
+    def _generate_examples(self, offset):
+        for index in range(6):
+            yield index, {"image": np.full((4, 4, 1), offset + index, np.uint8), "label": index % 3}
+
+
+@pytest.mark.skipif(_HAS_TENSORFLOW, reason="preparing needs TensorFlow only where it is missing")
+def test_preparing_without_tensorflow_is_a_user_error_that_says_how_to_get_a_copy(tmp_path):
+    with pytest.raises(UserError) as raised:
+        load_tfds("tiny_numpy_images", str(tmp_path))
+    assert str(raised.value).startswith(
+        f"dataset.name=tiny_numpy_images is not prepared in {tmp_path}, and tfds needs TensorFlow (not installed) to "
+        f"prepare it: run once where it is, `tfds build tiny_numpy_images --file_format=array_record "
+        f"--data_dir={tmp_path}`"
+    )
+    assert [p for p in tmp_path.rglob("*") if p.name.startswith("incomplete.")] == []
