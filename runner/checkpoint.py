@@ -47,12 +47,16 @@ class Checkpoints:
         problems = []
         for i, epoch in enumerate(steps):
             try:
-                return self._restore(epoch, templates)
+                restored = self._restore(epoch, templates)
             except Exception as e:  # orbax raises many types for torn, corrupt or mismatched files
                 problems.append(f"checkpoint {epoch}: {_first_line(e)}")
                 if i + 1 < len(steps):
                     warn(f"checkpoint of epoch {epoch} is unusable ({_first_line(e)}); "
                          f"resuming from epoch {steps[i + 1]}")
+                continue
+            for unusable in steps[:i]:  # the continued run saves these epochs again
+                self.manager.delete(unusable)
+            return restored
         detail = "; ".join(problems) if problems else "none found"
         raise UserError(f"trainer.resume: no usable checkpoint in {self.directory} ({detail}); "
                         "resume needs hydra.run.dir=<the run dir of the run to continue>")

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from runner.build import build_experiment
 from runner.console import Console
 from runner.data import Splits, load_splits
+from runner.diagnostics import layer_names, summarize, to_records
 from runner.errors import UserError
 from runner.checkpoint import Checkpoints
 from runner.interrupts import Interrupted, deferred_signals
@@ -105,20 +106,22 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     x_train, y_train = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
     state = create_train_state(init_key, experiment, x_train[: tc.batch_size])
     val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path, diagnostics_path = run_dir / "metrics.jsonl", run_dir / "diagnostics.jsonl"
     stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
     checkpoints = Checkpoints(run_dir / "checkpoints", tc.keep_checkpoints)
     first_epoch = 1
     if tc.resume:
-        state, first_epoch = resume(checkpoints, state, stopper, metrics_path, console)
+        state, first_epoch = resume(checkpoints, state, stopper, metrics_path, diagnostics_path, console)
 
     compile_start = time.perf_counter()
-    train_epoch = jax.jit(make_train_epoch(experiment, tc.batch_size)).lower(
+    train_epoch = jax.jit(make_train_epoch(experiment, tc.batch_size, tc.diagnostics_every)).lower(
         state, x_train, y_train, data_key).compile()
     val.compile(state, eval_key)
     compile_time = time.perf_counter() - compile_start
 
+    layers = layer_names(state.params)
     status, diverged_at, epoch, timed_epochs, train_time = "completed", None, first_epoch - 1, 0, 0.0
+    diverged_layer = None
     with deferred_signals() as interrupt, console.epochs(tc.epochs, start=epoch) as show:
         for epoch in range(first_epoch, tc.epochs + 1):
             epoch_start = time.perf_counter()
@@ -126,9 +129,17 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
             m = jax.device_get(m)
             epoch_time = time.perf_counter() - epoch_start
             train_time, timed_epochs = train_time + epoch_time, timed_epochs + 1
+            for diagnosed in to_records(epoch, m["diagnostics"], layers) if "diagnostics" in m else ():
+                append_jsonl(diagnostics_path, diagnosed)
             if m["first_nonfinite_step"] >= 0:
                 status, diverged_at = "diverged", int(m["first_nonfinite_step"])
-                console.warn(f"diverged: non-finite loss at step {diverged_at} (epoch {epoch})")
+                if m["nonfinite_layer"] >= 0:
+                    diverged_layer = layers[int(m["nonfinite_layer"])]
+                    console.warn(f"diverged: non-finite gradient of {diverged_layer} at step {diverged_at} "
+                                 f"(epoch {epoch}); kept the weights before it")
+                else:
+                    console.warn(f"diverged: non-finite loss at step {diverged_at} (epoch {epoch}); "
+                                 "kept the weights before it")
                 break
             v = val(state, eval_key)
             record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(experiment, state),
@@ -162,7 +173,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
                      f"trainer.resume=true hydra.run.dir={run_dir}")
         raise Interrupted(interrupt.signum)
     if diverged_at is not None:
-        summary["diverged_at_step"] = diverged_at
+        summary.update(diverged_at_step=diverged_at, diverged_layer=diverged_layer)
+    if tc.diagnostics_every:
+        summary.update(summarize(read_jsonl(diagnostics_path)))
     if status == "early_stopped" and tc.early_stopping.restore_best and stopper.best_state is not None:
         state = stopper.best_state
         console.info(f"early stopping: restored the weights of epoch {stopper.best_epoch}")
@@ -206,13 +219,18 @@ def save_checkpoint(checkpoints: Checkpoints, epoch: int, state: TrainState, sto
 
 
 def resume(checkpoints: Checkpoints, state: TrainState, stopper: EarlyStopping, metrics_path: Path,
-           console: Console) -> tuple[TrainState, int]:
-    """Restore the newest usable checkpoint; drop metrics of epochs after it. Returns (state, next epoch)."""
+           diagnostics_path: Path, console: Console) -> tuple[TrainState, int]:
+    """Restore the newest usable checkpoint; drop metrics and diagnostics of epochs after it.
+
+    Returns (state, next epoch).
+    """
     trees, meta = checkpoints.restore_latest({"state": state, "best": state}, console.warn)
     epoch = int(meta["epoch"])
     stopper.best, stopper.best_epoch = float(meta["best"]), int(meta["best_epoch"])
     stopper.best_state = trees.get("best")
-    rewrite_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["epoch"] <= epoch])
+    for path in (metrics_path, diagnostics_path):
+        if path.exists():
+            rewrite_jsonl(path, [r for r in read_jsonl(path) if r["epoch"] <= epoch])
     console.info(f"resumed from the checkpoint of epoch {epoch} (step {int(trees['state'].step)})")
     return trees["state"], epoch + 1
 

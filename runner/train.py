@@ -14,6 +14,8 @@ import optax
 from flax.training import train_state
 
 from runner.build import Experiment
+from runner.diagnostics import (StepTrace, capacity, empty_buffer, kernel_grads_finite, layer_names,
+                                lowest_nonfinite, make_layer_stats, record)
 
 
 class TrainState(train_state.TrainState):
@@ -39,11 +41,15 @@ def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Ar
     )
 
 
-def make_train_step(experiment: Experiment) -> Callable:
-    """`train_step(state, x, y) -> (state, metrics)` with every choice closed over."""
+def make_traced_train_step(experiment: Experiment) -> Callable:
+    """`traced_step(state, x, y) -> (state, metrics, trace)`: the train step, also returning its `StepTrace`.
+
+    The trace (inputs as seen, RNG, gradients, updates) is what per-layer diagnostics and divergence checks
+    need; where nothing reads it, XLA drops it from the compiled program.
+    """
     regularizer = experiment.regularizer
 
-    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
+    def traced_step(state: TrainState, x: jax.Array, y: jax.Array):
         augment_rng, perturb_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
         if regularizer.augment is not None:
             x = regularizer.augment(x, augment_rng)
@@ -55,43 +61,74 @@ def make_train_step(experiment: Experiment) -> Callable:
                 rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             penalty = 0.0 if regularizer.penalty is None else regularizer.penalty(params)
-            return loss + penalty, (loss, logits, updates.get("batch_stats", {}))
+            return loss + penalty, (loss, logits, updates.get("batch_stats", {}), seen)
 
-        grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads, (loss, logits, batch_stats, seen) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         if state.plateau is not None:  # performance scheduling: the plateau's scale multiplies the step
             updates = jax.tree_util.tree_map(lambda u: state.plateau.scale * u, updates)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, batch_stats=batch_stats)
         metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
-        return new_state, metrics
+        return new_state, metrics, StepTrace(x, seen, dropout_rng, grads, updates)
+
+    return traced_step
+
+
+def make_train_step(experiment: Experiment) -> Callable:
+    """`train_step(state, x, y) -> (state, metrics)` with every choice closed over."""
+    traced_step = make_traced_train_step(experiment)
+
+    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
+        state, metrics, _ = traced_step(state, x, y)
+        return state, metrics
 
     return train_step
 
 
-def make_train_epoch(experiment: Experiment, batch_size: int) -> Callable:
+def make_train_epoch(experiment: Experiment, batch_size: int, diagnostics_every: int = 0) -> Callable:
     """`train_epoch(state, x, y, key) -> (state, metrics)`: one pass over shuffled batches, one program.
 
     The data stay on device; each step gathers its batch by index. The last partial batch is dropped.
-    metrics: mean loss, accuracy, and the first step whose loss was not finite (-1 if none).
+    metrics: mean loss, accuracy, the first step whose loss or a kernel gradient was not finite (-1 if
+    none) and the lowest layer whose gradient was not finite then (an index into `layer_names`, -1 if
+    only the loss). From that step on the state stays the last finite one. With `diagnostics_every` N > 0,
+    also `diagnostics`: a `Buffer` of per-layer statistics at the steps that are multiples of N.
     """
-    train_step = make_train_step(experiment)
+    traced_step = make_traced_train_step(experiment)
 
     def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
         steps = x.shape[0] // batch_size
         order = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+        names = layer_names(state.params)
+        if diagnostics_every:
+            layer_stats = make_layer_stats(experiment.model.activation, names)
 
         def body(carry, indices):
-            state, loss_sum, correct, first_bad = carry
-            step = state.step
-            state, m = train_step(state, x[indices], y[indices])
-            first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(m["loss"]), step, first_bad)
-            return (state, loss_sum + m["loss"], correct + m["correct"], first_bad), None
+            state, loss_sum, correct, first_bad, bad_layer, buffer = carry
+            step, healthy = state.step, first_bad < 0
+            new_state, m, trace = traced_step(state, x[indices], y[indices])
+            finite = kernel_grads_finite(trace.grads, names)
+            goes_bad = healthy & ~(jnp.isfinite(m["loss"]) & jnp.all(finite))
+            first_bad = jnp.where(goes_bad, step, first_bad)
+            bad_layer = jnp.where(goes_bad, lowest_nonfinite(finite), bad_layer)
+            if diagnostics_every:  # absent from the program when off: no branch, no buffer
+                buffer = jax.lax.cond(healthy & (step % diagnostics_every == 0),
+                                      lambda b: record(b, step, layer_stats(state, trace)), lambda b: b, buffer)
+            # After the first non-finite step keep the last finite state, so checkpoints and tests stay usable.
+            keep = first_bad < 0
+            state = jax.tree_util.tree_map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+            return (state, loss_sum + m["loss"], correct + m["correct"], first_bad, bad_layer, buffer), None
 
-        init = (state, jnp.zeros(()), jnp.zeros((), jnp.int32), jnp.asarray(-1, jnp.int32))
-        (state, loss_sum, correct, first_bad), _ = jax.lax.scan(body, init, order)
-        return state, {"loss": loss_sum / steps, "accuracy": correct / (steps * batch_size),
-                       "first_nonfinite_step": first_bad}
+        buffer = empty_buffer(capacity(steps, diagnostics_every), len(names)) if diagnostics_every else None
+        minus_one = jnp.asarray(-1, jnp.int32)
+        init = (state, jnp.zeros(()), jnp.zeros((), jnp.int32), minus_one, minus_one, buffer)
+        (state, loss_sum, correct, first_bad, bad_layer, buffer), _ = jax.lax.scan(body, init, order)
+        metrics = {"loss": loss_sum / steps, "accuracy": correct / (steps * batch_size),
+                   "first_nonfinite_step": first_bad, "nonfinite_layer": bad_layer}
+        if diagnostics_every:
+            metrics["diagnostics"] = buffer
+        return state, metrics
 
     return train_epoch
 

@@ -1,0 +1,164 @@
+"""Per-layer diagnostics of training: what each weight layer's inputs, outputs, gradients and updates look like.
+
+Layers are the ones with a connection weight (`dense_<i>`, `conv_<i>`, `head`), ordered from the input up.
+For a diagnosed step, every statistic is measured on that step's own batch, RNG draws and parameters
+(before its update), so it describes exactly the update training made:
+
+    preact_mean, preact_std   mean and std of the layer's output before normalization and activation
+                              (for the head: the logits), over examples and units
+    act_mean, act_std         the same for the output of the layer's activation function (null for the head)
+    saturated_fraction        the fraction of activation outputs (examples x units) within 5% of the output range
+                              of an asymptote: sigmoid a < 0.05 or a > 0.95, tanh |a| > 0.9. There both
+                              derivatives are below 19% of their peak (tanh(x) = 2 sigmoid(2x) - 1). Null for
+                              activations without two asymptotes and for the head.
+    dead_fraction             the fraction of units (features; channels for a convolution) whose activation is
+                              <= 0 for every example of the batch (and every position): for ReLU, units that pass
+                              no gradient at all. Measured for every activation; for sigmoid it is 0 by construction.
+    grad_norm                 l2 norm of the loss gradient with respect to the kernel (the penalty included)
+    weight_norm               l2 norm of the kernel before the step
+    update_ratio              ||kernel update|| / ||kernel||: the relative size of the step actually taken
+
+Inside the compiled epoch the statistics of up to `ceil(steps_per_epoch / every)` steps are written into a
+fixed-size buffer; the host turns it into one diagnostics.jsonl record per diagnosed step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+STATS = ("preact_mean", "preact_std", "act_mean", "act_std", "saturated_fraction", "dead_fraction",
+         "grad_norm", "weight_norm", "update_ratio")
+SATURATION_MARGIN = 0.05  # as a fraction of the activation's output range
+# The activations with two horizontal asymptotes, by the function jax.nn defines them with.
+ASYMPTOTES = ((jax.nn.sigmoid, (0.0, 1.0)), (jax.nn.tanh, (-1.0, 1.0)))
+
+
+class StepTrace(NamedTuple):
+    """What one train step saw and computed, so diagnostics need not redo its backward pass."""
+
+    x: jax.Array  # the batch as the model saw it (after augmentation)
+    params: Any  # the params the forward pass used (after any perturbation, e.g. DropConnect)
+    dropout_rng: jax.Array  # the step's draw for dropout and random activations
+    grads: Any
+    updates: Any  # what the optimizer chain added to the params
+
+
+class Buffer(NamedTuple):
+    """The diagnosed steps of one epoch: rows [0, count) are valid."""
+
+    steps: jax.Array  # (capacity,) int32
+    values: jax.Array  # (capacity, len(STATS), layers) float32
+    count: jax.Array  # () int32
+
+
+def layer_names(params: Any) -> list[str]:
+    """The layers with a connection weight, from the input up (`dense_<i>`/`conv_<i>` by i, then `head`)."""
+    names = [name for name, leaf in params.items() if "kernel" in leaf]
+    return sorted(names, key=lambda n: (n == "head", int(n.rsplit("_", 1)[1]) if n != "head" else 0))
+
+
+def capacity(steps_per_epoch: int, every: int) -> int:
+    """The most multiples of `every` that any `steps_per_epoch` consecutive steps can hold."""
+    return math.ceil(steps_per_epoch / every)
+
+
+def saturation_bounds(activation: Any) -> tuple[float, float] | None:
+    """The asymptotes of a sigmoid or tanh activation (also when wrapped in functools.partial), else None."""
+    fn = getattr(activation, "func", activation)
+    return next((bounds for known, bounds in ASYMPTOTES if fn is known), None)
+
+
+def kernel_grads_finite(grads: Any, names: list[str]) -> jax.Array:
+    """(layers,) bool: whether each layer's kernel gradient is entirely finite; one reduction per kernel."""
+    return jnp.stack([jnp.all(jnp.isfinite(grads[name]["kernel"])) for name in names])
+
+
+def lowest_nonfinite(finite: jax.Array) -> jax.Array:
+    """The index of the first layer (from the input) whose gradient is not finite, -1 if none."""
+    return jnp.where(jnp.all(finite), -1, jnp.argmin(finite))
+
+
+def make_layer_stats(activation: Any, names: list[str]) -> Callable:
+    """`layer_stats(state, trace) -> (len(STATS), layers) array` for a model with this activation and layers."""
+    bounds = saturation_bounds(activation)
+    weights = set(names)
+
+    def capture(module, method: str) -> bool:
+        # The weight layers' outputs are the pre-activations; HiddenBlock._activate returns the activation's
+        # output, before any normalization placed after it and before dropout.
+        return (method == "__call__" and module.name in weights) or method == "_activate"
+
+    def activation_stats(a: jax.Array) -> list[jax.Array]:
+        if bounds is None:
+            saturated = jnp.asarray(jnp.nan)
+        else:
+            low, high = bounds
+            margin = SATURATION_MARGIN * (high - low)
+            saturated = jnp.mean((a < low + margin) | (a > high - margin))
+        dead = jnp.mean(jnp.all(a.reshape(-1, a.shape[-1]) <= 0, axis=0))
+        return [jnp.mean(a), jnp.std(a), saturated, dead]
+
+    def layer_stats(state: Any, trace: StepTrace) -> jax.Array:
+        _, variables = state.apply_fn(
+            {"params": trace.params, "batch_stats": state.batch_stats}, trace.x, train=True,
+            rngs={"dropout": trace.dropout_rng}, mutable=["batch_stats", "intermediates"],
+            capture_intermediates=capture)
+        seen = variables["intermediates"]
+        columns = []
+        for name in names:
+            pre = seen[name]["__call__"][0]
+            if name == "head":  # no activation after the logits
+                act = [jnp.asarray(jnp.nan)] * 4
+            else:  # dense_<i> and conv_<i> feed block_<i>
+                act = activation_stats(seen[f"block_{name.rsplit('_', 1)[1]}"]["_activate"][0])
+            kernel = state.params[name]["kernel"]
+            weight_norm = jnp.linalg.norm(kernel.ravel())
+            columns.append(jnp.stack([
+                jnp.mean(pre), jnp.std(pre), *act,
+                jnp.linalg.norm(trace.grads[name]["kernel"].ravel()), weight_norm,
+                jnp.linalg.norm(trace.updates[name]["kernel"].ravel()) / weight_norm,
+            ]).astype(jnp.float32))
+        return jnp.stack(columns, axis=1)
+
+    return layer_stats
+
+
+def empty_buffer(capacity: int, layers: int) -> Buffer:
+    return Buffer(jnp.full((capacity,), -1, jnp.int32), jnp.full((capacity, len(STATS), layers), jnp.nan),
+                  jnp.zeros((), jnp.int32))
+
+
+def record(buffer: Buffer, step: jax.Array, values: jax.Array) -> Buffer:
+    """The buffer with one more diagnosed step in its next free row."""
+    return Buffer(buffer.steps.at[buffer.count].set(step), buffer.values.at[buffer.count].set(values),
+                  buffer.count + 1)
+
+
+def to_records(epoch: int, buffer: Buffer, names: list[str]) -> list[dict]:
+    """The diagnostics.jsonl records of one epoch's buffer (fetched to the host); NaN becomes null on writing."""
+    count = int(buffer.count)
+    values = np.asarray(buffer.values)
+    return [{"step": int(buffer.steps[row]), "epoch": epoch,
+             "layers": [{"name": name, **{stat: float(values[row, s, i]) for s, stat in enumerate(STATS)}}
+                        for i, name in enumerate(names)]}
+            for row in range(count)]
+
+
+def grad_norm_ratio(record: dict) -> float | None:
+    """The lowest layer's gradient norm over the head's: far below 1 when gradients vanish on the way down."""
+    low, top = record["layers"][0]["grad_norm"], record["layers"][-1]["grad_norm"]
+    if low is None or not top or not math.isfinite(low) or not math.isfinite(top):
+        return None
+    return low / top
+
+
+def summarize(records: list[dict]) -> dict[str, float | None]:
+    """summary.json's diagnostics: the gradient-norm ratio at the first diagnosed step and its median."""
+    ratios = [r for r in (grad_norm_ratio(rec) for rec in records) if r is not None]
+    return {"grad_norm_ratio": grad_norm_ratio(records[0]) if records else None,
+            "grad_norm_ratio_median": float(np.median(ratios)) if ratios else None}

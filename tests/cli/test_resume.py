@@ -1,0 +1,100 @@
+"""Interrupted runs: SIGTERM saves and exits; resume continues bit for bit; bad checkpoints fall back."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import read_metrics, read_summary
+
+# Long enough to be caught mid-training, short enough for the suite: ~225 steps an epoch on mnist1d.
+SLOW_RUN = ("dataset=mnist1d", "trainer.batch_size=16", "trainer.epochs=12", "model.depth=4",
+            "trainer.checkpoint_every=1", "trainer.early_stopping.patience=50")
+
+
+def _without_times(records):
+    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(cli):
+    reference = cli(*SLOW_RUN, "hydra.run.dir=outputs/reference")
+    assert reference.returncode == 0, reference.stderr
+
+    run_dir = cli.cwd / "outputs" / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "runner", *SLOW_RUN, f"hydra.run.dir={run_dir}"],
+                               cwd=cli.cwd, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "interrupted"
+    stopped_at = summary["epochs"]
+    assert 3 <= stopped_at < 12, "the signal should land mid-training"
+    assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()
+
+    resumed = cli(*SLOW_RUN, f"hydra.run.dir={run_dir}", "trainer.resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from the checkpoint of epoch {stopped_at}" in resumed.stdout
+    assert _without_times(read_metrics(run_dir)) == _without_times(read_metrics(cli.cwd / "outputs/reference"))
+    final, expected = read_summary(run_dir), read_summary(cli.cwd / "outputs/reference")
+    assert final["status"] == "completed"
+    for key in ("test_loss", "test_accuracy", "best_val_accuracy", "steps", "epochs"):
+        assert final[key] == expected[key], key
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(cli):
+    run = ("trainer.epochs=3", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=3", "hydra.run.dir=outputs/r")
+    assert cli(*run).returncode == 0
+    checkpoints = cli.cwd / "outputs" / "r" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["1", "2", "3"]
+    for f in (checkpoints / "3" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\0garbage")
+    result = cli("trainer.epochs=4", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=3",
+                 "hydra.run.dir=outputs/r", "trainer.resume=true")
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint of epoch 3 is unusable" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "unusable" in line]) == 1
+    assert "resumed from the checkpoint of epoch 2" in result.stdout
+    assert [m["epoch"] for m in read_metrics(cli.cwd / "outputs" / "r")] == [1, 2, 3, 4]
+
+
+def test_no_usable_checkpoint_is_one_line_and_exit_2(cli):
+    assert cli("trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
+    checkpoints = cli.cwd / "outputs" / "r" / "checkpoints"
+    for f in checkpoints.rglob("*"):
+        if f.is_file() and f.parent.name == "state":
+            f.write_bytes(b"garbage")
+    before = sorted(str(p) for p in (cli.cwd / "outputs").rglob("*"))
+    result = cli("trainer.epochs=2", "hydra.run.dir=outputs/r", "trainer.resume=true")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.resume: no usable checkpoint")
+    assert "Traceback" not in result.stderr
+    assert (cli.cwd / "outputs" / "r" / "metrics.jsonl").exists(), "earlier results must survive"
+    assert sorted(str(p) for p in (cli.cwd / "outputs").rglob("*") if ".hydra" not in str(p)) == \
+        [p for p in before if ".hydra" not in p]
+
+
+def test_resume_with_a_mismatched_model_is_rejected(cli):
+    assert cli("trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
+    result = cli("trainer.epochs=2", "model.width=64", "hydra.run.dir=outputs/r", "trainer.resume=true")
+    assert result.returncode == 2
+    assert "no usable checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_resume_source_that_does_not_exist_is_rejected_before_any_output(cli):
+    for args in (["trainer.resume=true"], ["trainer.resume=true", "hydra.run.dir=outputs/missing"]):
+        result = cli(*args)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "hydra.run.dir" in result.stderr or "no checkpoint" in result.stderr
+        assert not (cli.cwd / "outputs").exists()
+    shutil.rmtree(cli.cwd / "outputs", ignore_errors=True)
