@@ -6,6 +6,7 @@ and checked; a user error prints one line on stderr and exits with code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     """Train one job; the return value (best validation accuracy) is what Hydra sweepers optimize."""
     from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
 
+    use_compilation_cache()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     console = Console()
     try:
@@ -45,6 +47,15 @@ def main(cfg: DictConfig) -> float | None:
                                          "train_examples_per_s", "wall_time_s")]])
     console.info(f"results in {run_dir}")
     return summary["best_val_accuracy"]
+
+
+def use_compilation_cache() -> None:
+    """Keep compiled programs on disk, so a config run before starts training without recompiling."""
+    import jax
+
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "runner" / "jax"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def cli() -> None:

@@ -22,6 +22,8 @@ def tfds_dir(tmp_path_factory) -> Path:
     """A tfds data dir shared by the whole session, so embedded datasets are built once."""
     path = tmp_path_factory.mktemp("tfds")
     os.environ["TFDS_DATA_DIR"] = str(path)
+    # The runner's compiled-program cache, kept out of the user's home for the test session.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
     return path
 
 
