@@ -16,7 +16,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from runner.errors import UserError
 
@@ -33,7 +33,7 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 @dataclasses.dataclass
 class DatasetConfig:
-    name: str = "digits"
+    name: str = MISSING  # each conf/dataset file names its dataset; dataset=tfds leaves it to the user
     path: str | None = None  # the .npz file for name=npz
     val_fraction: float = 0.1
     data_dir: str | None = None  # tfds data dir; null means tfds's default (~/tensorflow_datasets)

@@ -25,6 +25,10 @@ CASES = [
     (["dataset=npz"], ["dataset.path", "npz"]),
     (["dataset=npz", "dataset.path=/no/such/file.npz"], ["/no/such/file.npz"]),
     (["initializer=variance_scaling", "initializer.mode=fan_sideways"], ["initializer.mode", "fan_in"]),
+    (["dataset=tfds"], ["dataset.name", "needs a value"]),
+    (["dataset=tfds", "dataset.name=no_such_dataset_xyz"], ["no_such_dataset_xyz", "digits"]),
+    (["schedule=exponential", "schedule.unit=fortnight"], ["schedule.unit", "epoch"]),
+    (["trainer.early_stopping.monitor=val_f1"], ["trainer.early_stopping.monitor", "val_loss"]),
 ]
 
 
