@@ -7,9 +7,11 @@ from typing import Any
 
 import flax.linen as nn
 import optax
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
+from runner.errors import UserError
 from runner.model import CNN, MLP
 from runner.optim import build_optimizer
 from runner.techniques.regularizers import Regularizer, combine
@@ -28,9 +30,20 @@ class Experiment:
     schedule: Schedule
 
 
+def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, with a mistake found while building reported as the user's, by key."""
+    try:
+        return hydra_instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        cause = str(e.__cause__ or e).strip().splitlines()
+        raise UserError(f"{key}: {cause[0] if cause else type(e).__name__}") from None
+
+
 def build_regularizer(cfg: DictConfig) -> Regularizer:
     """All selected regularizers merged into one record of hooks."""
-    return combine([instantiate(node, _convert_="all") for node in (cfg.get("regularizer") or {}).values()])
+    return combine([instantiate(node, f"regularizer.{name}") for name, node in (cfg.get("regularizer") or {}).items()])
 
 
 def build_model(cfg: DictConfig, num_classes: int, regularizer: Regularizer) -> nn.Module:
@@ -41,9 +54,9 @@ def build_model(cfg: DictConfig, num_classes: int, regularizer: Regularizer) -> 
         num_classes=num_classes,
         depth=cfg.model.depth,
         width=cfg.model.width,
-        kernel_init=instantiate(cfg.initializer, _convert_="all"),
-        activation=instantiate(cfg.activation, _convert_="all"),
-        normalization=None if layer is None else instantiate(layer, _convert_="all"),
+        kernel_init=instantiate(cfg.initializer, "initializer"),
+        activation=instantiate(cfg.activation, "activation"),
+        normalization=None if layer is None else instantiate(layer, "normalization.layer"),
         norm_position=cfg.normalization.position,
         hidden_dropout=regularizer.hidden_dropout,
         input_dropout=regularizer.input_dropout,
@@ -53,7 +66,7 @@ def build_model(cfg: DictConfig, num_classes: int, regularizer: Regularizer) -> 
 
 def build_schedule(cfg: DictConfig, steps_per_epoch: int) -> Schedule:
     """The learning-rate schedule, with durations in steps."""
-    return instantiate(cfg.schedule, _convert_="all", learning_rate=cfg.optimizer.learning_rate,
+    return instantiate(cfg.schedule, "schedule", learning_rate=cfg.optimizer.learning_rate,
                        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.trainer.epochs)
 
 

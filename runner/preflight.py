@@ -15,6 +15,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from runner.build import build_regularizer, build_schedule
 from runner.checkpoint import has_checkpoint
 from runner.config import CONF_DIR, validate
 from runner.errors import UserError
@@ -67,6 +68,9 @@ def preflight(argv: list[str]) -> None:
         for job in expand_sweep(overrides_of(argv)):
             cfg = _compose(job)
             validate(cfg)
+            # Building the pieces that need no data catches what only their factories can check.
+            build_regularizer(cfg)
+            build_schedule(cfg, steps_per_epoch=1)
             if cfg.trainer.resume and not multirun:  # in a sweep, jobs without a checkpoint start afresh
                 _check_resumable(overrides_of(argv))
             if cfg.dataset.name == "npz":

@@ -14,6 +14,7 @@ import pytest
 from hydra.utils import instantiate
 
 from runner.build import build_model, build_regularizer
+from runner.config import CONF_DIR
 from tests.conftest import compose_config
 
 FAN_IN, FAN_OUT = 800, 1250  # a Dense kernel is (fan_in, fan_out)
@@ -85,7 +86,7 @@ def test_variance_scaling_scale_multiplies_the_variance():
     assert three.var() / one.var() == pytest.approx(3.0, rel=1e-6)  # same key, same draws, rescaled
 
 
-@pytest.mark.parametrize("name", ["he_normal", "lecun_normal", "normal", "glorot_uniform"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "initializer").glob("*.yaml")))
 def test_built_model_biases_start_at_zero_and_kernels_follow_the_initializer(name):
     cfg = compose_config(f"initializer={name}", "model.depth=2", "model.width=400", "normalization=none")
     model = build_model(cfg, num_classes=10, regularizer=build_regularizer(cfg))

@@ -74,12 +74,14 @@ def plateau(learning_rate, steps_per_epoch, total_steps, factor=0.5, patience=5,
 def one_cycle(learning_rate, steps_per_epoch, total_steps, start_fraction=0.1, warmup_fraction=0.45,
               final_fraction=0.1, final_scale=0.01, max_momentum=0.95, min_momentum=0.85) -> Schedule:
     """1cycle (Smith 2018): lr rises linearly from lr0*start_fraction to lr0 (the maximum) over the first
-    warmup_fraction of training, falls back over the same span, then anneals to lr0*start_fraction*final_scale
-    over the last final_fraction; momentum moves the opposite way, max -> min -> max."""
+    warmup_fraction of training, falls back to lr0*start_fraction until the last final_fraction, then anneals
+    to lr0*start_fraction*final_scale; momentum moves the opposite way, max -> min -> max."""
     del steps_per_epoch
-    up = warmup_fraction * total_steps
-    down = min(2 * up, (1.0 - final_fraction) * total_steps)
-    knots = jnp.asarray([0.0, up, down, float(total_steps)])
+    if not 0 < warmup_fraction < 1 - final_fraction <= 1:
+        raise UserError("schedule: one_cycle needs 0 < warmup_fraction < 1 - final_fraction <= 1, got "
+                        f"warmup_fraction={warmup_fraction}, final_fraction={final_fraction}")
+    knots = jnp.asarray([0.0, warmup_fraction * total_steps, (1.0 - final_fraction) * total_steps,
+                         float(total_steps)])
     low = learning_rate * start_fraction
     rates = jnp.asarray([low, learning_rate, low, low * final_scale])
     momenta = jnp.asarray([max_momentum, min_momentum, max_momentum, max_momentum])

@@ -1,0 +1,39 @@
+"""Every optimizer, activation and schedule in conf/ trains through the real command line.
+
+One `-m` sweep per group over all of the group's YAML files, so a new file joins its sweep by existing.
+The rest of the config is shrunk for CPU (one epoch, one small layer, no batch norm, no dropout): each
+sweep takes about half a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from runner.config import CONF_DIR
+from tests.conftest import read_summary
+
+SMALL = ("trainer.epochs=1", "model.depth=1", "model.width=16", "dataset=digits", "normalization=none",
+         "regularizer=[]")
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["optimizer", "activation", "schedule"])
+def test_every_choice_of_the_group_trains_one_epoch_in_a_multirun(cli, group):
+    names = choices(group)
+    result = cli("-m", f"{group}={','.join(names)}", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = cli.run_dirs()
+    assert len(run_dirs) == len(names), result.stdout[-3000:]
+    for run_dir in run_dirs:
+        summary = read_summary(run_dir)
+        assert summary["status"] == "completed", run_dir.name
+        assert math.isfinite(summary["test_loss"]), run_dir.name
+    ran = [yaml.safe_load((d / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"][group]
+           for d in run_dirs]
+    assert sorted(ran) == names  # one job per choice
