@@ -2,7 +2,9 @@
 
 tfds reads without TensorFlow only from array_record files, through `as_data_source`, so every dataset is prepared
 in that format. Preparing a catalogue dataset downloads it and, in tfds 4.9, also needs TensorFlow (its builders
-read the downloads with tf.io.gfile and encode images with tf.image); reading a prepared copy does not.
+read the downloads with tf.io.gfile and encode images with tf.image); reading a prepared copy does not. mnist,
+fashion_mnist and cifar10 are therefore prepared by our own builders (catalogue_builders.py), from the same
+downloads, checked against the same checksums.
 """
 
 import contextlib
@@ -16,12 +18,15 @@ import requests
 import tensorflow_datasets as tfds
 from etils import epath
 
-from runner.data import embedded  # noqa: F401  (defining its builders registers digits and mnist1d with tfds)
+from runner.data import catalogue_builders, embedded  # noqa: F401  (defining builders registers them with tfds)
 from runner.data.splits import TrainTest
 from runner.errors import UserError
 
 VALID_DATASETS = "digits, mnist1d, npz, mnist, fashion_mnist, cifar10, or any tfds catalogue name"
 _OFFLINE_CHOICES = "dataset=digits|mnist1d|npz"
+
+# Catalogue names whose tfds builders need TensorFlow to prepare, and the builders that prepare them without it.
+_TF_FREE_BUILDERS = {"mnist": "mnist_np", "fashion_mnist": "fashion_mnist_np", "cifar10": "cifar10_np"}
 
 # Examples decoded per __getitems__ call: one call per example is slow, one call for all holds every decoded dict.
 _READ_CHUNK = 4096
@@ -67,7 +72,7 @@ def load_tfds(name: str, data_dir: str | None) -> TrainTest:
 def _make_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """tfds' builder for `name` in `data_dir` (None: tfds' default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
     try:
-        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        return tfds.builder(_TF_FREE_BUILDERS.get(name, name), data_dir=data_dir, file_format="array_record")
     except tfds.core.DatasetNotFoundError:
         raise UserError(f"dataset.name={name} is not a known dataset; valid: {VALID_DATASETS}") from None
 
