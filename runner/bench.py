@@ -21,10 +21,12 @@ import math
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -71,8 +73,9 @@ CASES = [
     Case("cnn", ("model=cnn",), 128, max_examples=128),
 ]
 
-# Tiny sizes for tests: batches shrink to fit, so every case still runs whole steps.
-SMOKE = {"examples": 64, "epochs": 1, "eval_examples": EVAL_BATCH_SIZE}
+# Tiny sizes for tests: small nets (compiling is most of a smoke run), batches shrunk to fit the examples.
+SMOKE = {"examples": 16, "epochs": 1, "eval_examples": EVAL_BATCH_SIZE,
+         "overrides": ("model.depth=2", "model.width=16", "model.channels=[4,8]")}  # channels: cnn only
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -84,12 +87,18 @@ def compose_config(*overrides: str) -> DictConfig:
     return cfg
 
 
-def synthetic_data(key: jax.Array, n: int, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-    """Standard-normal inputs labelled by a random linear teacher: learnable, and on device."""
-    x_key, teacher_key = jax.random.split(key)
-    x = jax.random.normal(x_key, (n, *shape), jnp.float32)
-    teacher = jax.random.normal(teacher_key, (math.prod(shape), NUM_CLASSES))
-    return x, jnp.argmax(x.reshape(n, -1) @ teacher, -1).astype(jnp.int32)
+def synthetic_data(seed: int, n: int, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Standard-normal inputs labelled by a random linear teacher: learnable; made on the host, kept on device."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *shape), np.float32)
+    teacher = rng.standard_normal((math.prod(shape), NUM_CLASSES), np.float32)
+    return jax.device_put(x), jax.device_put(np.argmax(x.reshape(n, -1) @ teacher, -1).astype(np.int32))
+
+
+def run_once(fn: Callable, *args) -> Any:
+    """`fn(*args)` as one program compiled without optimization (XLA's optimizing compile of the threefry
+    RNG takes ~0.4 s per random draw on CPU, far more than an initializer runs)."""
+    return jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})(*args)
 
 
 # ---- the limit: the same nets and update, written by hand ----
@@ -106,6 +115,8 @@ class LimitSpec(NamedTuple):
 
 
 class LimitState(NamedTuple):
+    """Everything one limit step reads and writes."""
+
     params: tuple[list, list]  # ([(W, b) per layer, head last], [(scale, offset) per normalized layer])
     stats: list  # (running mean, running variance) per normalized layer
     opt_state: Any
@@ -120,6 +131,8 @@ def limit_spec(cfg: DictConfig) -> LimitSpec:
     for group, target in modelled.items():
         if cfg[group]._target_ != target:
             raise ValueError(f"the limit models {group} {target} only, not {cfg[group]._target_}")
+    if cfg.activation.get("alpha", 1.0) != 1.0:
+        raise ValueError(f"the limit models elu with alpha 1 only, not {cfg.activation.alpha}")
     regularizers = dict(cfg.get("regularizer") or {})
     if set(regularizers) - {"dropout"} or (regularizers and regularizers["dropout"].on_inputs):
         raise ValueError(f"the limit models hidden dropout only, not regularizer={list(regularizers)}")
@@ -144,6 +157,10 @@ def _pools(spatial: Sequence[int]) -> bool:
 
 def init_limit(key: jax.Array, spec: LimitSpec, input_shape: Sequence[int]) -> LimitState:
     """He-normal weights, zero biases, unit scales: the runner's initialization, by hand."""
+    return run_once(lambda key: _init_limit(key, spec, input_shape), key)
+
+
+def _init_limit(key: jax.Array, spec: LimitSpec, input_shape: Sequence[int]) -> LimitState:
     he_normal = jax.nn.initializers.he_normal()
     shapes, spatial, channels = [], list(input_shape[:-1]), input_shape[-1]
     for features in spec.channels:
@@ -165,6 +182,7 @@ def init_limit(key: jax.Array, spec: LimitSpec, input_shape: Sequence[int]) -> L
 
 
 def limit_optimizer(spec: LimitSpec) -> optax.GradientTransformation:
+    """optax.adam with the config's constant learning rate, as a float rather than a schedule."""
     a = spec.adam
     return optax.adam(a["learning_rate"], b1=a["b1"], b2=a["b2"], eps=a["eps"])
 
@@ -241,7 +259,12 @@ def make_per_step_epoch(spec: LimitSpec, state: LimitState, x: jax.Array, y: jax
                         batch_size: int) -> Callable:
     """The limit's step dispatched once per batch from Python, batches shuffled on device per epoch."""
     step = make_limit_step(spec)
-    shuffle = jax.jit(lambda x, y, key: (lambda order: (x[order], y[order]))(_batch_order(key, len(x), batch_size)))
+
+    @jax.jit
+    def shuffle(x, y, key):
+        order = _batch_order(key, len(x), batch_size)
+        return x[order], y[order]
+
     xs, ys = shuffle(x, y, jax.random.PRNGKey(0))
     indexed = jax.jit(lambda s, xs, ys, i: step(s, xs[i], ys[i])).lower(state, xs, ys, np.int32(0)).compile()
 
@@ -295,7 +318,8 @@ def runner_loop(cfg: DictConfig, x: jax.Array, y: jax.Array, batch_size: int) ->
     experiment = build_experiment(cfg, NUM_CLASSES, len(x) // batch_size)
     init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3)
     state = create_train_state(init_key, experiment, x[:batch_size])
-    train_epoch, seconds = compiled(make_train_epoch(experiment, batch_size), state, x, y, data_key)
+    train_epoch, seconds = compiled(make_train_epoch(experiment, batch_size, cfg.trainer.diagnostics_every),
+                                    state, x, y, data_key)
     return Loop(train_epoch, state, x, y, data_key), seconds
 
 
@@ -304,7 +328,7 @@ def measure_case(case: Case, examples: int, epochs: int) -> dict[str, Any]:
     cfg = compose_config(*case.overrides, f"trainer.batch_size={case.batch_size}")
     spec = limit_spec(cfg)
     examples = min(examples, case.max_examples or examples)
-    x, y = synthetic_data(jax.random.PRNGKey(0), examples, case.input_shape)
+    x, y = synthetic_data(0, examples, case.input_shape)
     runner, runner_compile_s = runner_loop(cfg, x, y, case.batch_size)
     state = init_limit(jax.random.PRNGKey(cfg.trainer.seed), spec, case.input_shape)
     limit_epoch, limit_compile_s = compiled(make_limit_epoch(spec, case.batch_size), state, x, y,
@@ -325,11 +349,11 @@ def measure_case(case: Case, examples: int, epochs: int) -> dict[str, Any]:
     return row
 
 
-def measure_evaluation(examples: int, epochs: int) -> float:
-    """Examples/s of the runner's compiled evaluation of mlp20x100 at eval batch `EVAL_BATCH_SIZE`."""
-    cfg = compose_config(*MLP20X100)
+def measure_evaluation(overrides: Sequence[str], examples: int, epochs: int) -> float:
+    """Examples/s of the runner's compiled evaluation at eval batch `EVAL_BATCH_SIZE`."""
+    cfg = compose_config(*overrides)
     n = max(1, -(-examples // EVAL_BATCH_SIZE)) * EVAL_BATCH_SIZE
-    x, y = synthetic_data(jax.random.PRNGKey(2), n, IMAGE_SHAPE)
+    x, y = synthetic_data(2, n, IMAGE_SHAPE)
     mask = jnp.ones(n, bool)
     experiment = build_experiment(cfg, NUM_CLASSES, 1)
     state = create_train_state(jax.random.PRNGKey(0), experiment, x[:1])
@@ -345,36 +369,65 @@ def measure_evaluation(examples: int, epochs: int) -> float:
 
 
 def measure_first_step(timeout: float = 300) -> dict[str, float]:
-    """`python -m runner trainer.epochs=1` from process start to its "epoch 1/" line, data already built."""
+    """`python -m runner trainer.epochs=1` from process start to its "epoch 1/" line, data already built.
+
+    Measured twice: with an empty JAX compilation cache (a config's first run) and with the cache the
+    preparing run filled (the runner keeps compiled programs on disk, so a repeated config skips compiling).
+    """
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
-        env = {**os.environ, "TFDS_DATA_DIR": str(Path(tmp) / "tfds")}
-        _run_default(Path(tmp), env, timeout)  # builds the dataset, which a user's second run finds ready
-        return _run_default(Path(tmp), env, timeout)
+        tmp = Path(tmp)
+        env = {**os.environ, "TFDS_DATA_DIR": str(tmp / "tfds"), "JAX_COMPILATION_CACHE_DIR": str(tmp / "cache")}
+        _run_default(tmp, env, timeout)  # builds the dataset, as a user's first run does, and fills the cache
+        cold = _run_default(tmp, {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp / "empty-cache")}, timeout)
+        cached = _run_default(tmp, env, timeout)
+    return {"time_to_first_step_s": cold.first_step_s, "compile_time_s": cold.compile_time_s,
+            "time_to_first_step_cached_s": cached.first_step_s, "compile_time_cached_s": cached.compile_time_s,
+            "runner_peak_host_memory_mib": cold.peak_memory_mib}
 
 
-def _run_default(cwd: Path, env: dict[str, str], timeout: float) -> dict[str, float]:
+class DefaultRun(NamedTuple):
+    first_step_s: float
+    compile_time_s: float
+    peak_memory_mib: float
+
+
+# A child's ru_maxrss starts at its parent's resident size (Linux carries it across fork and exec), so
+# RUSAGE_CHILDREN here would report the bench's own peak; a small launcher process reports the runner's.
+LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+            "sys.exit(code)")
+
+
+def _run_default(cwd: Path, env: dict[str, str], timeout: float) -> DefaultRun:
+    peak_file = cwd / "peak-rss"
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "runner", "trainer.epochs=1"], cwd=cwd, env=env,
-                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-c", LAUNCHER, str(peak_file), sys.executable, "-m", "runner", "trainer.epochs=1"],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+        # Reading stdout would wait forever on a hung run: kill the launcher and the runner, its own group.
+        watchdog = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL))
+        watchdog.start()
         first_step, run_dir = None, None
-        for line in process.stdout:
-            if first_step is None and line.startswith("epoch 1/"):
-                first_step = time.perf_counter() - start
-            if line.startswith("results in "):
-                run_dir = cwd / line[len("results in "):].strip()
-        code = process.wait(timeout)
+        try:
+            for line in process.stdout:
+                if first_step is None and line.startswith("epoch 1/"):
+                    first_step = time.perf_counter() - start
+                if line.startswith("results in "):
+                    run_dir = cwd / line[len("results in "):].strip()
+            code = process.wait()
+        finally:
+            watchdog.cancel()
         if code != 0 or first_step is None or run_dir is None:
             stderr.seek(0)
             raise RuntimeError(f"python -m runner exited {code} without an epoch line or run dir:\n{stderr.read()}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {"time_to_first_step_s": first_step, "compile_time_s": summary["compile_time_s"]}
+    compile_time = json.loads((run_dir / "summary.json").read_text())["compile_time_s"]
+    return DefaultRun(first_step, compile_time, _kib_or_bytes_to_mib(int(peak_file.read_text())))
 
 
-def peak_memory_mib(who: int) -> float:
-    """Peak resident memory from getrusage: KiB on Linux, bytes on macOS."""
-    peak = resource.getrusage(who).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+def _kib_or_bytes_to_mib(ru_maxrss: int) -> float:
+    """getrusage's ru_maxrss in MiB: it counts KiB on Linux, bytes on macOS."""
+    return ru_maxrss / 2**20 if sys.platform == "darwin" else ru_maxrss / 2**10
 
 
 def machine() -> dict[str, Any]:
@@ -393,13 +446,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="timed epochs per loop; the median is reported (default 5)")
     parser.add_argument("--examples", type=int, help="synthetic training examples (default 4096)")
     parser.add_argument("--smoke", action="store_true",
-                        help=f"tiny sizes ({SMOKE['examples']} examples, 1 epoch), no time-to-first-step run")
+                        help=f"tiny nets and sizes ({SMOKE['examples']} examples, 1 epoch), no time-to-first-step run")
     parser.add_argument("--first-step", action=argparse.BooleanOptionalAction, default=None,
                         help="time `python -m runner` to its first epoch (default: on, off with --smoke)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="base dir of the results")
     args = parser.parse_args(argv)
-    args.examples = args.examples or (SMOKE["examples"] if args.smoke else 4096)
-    args.epochs = args.epochs or (SMOKE["epochs"] if args.smoke else 5)
+    if args.examples is None:
+        args.examples = SMOKE["examples"] if args.smoke else 4096
+    if args.epochs is None:
+        args.epochs = SMOKE["epochs"] if args.smoke else 5
     args.eval_examples = SMOKE["eval_examples"] if args.smoke else 10 * EVAL_BATCH_SIZE
     args.first_step = (not args.smoke) if args.first_step is None else args.first_step
     for name in ("examples", "epochs"):
@@ -415,7 +470,8 @@ def chosen_cases(args: argparse.Namespace) -> list[Case]:
     if args.batch_sizes:
         cases = [dataclasses.replace(c, batch_size=b) for c in cases for b in args.batch_sizes]
     if args.smoke:
-        cases = [dataclasses.replace(c, batch_size=min(c.batch_size, args.examples)) for c in cases]
+        cases = [dataclasses.replace(c, overrides=c.overrides + SMOKE["overrides"],
+                                     batch_size=min(c.batch_size, args.examples)) for c in cases]
     too_big = [c.name for c in cases if c.batch_size > min(args.examples, c.max_examples or args.examples)]
     if too_big:
         raise SystemExit(f"error: fewer examples than one batch for {', '.join(too_big)}; "
@@ -434,11 +490,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                "cases": []}
     for case in chosen_cases(args):
         results["cases"].append(measure_case(case, args.examples, args.epochs))
-    results["eval_examples_per_s"] = measure_evaluation(args.eval_examples, args.epochs)
+    smoke_overrides = SMOKE["overrides"] if args.smoke else ()
+    results["eval_examples_per_s"] = measure_evaluation(MLP20X100 + smoke_overrides, args.eval_examples, args.epochs)
     if args.first_step:
         results.update(measure_first_step())
-        results["runner_peak_host_memory_mib"] = peak_memory_mib(resource.RUSAGE_CHILDREN)
-    results["peak_host_memory_mib"] = peak_memory_mib(resource.RUSAGE_SELF)
+    results["peak_host_memory_mib"] = _kib_or_bytes_to_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     path = out_dir / "results.json"
     write_json(path, results)
     show(console, results)
@@ -453,6 +509,8 @@ def show(console: Console, results: dict[str, Any]) -> None:
                   [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
                     c["ratio"], c.get("per_step_examples_per_s")] for c in results["cases"]])
     labels = {"time_to_first_step_s": "time to first step (s)", "compile_time_s": "compile time (s)",
+              "time_to_first_step_cached_s": "time to first step, compilation cached (s)",
+              "compile_time_cached_s": "compile time, compilation cached (s)",
               "eval_examples_per_s": f"evaluation (examples/s, batch {EVAL_BATCH_SIZE})",
               "peak_host_memory_mib": "peak host memory, bench (MiB)",
               "runner_peak_host_memory_mib": "peak host memory, python -m runner (MiB)"}

@@ -1,0 +1,84 @@
+"""`python -m runner.bench --smoke`: every case measured and written; the limit it compares against trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from runner import bench
+from runner.build import build_experiment
+from tests.conftest import ROOT
+
+# Compiling is most of a smoke run; unoptimized programs compile ~3x faster and the numbers are not checked.
+UNOPTIMIZED = "--xla_backend_optimization_level=0"
+
+
+def test_smoke_run_writes_every_case_with_its_ratio(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED}".strip()}
+    done = subprocess.run([sys.executable, "-m", "runner.bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    (path,) = tmp_path.glob("*/results.json")
+    results = json.loads(path.read_text())
+    assert [c["name"] for c in results["cases"]] == [c.name for c in bench.CASES]
+    for case in results["cases"]:
+        assert case["runner_examples_per_s"] > 0 and case["limit_examples_per_s"] > 0
+        assert case["ratio"] == pytest.approx(case["runner_examples_per_s"] / case["limit_examples_per_s"])
+    per_step = [c for c in results["cases"] if "per_step_examples_per_s" in c]
+    assert [c["name"] for c in per_step] == [c.name for c in bench.CASES if c.per_step_loop]
+    assert all(c["per_step_examples_per_s"] > 0 for c in per_step)
+    assert results["eval_examples_per_s"] > 0 and results["peak_host_memory_mib"] > 0
+    assert "time_to_first_step_s" not in results  # --smoke skips the subprocess run unless asked
+    assert {"jax", "devices", "cpu_count", "platform"} <= set(results["machine"])
+    assert f"results in {path}" in done.stdout
+
+
+@pytest.mark.parametrize("overrides", [bench.MLP20X100, (), ("model=cnn",)],
+                         ids=["plain_mlp", "batch_norm_dropout_mlp", "cnn"])
+def test_limit_loss_goes_down_on_learnable_data(overrides):
+    cfg = bench.compose_config(*overrides, *bench.SMOKE["overrides"], "optimizer.learning_rate=0.01")
+    spec = bench.limit_spec(cfg)
+    x, y = bench.synthetic_data(0, 64, bench.IMAGE_SHAPE)
+    state = bench.init_limit(jax.random.PRNGKey(0), spec, bench.IMAGE_SHAPE)
+    epoch = jax.jit(bench.make_limit_epoch(spec, batch_size=16)).lower(state, x, y, jax.random.PRNGKey(0)).compile(
+        compiler_options={"xla_backend_optimization_level": 0})
+
+    losses = []
+    for i in range(4):
+        state, loss = epoch(state, x, y, jax.random.PRNGKey(i))
+        losses.append(float(loss))
+
+    assert int(state.step) == 4 * 64 // 16
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("overrides", [(), ("model=cnn",)], ids=["batch_norm_mlp", "cnn"])
+def test_limit_forward_equals_the_runner_model_in_training_mode(overrides):
+    cfg = bench.compose_config(*overrides, *bench.SMOKE["overrides"], "regularizer.dropout.rate=0.0")
+    spec = bench.limit_spec(cfg)
+    model = build_experiment(cfg, bench.NUM_CLASSES, 1).model
+    x, _ = bench.synthetic_data(0, 16, bench.IMAGE_SHAPE)
+    key = jax.random.PRNGKey(0)
+    variables = bench.run_once(lambda x: model.init(key, x, train=False), x)
+    logits, updates = bench.run_once(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
+
+    hidden = len(spec.channels) + spec.depth
+    params, running = variables["params"], variables["batch_stats"]
+    names = [f"conv_{i}" if i < len(spec.channels) else f"dense_{i}" for i in range(hidden)] + ["head"]
+    layers = [(params[n]["kernel"], params[n]["bias"]) for n in names]
+    norms = [(params[f"block_{i}"]["norm"]["scale"], params[f"block_{i}"]["norm"]["bias"]) for i in range(hidden)]
+    stats = [(running[f"block_{i}"]["norm"]["mean"], running[f"block_{i}"]["norm"]["var"]) for i in range(hidden)]
+    limit_logits, limit_stats = bench.run_once(lambda p, s, x: bench.limit_forward(spec, p, s, x, key),
+                                               (layers, norms), stats, x)
+
+    np.testing.assert_allclose(limit_logits, logits, rtol=1e-5, atol=1e-5)
+    for i, (mean, var) in enumerate(limit_stats):
+        np.testing.assert_allclose(mean, updates["batch_stats"][f"block_{i}"]["norm"]["mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, updates["batch_stats"][f"block_{i}"]["norm"]["var"], rtol=1e-5, atol=1e-6)
