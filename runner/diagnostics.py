@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from runner.outputs import finite_or_none
+
 STATS = ("preact_mean", "preact_std", "act_mean", "act_std", "saturated_fraction", "dead_fraction",
          "grad_norm", "weight_norm", "update_ratio")
 SATURATION_MARGIN = 0.05  # as a fraction of the activation's output range
@@ -140,21 +142,19 @@ def record(buffer: Buffer, step: jax.Array, values: jax.Array) -> Buffer:
 
 
 def to_records(epoch: int, buffer: Buffer, names: list[str]) -> list[dict]:
-    """The diagnostics.jsonl records of one epoch's buffer (fetched to the host); NaN becomes null on writing."""
-    count = int(buffer.count)
+    """The diagnostics.jsonl records of one epoch's buffer (fetched to the host); undefined or non-finite is None."""
     values = np.asarray(buffer.values)
     return [{"step": int(buffer.steps[row]), "epoch": epoch,
-             "layers": [{"name": name, **{stat: float(values[row, s, i]) for s, stat in enumerate(STATS)}}
+             "layers": [{"name": name, **{stat: finite_or_none(float(values[row, s, i]))
+                                          for s, stat in enumerate(STATS)}}
                         for i, name in enumerate(names)]}
-            for row in range(count)]
+            for row in range(int(buffer.count))]
 
 
 def grad_norm_ratio(record: dict) -> float | None:
     """The lowest layer's gradient norm over the head's: far below 1 when gradients vanish on the way down."""
     low, top = record["layers"][0]["grad_norm"], record["layers"][-1]["grad_norm"]
-    if low is None or not top or not math.isfinite(low) or not math.isfinite(top):
-        return None
-    return low / top
+    return None if low is None or not top else low / top
 
 
 def summarize(records: list[dict]) -> dict[str, float | None]:

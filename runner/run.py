@@ -116,30 +116,30 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     compile_start = time.perf_counter()
     train_epoch = jax.jit(make_train_epoch(experiment, tc.batch_size, tc.diagnostics_every)).lower(
         state, x_train, y_train, data_key).compile()
+    # Compiled only if an epoch goes non-finite: it replays that epoch to name the step and layer.
+    checked_epoch = jax.jit(make_train_epoch(experiment, tc.batch_size, tc.diagnostics_every, checked=True))
     val.compile(state, eval_key)
     compile_time = time.perf_counter() - compile_start
 
     layers = layer_names(state.params)
-    status, diverged_at, epoch, timed_epochs, train_time = "completed", None, first_epoch - 1, 0, 0.0
-    diverged_layer = None
+    status, divergence, epoch, timed_epochs, train_time = "completed", None, first_epoch - 1, 0, 0.0
     with deferred_signals() as interrupt, console.epochs(tc.epochs, start=epoch) as show:
         for epoch in range(first_epoch, tc.epochs + 1):
-            epoch_start = time.perf_counter()
-            state, m = train_epoch(state, x_train, y_train, jax.random.fold_in(data_key, epoch))
+            epoch_start, epoch_key, before = time.perf_counter(), jax.random.fold_in(data_key, epoch), state
+            state, m = train_epoch(state, x_train, y_train, epoch_key)
             m = jax.device_get(m)
             epoch_time = time.perf_counter() - epoch_start
             train_time, timed_epochs = train_time + epoch_time, timed_epochs + 1
+            if m["first_nonfinite_step"] >= 0 or not m["params_finite"]:
+                state, m, divergence = replay_divergence(checked_epoch, before, x_train, y_train, epoch_key, m,
+                                                         layers)
             for diagnosed in to_records(epoch, m["diagnostics"], layers) if "diagnostics" in m else ():
                 append_jsonl(diagnostics_path, diagnosed)
-            if m["first_nonfinite_step"] >= 0:
-                status, diverged_at = "diverged", int(m["first_nonfinite_step"])
-                if m["nonfinite_layer"] >= 0:
-                    diverged_layer = layers[int(m["nonfinite_layer"])]
-                    console.warn(f"diverged: non-finite gradient of {diverged_layer} at step {diverged_at} "
-                                 f"(epoch {epoch}); kept the weights before it")
-                else:
-                    console.warn(f"diverged: non-finite loss at step {diverged_at} (epoch {epoch}); "
-                                 "kept the weights before it")
+            if divergence is not None:
+                status = "diverged"
+                where = f"gradient of {divergence['diverged_layer']}" if divergence["diverged_layer"] else "loss"
+                console.warn(f"diverged: non-finite {where} at step {divergence['diverged_at_step']} "
+                             f"(epoch {epoch}); kept the weights before it")
                 break
             v = val(state, eval_key)
             record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(experiment, state),
@@ -172,8 +172,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
         console.warn(f"interrupted at epoch {epoch}: checkpoint saved; continue with "
                      f"trainer.resume=true hydra.run.dir={run_dir}")
         raise Interrupted(interrupt.signum)
-    if diverged_at is not None:
-        summary.update(diverged_at_step=diverged_at, diverged_layer=diverged_layer)
+    if divergence is not None:
+        summary.update(divergence)
     if tc.diagnostics_every:
         summary.update(summarize(read_jsonl(diagnostics_path)))
     if status == "early_stopped" and tc.early_stopping.restore_best and stopper.best_state is not None:
@@ -183,6 +183,21 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     summary["wall_time_s"] = time.perf_counter() - start
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
+                      metrics: dict, layers: list[str]) -> tuple[TrainState, dict, dict]:
+    """Replay an epoch that went non-finite with per-layer checks: (last finite state, metrics, divergence).
+
+    divergence: `diverged_at_step`, the first step whose loss or a kernel gradient was not finite, and
+    `diverged_layer`, the lowest layer whose gradient was not finite then (None if only the loss was).
+    """
+    state, checked = checked_epoch(before, x, y, key)
+    checked = jax.device_get(checked)
+    step, layer = int(checked["first_nonfinite_step"]), int(checked["nonfinite_layer"])
+    if step < 0:  # the replay stayed finite (the programs may round differently): report the first pass's step
+        step = int(metrics["first_nonfinite_step"]) if metrics["first_nonfinite_step"] >= 0 else int(state.step) - 1
+    return state, checked, {"diverged_at_step": step, "diverged_layer": layers[layer] if layer >= 0 else None}
 
 
 def final_evaluation(cfg: DictConfig, splits: Splits, state: TrainState, key: jax.Array) -> dict[str, Any]:

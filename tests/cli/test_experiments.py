@@ -1,0 +1,88 @@
+"""The chapter's experiments (conf/experiment/): every job of every preset's sweep builds, and short runs show
+what each preset is for."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from runner.build import build_experiment
+from runner.config import CONF_DIR, validate
+from tests.conftest import read_summary
+
+# The presets that sweep (`-m +experiment=NAME`); sparse and fast are single runs.
+SWEEPS = ["vanishing_gradients", "activations", "batch_norm", "gradient_clipping", "optimizers", "schedules",
+          "regularization", "practical_defaults"]
+
+
+def sweep_jobs(name: str) -> list[list[str]]:
+    """The override lists of the jobs `python -m runner -m +experiment=NAME` launches."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+    choices = []
+    for key, values in cfg.hydra.sweeper.params.items():
+        if values == "glob(*)":  # every choice of the group
+            values = ",".join(sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml")))
+        choices.append([f"{key}={value}" for value in values.split(",")])
+    # Hydra puts the sweep's own overrides before the command line's: a variant must win from there.
+    return [[*job, f"+experiment={name}"] for job in itertools.product(*choices)]
+
+
+def jobs_by_override(run_dirs, key: str) -> dict:
+    """Each job's run dir by the value it gave `key`."""
+    jobs = {}
+    for run_dir in run_dirs:
+        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+        jobs[next(o.split("=", 1)[1] for o in overrides if o.startswith(key + "="))] = run_dir
+    return jobs
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_job_of_the_presets_sweep_composes_validates_and_builds(name):
+    jobs, configs = sweep_jobs(name), set()
+    assert len(jobs) >= 2
+    for job in jobs:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=job)
+        validate(cfg)
+        build_experiment(cfg, num_classes=10, steps_per_epoch=10)
+        configs.add(OmegaConf.to_yaml(cfg))
+    assert len(configs) == len(jobs)  # every job trains something different
+
+
+def test_optimizers_and_schedules_sweep_every_file_of_their_group():
+    assert len(sweep_jobs("optimizers")) == len(list((CONF_DIR / "optimizer").glob("*.yaml")))
+    assert len(sweep_jobs("schedules")) == len(list((CONF_DIR / "schedule").glob("*.yaml")))
+
+
+def test_vanishing_gradients_sigmoid_with_normal_init_has_a_gradient_ratio_10x_below_he_with_elu(cli):
+    result = cli("-m", "+experiment=vanishing_gradients", "experiment/vanishing_gradients=sigmoid_normal,elu_he",
+                 "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    jobs = jobs_by_override(cli.run_dirs(), "experiment/vanishing_gradients")
+    sigmoid, elu = (read_summary(jobs[v]) for v in ("sigmoid_normal", "elu_he"))
+    assert sigmoid["grad_norm_ratio"] * 10 <= elu["grad_norm_ratio"], (sigmoid, elu)
+    assert (jobs["elu_he"] / "diagnostics.jsonl").exists()
+    # The multirun ended with its report (runner.callbacks.MultirunReport).
+    report = jobs["elu_he"].parent / "report"
+    rows = list(csv.DictReader((report / "report.csv").open()))
+    assert [row["run_dir"] for row in rows] == [jobs["elu_he"].name, jobs["sigmoid_normal"].name]
+    assert (report / "report.md").exists() and (report / "grad_norms.png").exists()
+
+
+def test_gradient_clipping_the_unclipped_job_diverges_at_a_named_step_and_the_clipped_one_trains(cli):
+    result = cli("-m", "+experiment=gradient_clipping", "trainer.epochs=2")
+    assert result.returncode == 0, result.stderr  # a diverged job ends normally; the sweep goes on
+    jobs = jobs_by_override(cli.run_dirs(), "trainer.clip")
+    unclipped, clipped = read_summary(jobs["none"]), read_summary(jobs["global_norm"])
+    assert unclipped["status"] == "diverged"
+    assert isinstance(unclipped["diverged_at_step"], int) and unclipped["diverged_at_step"] > 0
+    assert unclipped["diverged_layer"].startswith(("dense_", "head"))
+    assert f"at step {unclipped['diverged_at_step']}" in result.stderr
+    assert unclipped["test_accuracy"] is not None  # evaluated on the last finite weights
+    assert clipped["status"] == "completed" and clipped["test_accuracy"] > 0.5

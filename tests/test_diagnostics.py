@@ -1,0 +1,226 @@
+"""Per-layer diagnostics against hand computations on tiny models, and what turning them on must not change."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from runner.build import build_experiment
+from runner.diagnostics import capacity, layer_names, lowest_nonfinite, summarize, to_records
+from runner.train import create_train_state, make_train_epoch, make_train_step, make_traced_train_step
+from tests.conftest import compose_config
+
+BATCH, N, KEY = 16, 96, jax.random.PRNGKey(3)  # 6 steps per epoch
+# Plain SGD at lr 10 on an ELU net: finite for 4 steps, then the loss and every gradient are NaN.
+DIVERGING = ("optimizer=sgd", "optimizer.learning_rate=10", "normalization=none", "regularizer=[]", "model.depth=4")
+
+
+def _setup(*overrides, n=N, shape=(8, 8, 1)):
+    cfg = compose_config(f"trainer.batch_size={BATCH}", "model.depth=2", "model.width=8", *overrides)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(n, *shape)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+    experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=n // BATCH)
+    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:BATCH])
+    return experiment, state, x, y
+
+
+def _epoch(experiment, state, x, y, every, key=KEY, checked=False):
+    state, metrics = jax.jit(make_train_epoch(experiment, BATCH, every, checked))(state, x, y, key)
+    return state, jax.device_get(metrics)
+
+
+def _records(experiment, state, x, y, every, epoch=1, key=KEY):
+    _, metrics = _epoch(experiment, state, x, y, every, key)
+    return to_records(epoch, metrics["diagnostics"], layer_names(state.params))
+
+
+def _batches(x, key=KEY):
+    """Each step's batch indices in an epoch, as the compiled epoch draws them."""
+    return np.asarray(jax.random.permutation(key, x.shape[0]))[: (x.shape[0] // BATCH) * BATCH].reshape(-1, BATCH)
+
+
+def _states(experiment, state, x, y, steps):
+    """The state before each of the epoch's first `steps` steps, stepping one at a time."""
+    step, states = jax.jit(make_train_step(experiment)), [state]
+    for indices in _batches(x)[: steps - 1]:
+        states.append(step(states[-1], x[indices], y[indices])[0])
+    return states
+
+
+def _layer(record, name):
+    return next(layer for layer in record["layers"] if layer["name"] == name)
+
+
+def _hand_forward(params, x, activation):
+    """Pre-activations and activations of an MLP without normalization or dropout, by hand."""
+    h, pre, act = x.reshape(x.shape[0], -1), {}, {}
+    for name in layer_names(params):
+        pre[name] = h @ params[name]["kernel"] + params[name]["bias"]
+        h = act[name] = activation(pre[name]) if name != "head" else None
+    return pre, act
+
+
+def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
+    # Batch norm and dropout on: the diagnostics must see the step's own batch statistics and dropout mask.
+    experiment, state, x, y = _setup()
+    records = _records(experiment, state, x, y, every=2)
+    states = _states(experiment, state, x, y, steps=3)
+    for record in records[:2]:
+        s = states[record["step"]]
+        indices = _batches(x)[record["step"]]
+        dropout_rng = jax.random.split(jax.random.fold_in(s.rng, s.step), 3)[2]
+
+        def loss(params):
+            logits, _ = s.apply_fn({"params": params, "batch_stats": s.batch_stats}, x[indices], train=True,
+                                   rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y[indices]).mean()
+
+        grads = jax.grad(loss)(s.params)
+        for name in layer_names(s.params):
+            expected = float(jnp.linalg.norm(grads[name]["kernel"]))
+            assert _layer(record, name)["grad_norm"] == pytest.approx(expected, rel=1e-4), (record["step"], name)
+
+
+def test_update_ratio_is_the_change_of_the_kernel_over_its_norm_before_the_step():
+    experiment, state, x, y = _setup("optimizer=momentum")
+    [first, second, *_] = _records(experiment, state, x, y, every=1)
+    states = _states(experiment, state, x, y, steps=3)
+    for record in (first, second):
+        before, after = states[record["step"]], states[record["step"] + 1]
+        for name in layer_names(state.params):
+            w0, w1 = before.params[name]["kernel"], after.params[name]["kernel"]
+            layer = _layer(record, name)
+            assert layer["weight_norm"] == pytest.approx(float(jnp.linalg.norm(w0)), rel=1e-5)
+            assert layer["update_ratio"] == pytest.approx(float(jnp.linalg.norm(w1 - w0) / jnp.linalg.norm(w0)),
+                                                          rel=1e-3)
+
+
+def test_activation_statistics_are_those_of_a_hand_forward_pass_and_tanh_saturates_beyond_0_9():
+    experiment, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=tanh",
+                                     "initializer=normal")
+    [record, *_] = _records(experiment, state, x, y, every=4)
+    pre, act = _hand_forward(state.params, x[_batches(x)[0]], jnp.tanh)
+    for name in layer_names(state.params):
+        layer = _layer(record, name)
+        assert layer["preact_mean"] == pytest.approx(float(pre[name].mean()), rel=1e-4, abs=1e-6)
+        assert layer["preact_std"] == pytest.approx(float(pre[name].std()), rel=1e-4)
+        if name == "head":  # logits: no activation follows
+            assert [layer[k] for k in ("act_mean", "act_std", "saturated_fraction", "dead_fraction")] == [None] * 4
+            continue
+        assert layer["act_mean"] == pytest.approx(float(act[name].mean()), rel=1e-4, abs=1e-6)
+        assert layer["act_std"] == pytest.approx(float(act[name].std()), rel=1e-4)
+        assert layer["saturated_fraction"] == pytest.approx(float(jnp.mean(jnp.abs(act[name]) > 0.9)))
+    assert _layer(record, "dense_0")["saturated_fraction"] > 0.1  # N(0, 1) weights on 64 inputs saturate tanh
+
+
+def test_sigmoid_outputs_below_0_05_or_above_0_95_count_as_saturated():
+    experiment, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=sigmoid",
+                                     "initializer=normal")
+    [record, *_] = _records(experiment, state, x, y, every=4)
+    _, act = _hand_forward(state.params, x[_batches(x)[0]], jax.nn.sigmoid)
+    for name in ("dense_0", "dense_1"):
+        expected = float(jnp.mean((act[name] < 0.05) | (act[name] > 0.95)))
+        assert 0 < expected and _layer(record, name)["saturated_fraction"] == pytest.approx(expected)
+        assert _layer(record, name)["dead_fraction"] == 0.0  # a sigmoid is never <= 0
+
+
+def test_saturation_is_null_for_an_activation_without_two_asymptotes():
+    experiment, state, x, y = _setup("activation=relu")
+    [record, *_] = _records(experiment, state, x, y, every=4)
+    assert all(layer["saturated_fraction"] is None for layer in record["layers"])
+
+
+def test_a_unit_is_dead_when_its_activation_is_at_most_0_for_the_whole_batch():
+    experiment, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=relu")
+    params = jax.tree_util.tree_map(lambda p: p, state.params)
+    params["dense_1"]["bias"] = jnp.full_like(params["dense_1"]["bias"], -1e4)  # every unit of dense_1 forced dead
+    params["dense_0"]["bias"] = params["dense_0"]["bias"].at[:3].set(-1e4)  # 3 of dense_0's 8 units dead
+    state = state.replace(params=params)
+    [record, *_] = _records(experiment, state, x, y, every=4)
+    _, act = _hand_forward(params, x[_batches(x)[0]], jax.nn.relu)
+    assert _layer(record, "dense_1")["dead_fraction"] == 1.0
+    expected = float(jnp.mean(jnp.all(act["dense_0"] <= 0, axis=0)))
+    assert _layer(record, "dense_0")["dead_fraction"] == pytest.approx(expected) and expected >= 3 / 8
+
+
+def test_diagnosed_steps_are_exactly_the_multiples_of_n_across_epochs():
+    experiment, state, x, y = _setup()
+    train_epoch = jax.jit(make_train_epoch(experiment, BATCH, 4))
+    steps = []
+    for epoch in range(1, 4):  # 6 steps per epoch: the multiples of 4 fall at different places in each
+        state, metrics = train_epoch(state, x, y, jax.random.fold_in(KEY, epoch))
+        steps += [r["step"] for r in to_records(epoch, jax.device_get(metrics["diagnostics"]),
+                                                layer_names(state.params))]
+    assert steps == [0, 4, 8, 12, 16]
+
+
+def test_diagnostics_do_not_change_training():
+    experiment, state, x, y = _setup()
+    off_state, off = _epoch(experiment, state, x, y, every=0)
+    for every in (1, 4):
+        on_state, on = _epoch(experiment, state, x, y, every=every)
+        assert (on["loss"], on["accuracy"]) == (off["loss"], off["accuracy"])
+        for a, b in zip(jax.tree_util.tree_leaves(on_state), jax.tree_util.tree_leaves(off_state)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_checked_epoch_names_the_first_nonfinite_step_and_lowest_layer_and_keeps_the_last_finite_state():
+    experiment, state, x, y = _setup(*DIVERGING)
+    traced = jax.jit(make_traced_train_step(experiment))
+    names, s = layer_names(state.params), state
+    for step, indices in enumerate(_batches(x)):  # by hand: step until the loss or a kernel gradient is not finite
+        new, m, trace = traced(s, x[indices], y[indices])
+        finite = [bool(jnp.all(jnp.isfinite(trace.grads[n]["kernel"]))) for n in names]
+        if not (np.isfinite(float(m["loss"])) and all(finite)):
+            break
+        s = new
+    else:
+        pytest.fail("the configuration meant to diverge stayed finite")
+    assert step > 0  # a step before it was finite, so "the last finite state" is not the initial one
+    kept, metrics = _epoch(experiment, state, x, y, every=0, checked=True)
+    assert int(metrics["first_nonfinite_step"]) == step
+    assert int(metrics["nonfinite_layer"]) == (finite.index(False) if not all(finite) else -1)
+    assert int(kept.step) == step
+    for a, b in zip(jax.tree_util.tree_leaves(kept.params), jax.tree_util.tree_leaves(s.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_unchecked_epoch_flags_nonfinite_params_for_a_replay():
+    _, metrics = _epoch(*_setup(*DIVERGING), every=0)
+    assert metrics["first_nonfinite_step"] >= 0 or not metrics["params_finite"]
+    _, healthy = _epoch(*_setup(), every=0)
+    assert healthy["first_nonfinite_step"] == -1 and healthy["params_finite"]
+
+
+def test_lowest_nonfinite_is_the_first_layer_from_the_input_whose_gradient_is_not_finite():
+    assert int(lowest_nonfinite(jnp.array([True, False, True, False]))) == 1
+    assert int(lowest_nonfinite(jnp.array([True, True]))) == -1
+
+
+def test_layers_are_ordered_from_the_input_to_the_head():
+    _, state, *_ = _setup("model.depth=11")
+    assert layer_names(state.params) == [f"dense_{i}" for i in range(11)] + ["head"]
+    _, state, *_ = _setup("model=cnn", "model.channels=[4,4]", "model.depth=1", shape=(8, 8, 1))
+    assert layer_names(state.params) == ["conv_0", "conv_1", "dense_2", "head"]
+
+
+@pytest.mark.parametrize("steps_per_epoch,every", [(6, 4), (40, 20), (45, 100), (7, 7), (10, 3)])
+def test_the_buffer_holds_the_most_multiples_of_n_any_epoch_can_contain(steps_per_epoch, every):
+    most = max(sum(1 for s in range(start, start + steps_per_epoch) if s % every == 0)
+               for start in range(0, 2 * every * steps_per_epoch, steps_per_epoch))
+    assert capacity(steps_per_epoch, every) == most
+
+
+def test_grad_norm_ratio_is_the_lowest_layers_gradient_norm_over_the_heads():
+    def record(low, top):
+        return {"layers": [{"name": "dense_0", "grad_norm": low}, {"name": "dense_1", "grad_norm": 1.0},
+                           {"name": "head", "grad_norm": top}]}
+
+    summary = summarize([record(1.0, 10.0), record(3.0, 1.0), record(2.0, 1.0)])
+    assert summary["grad_norm_ratio"] == pytest.approx(0.1)  # the first diagnosed step
+    assert summary["grad_norm_ratio_median"] == pytest.approx(2.0)
+    assert summarize([]) == {"grad_norm_ratio": None, "grad_norm_ratio_median": None}
