@@ -8,11 +8,14 @@ complete, so a partly written checkpoint is never listed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
-from flax import serialization
+from flax import serialization, traverse_util
 
 from runner.errors import UserError
 
@@ -33,6 +36,12 @@ class Checkpoints:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         return self._manager
 
+    def close(self) -> None:
+        """Finish orbax's background work now, not in interpreter shutdown (where it would print errors)."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
     def save(self, epoch: int, trees: dict[str, Any], meta: dict) -> None:
         """Save pytrees (a train state, ...) and JSON metadata as the checkpoint of `epoch`."""
         items = {name: ocp.args.StandardSave(serialization.to_state_dict(tree)) for name, tree in trees.items()}
@@ -49,24 +58,44 @@ class Checkpoints:
             try:
                 restored = self._restore(epoch, templates)
             except Exception as e:  # orbax raises many types for torn, corrupt or mismatched files
-                problems.append(f"checkpoint {epoch}: {_first_line(e)}")
-                if i + 1 < len(steps):
-                    warn(f"checkpoint of epoch {epoch} is unusable ({_first_line(e)}); "
-                         f"resuming from epoch {steps[i + 1]}")
+                problems.append((epoch, _first_line(e)))
                 continue
+            if problems:  # one line, naming the newest unusable checkpoint and the one resumed from
+                warn(f"checkpoint of epoch {problems[0][0]} is unusable ({problems[0][1]}); resuming from epoch {epoch}")
             for unusable in steps[:i]:  # the continued run saves these epochs again
                 self.manager.delete(unusable)
             return restored
-        detail = "; ".join(problems) if problems else "none found"
+        self.close()
+        detail = "; ".join(f"checkpoint {e}: {p}" for e, p in problems) if problems else "none found"
         raise UserError(f"trainer.resume: no usable checkpoint in {self.directory} ({detail}); "
                         "resume needs hydra.run.dir=<the run dir of the run to continue>")
 
     def _restore(self, epoch: int, templates: dict[str, Any]) -> tuple[dict, dict]:
         names = [n for n in templates if (self.directory / str(epoch) / n).is_dir()]
+        for name in names:  # checked first: orbax fails on a mismatch only after starting background reads
+            _check_shapes(self.directory / str(epoch) / name, serialization.to_state_dict(templates[name]))
         args = {n: ocp.args.StandardRestore(serialization.to_state_dict(templates[n])) for n in names}
         restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
         trees = {n: serialization.from_state_dict(templates[n], restored[n]) for n in names}
         return trees, dict(restored["meta"])
+
+
+def _check_shapes(item_dir: Path, template: dict) -> None:
+    """Raise ValueError naming the first array whose saved shape differs from the config's."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that the item dir has no step metadata: it is the step's
+    try:
+        metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+    finally:
+        absl.setLevel(level)
+    saved = {leaf.name: tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(metadata) if hasattr(leaf, "shape")}
+    wanted = {".".join(path): tuple(np.shape(v)) for path, v in traverse_util.flatten_dict(template).items()
+              if v is not None}
+    for key in sorted(saved.keys() | wanted.keys()):
+        if saved.get(key) != wanted.get(key):
+            raise ValueError(f"does not match the config: {key} saved as {saved.get(key)}, "
+                             f"the config makes {wanted.get(key)}")
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -18,8 +18,9 @@ For a diagnosed step, every statistic is measured on that step's own batch, RNG 
     weight_norm               l2 norm of the kernel before the step
     update_ratio              ||kernel update|| / ||kernel||: the relative size of the step actually taken
 
-Inside the compiled epoch the statistics of up to `ceil(steps_per_epoch / every)` steps are written into a
-fixed-size buffer; the host turns it into one diagnostics.jsonl record per diagnosed step.
+Inside the compiled epoch the diagnosed step is traced (runner.train.make_traced_train_step, the step's own code)
+and the statistics of up to `ceil(steps_per_epoch / every)` steps are written into a fixed-size buffer; the host
+turns it into one diagnostics.jsonl record per diagnosed step.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ ASYMPTOTES = ((jax.nn.sigmoid, (0.0, 1.0)), (jax.nn.tanh, (-1.0, 1.0)))
 
 
 class StepTrace(NamedTuple):
-    """What one train step saw and computed, so diagnostics need not redo its backward pass."""
+    """What one train step saw and computed: what per-layer diagnostics and divergence checks read."""
 
     x: jax.Array  # the batch as the model saw it (after augmentation)
     params: Any  # the params the forward pass used (after any perturbation, e.g. DropConnect)
