@@ -42,6 +42,7 @@ from omegaconf import DictConfig
 from runner.build import build_experiment
 from runner.config import CONF_DIR, register_schemas, validate
 from runner.console import Console
+from runner.conv import conv
 from runner.outputs import write_json
 from runner.train import create_train_state, make_evaluate, make_train_epoch
 
@@ -67,10 +68,10 @@ class Case:
 CASES = [
     Case("mlp20x100_b32", MLP20X100, 32, per_step_loop=True),
     Case("mlp20x100_b128", MLP20X100, 128),
+    # The cost of per-layer diagnostics: compare this row's ratio with mlp20x100_b32's (same limit loop).
+    Case("mlp20x100_b32_diagnostics100", MLP20X100 + ("trainer.diagnostics_every=100",), 32),
     Case("mlp5x300_bn_dropout", ("model.depth=5", "model.width=300"), 128),
-    # XLA CPU runs the kernel-gradient convolution ~100x slower inside a while loop than at top level,
-    # and both epochs are scans: seconds per step, so one step per epoch keeps the run short.
-    Case("cnn", ("model=cnn",), 128, max_examples=128),
+    Case("cnn", ("model=cnn",), 128, max_examples=1024),
 ]
 
 # Tiny sizes for tests: small nets (compiling is most of a smoke run), batches shrunk to fit the examples.
@@ -206,7 +207,7 @@ def limit_forward(spec: LimitSpec, params, stats, x: jax.Array, key: jax.Array):
     for i, (w, b) in enumerate(hidden):
         convolution = i < len(spec.channels)
         if convolution:
-            h = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+            h = conv(h, w, ((1, 1), (1, 1))) + b  # the fast kernel gradient, as the runner's model uses
         else:
             h = h.reshape(h.shape[0], -1) @ w + b
         if spec.batch_norm:

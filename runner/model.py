@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 
+from runner.conv import conv_general_dilated
+
 Initializer = Callable[..., Any]
 
 
@@ -96,7 +98,8 @@ class CNN(_Net):
         x = self._inputs(x, train, mc_dropout)
         spatial = x.ndim - 2
         for i, features in enumerate(self.channels):
-            x = nn.Conv(features, (3,) * spatial, kernel_init=self.kernel_init, name=f"conv_{i}")(x)
+            x = nn.Conv(features, (3,) * spatial, kernel_init=self.kernel_init, name=f"conv_{i}",
+                        conv_general_dilated=conv_general_dilated)(x)
             x = self._block(f"block_{i}")(x, train, mc_dropout)
             if all(size >= 2 for size in x.shape[1:-1]):
                 x = nn.max_pool(x, (2,) * spatial, strides=(2,) * spatial)
