@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 from runner.model import CNN, MLP
 from runner.optim import build_optimizer
 from runner.techniques.regularizers import Regularizer, combine
@@ -37,8 +37,7 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
-        cause = str(e.__cause__ or e).strip().splitlines()
-        raise UserError(f"{key}: {cause[0] if cause else type(e).__name__}") from None
+        raise UserError(f"{key}: {first_line(e.__cause__ or e)}") from None
 
 
 def build_regularizer(cfg: DictConfig) -> Regularizer:

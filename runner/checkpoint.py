@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 
 
 class Checkpoints:
@@ -58,7 +58,7 @@ class Checkpoints:
             try:
                 restored = self._restore(epoch, templates)
             except Exception as e:  # orbax raises many types for torn, corrupt or mismatched files
-                problems.append((epoch, _first_line(e)))
+                problems.append((epoch, first_line(e)[:200]))
                 continue
             if problems:  # one line, naming the newest unusable checkpoint and the one resumed from
                 warn(f"checkpoint of epoch {problems[0][0]} is unusable ({problems[0][1]}); resuming from epoch {epoch}")
@@ -104,7 +104,3 @@ def has_checkpoint(run_dir: Path) -> bool:
     return directory.is_dir() and any(p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
                                       for p in directory.iterdir())
 
-
-def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(e).__name__

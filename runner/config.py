@@ -16,7 +16,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from runner.errors import UserError
 
@@ -178,9 +178,3 @@ def validate(cfg: DictConfig) -> None:
     for name, node in regularizers.items():
         _check_target_node(f"regularizer.{name}", node)
 
-
-def as_plain(node: Any) -> Any:
-    """A config node as plain Python containers."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node

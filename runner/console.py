@@ -51,7 +51,7 @@ class Console:
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
         """A table: rich on a terminal, aligned plain text otherwise."""
-        cells = [[_cell(v) for v in row] for row in rows]
+        cells = [[format_cell(v) for v in row] for row in rows]
         if self.live:
             table = Table(title=title)
             for column in columns:
@@ -67,14 +67,15 @@ class Console:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths)), flush=True)
 
 
-def _cell(value: object) -> str:
+def format_cell(value: object) -> str:
+    """A table cell: floats to 4 significant digits, None as empty."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
 
 
 def _fmt(key: str, value: object) -> str:
-    return f"{key}={_cell(value)}"
+    return f"{key}={format_cell(value)}"
 
 
 def error(message: str) -> None:

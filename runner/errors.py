@@ -7,3 +7,9 @@ Raised where the mistake is found, with a message naming the key (or file) and w
 
 class UserError(Exception):
     """Bad input from the user: a config value, a file, a dataset that cannot be had."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message (libraries' errors often run to many lines)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from runner.build import build_regularizer, build_schedule
 from runner.checkpoint import has_checkpoint
 from runner.config import CONF_DIR, validate
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 
 FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg",
                     "-p", "--package", "--info", "--experimental-rerun"}
@@ -43,7 +43,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise UserError(f"cannot parse overrides: {_first_line(e)}") from None
+        raise UserError(f"cannot parse overrides: {first_line(e)}") from None
     choices = []
     for override in parsed:
         if override.is_hydra_override():
@@ -96,7 +96,7 @@ def _compose(job: list[str]):
         group, _, choice = (e.missing_cfg_file or "").rpartition("/")
         if e.options:
             raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(e.options))}") from None
-        raise UserError(_first_line(e)) from None
+        raise UserError(first_line(e)) from None
     except HydraException as e:
         raise UserError(_explain(e, job)) from None
     except OmegaConfBaseException as e:
@@ -112,7 +112,7 @@ def _explain(e: Exception, job: list[str]) -> str:
         valid = _valid_keys(parent, job)
         hint = f"; valid keys under {parent or 'the config'}: {', '.join(valid)}" if valid else ""
         return f"{key}: no such key{hint}"
-    message = _first_line(cause)
+    message = first_line(cause)
     return f"{key}: {message}" if key and key not in message else message
 
 
@@ -125,7 +125,3 @@ def _valid_keys(parent: str, job: list[str]) -> list[str]:
         return []
     return sorted(str(k) for k in node.keys()) if hasattr(node, "keys") else []
 
-
-def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from runner.console import Console, error
+from runner.console import Console, error, format_cell
 from runner.errors import UserError
 from runner.outputs import read_jsonl
 
@@ -165,11 +165,7 @@ def _runs(count: int) -> str:
 
 
 def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return format_cell(value).replace("|", "\\|")  # a pipe would end the Markdown cell
 
 
 def replace_dir(out: Path, build: Callable[[Path], None]) -> None:
