@@ -1,52 +1,82 @@
 """`python -m runner [overrides]`: the Hydra entry point.
 
-Before Hydra creates any run dir, every job's config (each combination of a `-m` sweep) is composed
-and checked; a user error prints one line on stderr and exits with code 2.
+Before Hydra creates anything, every job's config (each combination of a `-m` sweep) is composed and
+checked without importing jax, and the output dir is claimed (runner/rundir.py); a user error prints one
+line on stderr and exits with code 2. Inside Hydra, a job that fails ends as status `failed` with its reason
+in summary.json and the sweep goes on; a single run that fails on the user's mistake takes back what it
+wrote and exits 2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.config import CONF_DIR, register_schemas
+from runner.config import CONF_DIR, register_schemas, validate
 from runner.console import Console, error
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 from runner.interrupts import Interrupted
-from runner.outputs import remove_new_dir
-from runner.preflight import preflight
+from runner.outputs import write_json
+from runner.preflight import Invocation, preflight
 
 register_schemas()
+_invocation = Invocation([])  # what cli() checked and claimed; main() takes back a failed run's files
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Train one job; the return value (best validation accuracy) is what Hydra sweepers optimize."""
-    from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
-
-    use_compilation_cache()
+    """Train one job; the return value (best validation accuracy, None if the job failed) is what
+    Hydra sweepers optimize: Optuna records a trial that returns None as failed."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     console = Console()
     try:
+        validate(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
+        from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
+
+        use_compilation_cache()
         summary = train_and_evaluate(cfg, run_dir, console)
     except UserError as e:
-        if not cfg.trainer.resume:  # a resumed run dir holds earlier results: keep it
-            remove_new_dir(run_dir, stop_at=Path.cwd())
-        error(str(e))
-        sys.exit(2)
+        if not multirun:
+            if _invocation.claim is not None:
+                _invocation.claim.undo()
+            error(str(e))
+            sys.exit(2)
+        return _failed(run_dir, str(e), console)
     except Interrupted as e:
-        sys.exit(e.exit_code)
+        sys.exit(e.exit_code)  # in a sweep too: the user asked everything to stop
+    except Exception as e:  # a bug, not the user's mistake: keep what was written, say where it broke
+        _failed(run_dir, f"{type(e).__name__}: {first_line(e)}", console)
+        if not multirun:
+            raise
+        traceback.print_exc()
+        return None
     console.table("results", ["status", "test_accuracy", "test_loss", "best_val_accuracy", "epochs",
                               "train_examples_per_s", "wall_time_s"],
                   [[summary[k] for k in ("status", "test_accuracy", "test_loss", "best_val_accuracy", "epochs",
                                          "train_examples_per_s", "wall_time_s")]])
     console.info(f"results in {run_dir}")
     return summary["best_val_accuracy"]
+
+
+def _failed(run_dir: Path, reason: str, console: Console) -> None:
+    """Record a failed job in its summary.json (keeping anything it measured) and say so in one line."""
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    except ValueError:
+        summary = {}
+    summary.update(status="failed", reason=reason)
+    write_json(summary_path, summary)
+    console.warn(f"job failed: {reason} ({run_dir})")
 
 
 def use_compilation_cache() -> None:
@@ -58,14 +88,40 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+def failed_jobs(sweep_dir: Path) -> list[Path]:
+    """The job dirs of a sweep whose summary.json says `failed`."""
+    failed = []
+    for summary in sorted(sweep_dir.rglob("summary.json")):
+        try:
+            if json.loads(summary.read_text()).get("status") == "failed":
+                failed.append(summary.parent)
+        except ValueError:
+            continue
+    return failed
+
+
 def cli() -> None:
-    """Check the whole command line, then hand it to Hydra."""
+    """Check the whole command line and claim its output dir, then hand it to Hydra."""
+    global _invocation
     try:
-        preflight(sys.argv[1:])
+        _invocation = preflight(sys.argv[1:])
+        if _invocation.claim is not None:
+            _invocation.claim.lock()
     except UserError as e:
         error(str(e))
         sys.exit(2)
-    main()
+    sys.argv = [sys.argv[0], *_invocation.argv]
+    try:
+        main()
+    finally:
+        if _invocation.claim is not None:
+            _invocation.claim.release()
+    if _invocation.multirun and _invocation.claim is not None:
+        failed = failed_jobs(_invocation.claim.path)
+        if failed:
+            error(f"{len(failed)} job(s) failed, each with its reason in summary.json and the report: "
+                  + ", ".join(p.name for p in failed))
+            sys.exit(1)
 
 
 if __name__ == "__main__":

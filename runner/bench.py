@@ -128,7 +128,8 @@ class LimitState(NamedTuple):
 def limit_spec(cfg: DictConfig) -> LimitSpec:
     """The limit's description of `cfg`'s net; raises for choices the hand-written loop does not model."""
     modelled = {"activation": "jax.nn.elu", "initializer": "jax.nn.initializers.he_normal",
-                "optimizer": "optax.adam", "schedule": "runner.techniques.schedules.constant"}
+                "optimizer": "optax.adam", "schedule": "runner.techniques.schedules.constant",
+                "clip": "optax.identity"}
     for group, target in modelled.items():
         if cfg[group]._target_ != target:
             raise ValueError(f"the limit models {group} {target} only, not {cfg[group]._target_}")
@@ -140,8 +141,6 @@ def limit_spec(cfg: DictConfig) -> LimitSpec:
     layer = cfg.normalization.layer
     if layer is not None and (layer._target_ != "flax.linen.BatchNorm" or cfg.normalization.position != "pre"):
         raise ValueError(f"the limit models batch norm before the activation only, not {layer._target_}")
-    if cfg.trainer.clip != "none":
-        raise ValueError("the limit models trainer.clip=none only")
     return LimitSpec(
         channels=tuple(cfg.model.channels) if cfg.model.name == "cnn" else (),
         depth=cfg.model.depth,

@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
+from runner.checks import strip_specs
 from runner.errors import UserError, first_line
 from runner.model import CNN, MLP
 from runner.optim import build_optimizer
@@ -33,7 +34,7 @@ class Experiment:
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate`, with a mistake found while building reported as the user's, by key."""
     try:
-        return hydra_instantiate(node, _convert_="all", **kwargs)
+        return hydra_instantiate(strip_specs(node), _convert_="all", **kwargs)
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
@@ -73,6 +74,5 @@ def build_experiment(cfg: DictConfig, num_classes: int, steps_per_epoch: int) ->
     """Model, optimizer chain, regularizer and schedule for one run."""
     regularizer = build_regularizer(cfg)
     schedule = build_schedule(cfg, steps_per_epoch)
-    optimizer = build_optimizer(cfg.optimizer, schedule, cfg.trainer.clip, cfg.trainer.clip_threshold,
-                                regularizer.transform)
+    optimizer = build_optimizer(cfg.optimizer, schedule, instantiate(cfg.clip, "clip"), regularizer.transform)
     return Experiment(build_model(cfg, num_classes, regularizer), optimizer, regularizer, schedule)

@@ -96,11 +96,3 @@ def _check_shapes(item_dir: Path, template: dict) -> None:
         if saved.get(key) != wanted.get(key):
             raise ValueError(f"does not match the config: {key} saved as {saved.get(key)}, "
                              f"the config makes {wanted.get(key)}")
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether a run dir holds at least one complete checkpoint (without opening it)."""
-    directory = Path(run_dir) / "checkpoints"
-    return directory.is_dir() and any(p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
-                                      for p in directory.iterdir())
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,6 +17,15 @@ from typing import Any, Iterable
 def finite_or_none(value: Any) -> Any:
     """JSON has no NaN or infinity: a non-finite float is written as null."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would otherwise survive the rename
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -30,6 +38,7 @@ def write_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -74,13 +83,3 @@ def read_jsonl(path: Path) -> list[dict]:
 def rewrite_jsonl(path: Path, records: Iterable[dict]) -> None:
     """Atomically replace a JSON-lines file (used when a resumed run drops records past its checkpoint)."""
     write_atomic(path, "".join(json.dumps(_clean(r)) + "\n" for r in records))
-
-
-def remove_new_dir(path: Path, stop_at: Path) -> None:
-    """Remove a run dir this process created, and any parents it left empty, up to `stop_at`."""
-    path, stop_at = Path(path).resolve(), Path(stop_at).resolve()
-    shutil.rmtree(path, ignore_errors=True)
-    parent = path.parent
-    while parent != stop_at and stop_at in parent.parents and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent

@@ -1,41 +1,69 @@
 """Compose and check every job's config before Hydra starts, turning Hydra's errors into one line each.
 
 Hydra reports a bad override with several lines and exit code 1 after it has made the run dir; here the
-same composition happens first, through Hydra's compose API, so a mistake costs nothing on disk.
+same composition happens first, through Hydra's compose API, so a mistake costs nothing on disk. Nothing
+here imports jax, flax, optax or orbax, and nothing is instantiated: a mistyped override is answered fast
+and a `_target_` can run no code. The result is the command line Hydra will run (a resumed run's saved
+overrides first, the output dir pinned) and the claim on the dir it writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from runner.build import build_regularizer, build_schedule
-from runner.checkpoint import has_checkpoint
+from runner.checks import TopLevel, reserved_override
 from runner.config import CONF_DIR, validate
 from runner.errors import UserError, first_line
+from runner.resumed import override_key, resumed_overrides
+from runner.rundir import RunDirClaim, has_checkpoint, holds_run
 
 FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg",
                     "-p", "--package", "--info", "--experimental-rerun"}
+HELP_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "-c", "--cfg")
 MAX_CHECKED_JOBS = 256
+_PLAIN_PATH = re.compile(r"[\w./-]+")
+
+
+@dataclasses.dataclass
+class Invocation:
+    """What a checked command line will do: Hydra's arguments and the dir it writes."""
+
+    argv: list[str]
+    multirun: bool = False
+    claim: RunDirClaim | None = None  # the run dir (single run) or sweep dir (multirun); None for --help
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(flags with their values, overrides) of a Hydra command line."""
+    flags, overrides, skip = [], [], False
+    for arg in argv:
+        if skip:
+            flags.append(arg)
+            skip = False
+        elif arg.startswith("-"):
+            flags.append(arg)
+            skip = arg in FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return flags, overrides
 
 
 def overrides_of(argv: list[str]) -> list[str]:
     """The override arguments of a Hydra command line (flags and their values dropped)."""
-    overrides, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg.startswith("-"):
-            skip = arg in FLAGS_WITH_VALUE
-        else:
-            overrides.append(arg)
-    return overrides
+    return split_argv(argv)[1]
+
+
+def _flag(flags: list[str], *names: str) -> str | None:
+    return next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f in names), None)
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
@@ -59,48 +87,98 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS)]
 
 
-def preflight(argv: list[str]) -> None:
-    """Compose and validate every job of this command line; raises UserError on the first bad one."""
-    if any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc") for a in argv):
-        return
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+def preflight(argv: list[str]) -> Invocation:
+    """Check every job of this command line; raises UserError on the first bad one."""
+    if any(a in HELP_FLAGS for a in argv):
+        return Invocation(argv)
+    flags, overrides = split_argv(argv)
+    multirun = any(a in ("-m", "--multirun") for a in flags)
+    for override in overrides:
+        if reserved := reserved_override(override_key(override)):
+            raise UserError(f"{override_key(override)}: {reserved} cannot be set on the command line; "
+                            "choices come from conf files: valid: group=choice (python -m runner --help)")
+    config_name = _flag(flags, "-cn", "--config-name") or "config"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for job in expand_sweep(overrides_of(argv)):
-            cfg = _compose(job)
-            validate(cfg)
-            # Building the pieces that need no data catches what only their factories can check.
-            build_regularizer(cfg)
-            build_schedule(cfg, steps_per_epoch=1)
-            if cfg.trainer.resume and not multirun:  # in a sweep, jobs without a checkpoint start afresh
-                _check_resumable(overrides_of(argv))
+        composer = Composer(config_name)
+        dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        hydra_cfg = composer.hydra(overrides)
+        if not multirun and OmegaConf.select(hydra_cfg, "trainer.resume") is True:
+            overrides = _resumed(overrides, composer)
+        out_dir, overrides = _pin_dir(dir_key, hydra_cfg, overrides)
+        for job in expand_sweep(overrides):
+            cfg = composer(job)
+            validate(cfg, composer.top_level)
             if cfg.dataset.name == "npz":
-                from runner.data import validate_npz  # only now: tfds is slow to import
+                from runner.data.npz import validate_npz  # only now: the data package imports tfds
 
                 validate_npz(cfg.dataset.path)
+    claim = RunDirClaim(out_dir, dir_key)
+    if not multirun and not cfg.trainer.resume and (found := holds_run(claim.path)):
+        raise UserError(f"{dir_key}: {claim.path} already holds a run ({found}); continue it with "
+                        f"trainer.resume=true {dir_key}={claim.path}, or choose a new dir")
+    return Invocation(flags + overrides, multirun, claim)
 
 
-def _check_resumable(overrides: list[str]) -> None:
-    """A single run resumes only into an existing run dir with a complete checkpoint."""
-    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-    if run_dir is None:
+def _resumed(overrides: list[str], composer: "Composer") -> list[str]:
+    """A single run with trainer.resume=true: its saved overrides, then these; the dir must hold a checkpoint."""
+    given = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "hydra.run.dir"), None)
+    if not given:
         raise UserError("trainer.resume=true needs hydra.run.dir=<the run dir of the run to continue>")
-    if not has_checkpoint(Path(run_dir)):
+    run_dir = Path(given)
+    if not has_checkpoint(run_dir):
         raise UserError(f"trainer.resume: no checkpoint in {run_dir}/checkpoints; "
                         "valid: the run dir of a run that saved one (see its summary.json)")
+    hydra_overrides = [o for o in overrides if override_key(o).startswith("hydra.")]
+    task = [o for o in overrides if not override_key(o).startswith("hydra.")]
+    return resumed_overrides(run_dir, task, composer) + hydra_overrides
 
 
-def _compose(job: list[str]):
+def _pin_dir(key: str, hydra_cfg: DictConfig, overrides: list[str]) -> tuple[Path, list[str]]:
+    """The output dir, resolved once here so that the dir claimed is the dir Hydra writes (`${now:}` moves)."""
+    given = next((o.split("=", 1)[1] for o in overrides if override_key(o) == key), None)
+    if given is not None and not given.strip():
+        raise UserError(f"{key}: empty; valid: a directory path, e.g. {key}=outputs/my_run")
     try:
-        return compose(config_name="config", overrides=job)
-    except MissingConfigException as e:
-        group, _, choice = (e.missing_cfg_file or "").rpartition("/")
-        if e.options:
-            raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(e.options))}") from None
-        raise UserError(first_line(e)) from None
-    except HydraException as e:
-        raise UserError(_explain(e, job)) from None
+        resolved = str(OmegaConf.select(hydra_cfg, key))
     except OmegaConfBaseException as e:
-        raise UserError(_explain(e, job)) from None
+        raise UserError(f"{key}: {first_line(e)}") from None
+    if given is None or ("${" in given and _PLAIN_PATH.fullmatch(resolved)):
+        overrides = [o for o in overrides if override_key(o) != key] + [f"{key}={resolved}"]
+    return Path(resolved), overrides
+
+
+class Composer:
+    """Composes one job's config from conf/ the way `python -m runner` would, errors as one line."""
+
+    def __init__(self, config_name: str):
+        self.config_name = config_name
+        primary = self._compose([], hydra=False)
+        defaults = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults", [])
+        groups = {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()
+                  if not str(k).startswith(("override ", "hydra/"))}
+        self.top_level = TopLevel(allowed={str(k) for k in primary} | set(groups),
+                                  required={g for g, choice in groups.items() if not isinstance(choice, ListConfig)})
+
+    def __call__(self, job: list[str]) -> DictConfig:
+        return self._compose(job, hydra=False)
+
+    def hydra(self, overrides: list[str]) -> DictConfig:
+        """The config with Hydra's own node (hydra.run.dir, ...), for the first job of a sweep."""
+        first = expand_sweep(overrides)[0] + [o for o in overrides if override_key(o).startswith("hydra.")]
+        return self._compose(first, hydra=True)
+
+    def _compose(self, job: list[str], hydra: bool) -> DictConfig:
+        try:
+            return compose(config_name=self.config_name, overrides=job, return_hydra_config=hydra)
+        except MissingConfigException as e:
+            group, _, choice = (e.missing_cfg_file or "").rpartition("/")
+            if e.options and group:
+                raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(e.options))}") from None
+            if not group and choice == self.config_name:
+                raise UserError(f"-cn {choice}: no such primary config; valid: config") from None
+            raise UserError(first_line(e)) from None
+        except (HydraException, OmegaConfBaseException) as e:
+            raise UserError(_explain(e, job)) from None
 
 
 def _explain(e: Exception, job: list[str]) -> str:
@@ -117,11 +195,12 @@ def _explain(e: Exception, job: list[str]) -> str:
 
 
 def _valid_keys(parent: str, job: list[str]) -> list[str]:
-    """Keys of `parent` in the config composed with this job's group choices only."""
+    """Keys of `parent` in the config composed with this job's group choices only (`_valid_` lists extras)."""
     choices = [o for o in job if "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
     try:
         node = OmegaConf.select(compose(config_name="config", overrides=choices), parent) if parent else None
     except Exception:
         return []
-    return sorted(str(k) for k in node.keys()) if hasattr(node, "keys") else []
-
+    if not hasattr(node, "keys"):
+        return []
+    return sorted({str(k) for k in node.keys() if not str(k).startswith("_")} | set(node.get("_valid_") or {}))

@@ -36,7 +36,9 @@ from runner.errors import UserError
 from runner.outputs import read_jsonl
 
 CSV_COLUMNS = ("run_dir", "overrides", "status", "best_val_accuracy", "test_accuracy", "epochs", "wall_time_s",
-               "diverged_at_step", "diverged_layer", "grad_norm_ratio")
+               "diverged_at_step", "diverged_layer", "grad_norm_ratio", "reason")
+OPTIONAL_COLUMNS = ("diverged_at_step", "diverged_layer", "grad_norm_ratio", "reason")  # shown when any run has one
+REPORT_FILES = (".md", ".csv", ".png")  # what a report dir holds; a dir with anything else is the user's
 MAX_ACTIVATION_ROWS = 12  # runs drawn in activations.png; more would make each row unreadable
 
 
@@ -120,6 +122,7 @@ def write_report(paths: Sequence[Path], out: Path | None = None, plots: bool = T
     replace_dir(out, build)
     if console is not None:
         columns = ["run", "status", "best_val_accuracy", "test_accuracy", "epochs", "wall_time_s"]
+        columns += ["reason"] if any(row["reason"] for row in rows) else []
         console.table(f"{_runs(len(runs))}, best validation accuracy first"
                       + (f"; all with {' '.join(common)}" if common else ""), columns,
                       [[run.label] + [row[c] for c in columns[1:]] for run, row in zip(runs, rows)])
@@ -133,7 +136,8 @@ def table_row(run: Run, out: Path) -> dict:
             "status": s.get("status"), "best_val_accuracy": s.get("best_val_accuracy"),
             "test_accuracy": s.get("test_accuracy"), "epochs": s.get("epochs", len(run.metrics)),
             "wall_time_s": s.get("wall_time_s"), "diverged_at_step": s.get("diverged_at_step"),
-            "diverged_layer": s.get("diverged_layer"), "grad_norm_ratio": s.get("grad_norm_ratio")}
+            "diverged_layer": s.get("diverged_layer"), "grad_norm_ratio": s.get("grad_norm_ratio"),
+            "reason": s.get("reason")}
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -145,8 +149,7 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def to_markdown(runs: list[Run], rows: list[dict], common: list[str], figures: list[str]) -> str:
-    optional = [c for c in ("diverged_at_step", "diverged_layer", "grad_norm_ratio") if any(r[c] is not None
-                                                                                            for r in rows)]
+    optional = [c for c in OPTIONAL_COLUMNS if any(r[c] is not None for r in rows)]
     columns = ["run", "status", "best_val_accuracy", "test_accuracy", "epochs", "wall_time_s", *optional]
     lines = ["# Report", "", f"{_runs(len(runs))}, sorted by best validation accuracy."]
     if common:
@@ -169,7 +172,10 @@ def _cell(value) -> str:
 
 
 def replace_dir(out: Path, build: Callable[[Path], None]) -> None:
-    """Build a directory in a temp dir beside `out`, then swap it in for `out`."""
+    """Build a directory in a temp dir beside `out`, then swap it in for `out` (only if `out` is a report)."""
+    if out.exists() and (not out.is_dir() or any(p.is_dir() or p.suffix not in REPORT_FILES for p in out.iterdir())):
+        raise UserError(f"{out}: exists and is not a report dir (it holds other files); valid: a new dir or an "
+                        "earlier report's dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

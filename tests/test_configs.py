@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hydra.utils import instantiate
+import yaml
 
-from runner.build import build_experiment, build_model, build_regularizer, build_schedule
+from runner.build import build_experiment, build_model, build_regularizer, build_schedule, instantiate
+from runner.checks import SPEC_KEY, parse_spec
 from runner.config import CONF_DIR, validate
 from runner.errors import UserError
 from runner.optim import build_optimizer
@@ -84,7 +85,7 @@ def test_every_choice_composes_and_passes_validation(group, name):
 
 @pytest.mark.parametrize("group, name", group_cases("initializer"))
 def test_every_initializer_makes_arrays_of_the_requested_shape(group, name):
-    init = instantiate(_compose(group, name).initializer, _convert_="all")
+    init = instantiate(_compose(group, name).initializer, "initializer")
     w = init(jax.random.PRNGKey(0), (30, 20), jnp.float32)
     assert w.shape == (30, 20) and w.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(w))) and float(jnp.std(w)) > 0
@@ -142,8 +143,8 @@ def test_every_schedule_gives_a_finite_rate_from_first_to_last_step(group, name)
 
 @pytest.mark.parametrize("overrides", [
     ("schedule=piecewise_constant", "schedule.boundaries=[5,15]", "schedule.values=[0.1,0.01]"),
-    ("regularizer=[augmentation]", "regularizer.augmentation.shift=1.5"),
-], ids=["schedule", "regularizer"])
+    ("schedule=one_cycle", "schedule.warmup_fraction=0.8", "schedule.final_fraction=0.5"),
+], ids=["piecewise_lengths", "one_cycle_knots"])
 def test_a_bad_value_found_while_building_is_a_user_error(overrides):
     # validate() cannot see these; the factory raises UserError, and building must let it through unwrapped
     # so that `python -m runner` prints one line and exits 2.
@@ -151,6 +152,34 @@ def test_a_bad_value_found_while_building_is_a_user_error(overrides):
     validate(cfg)
     with pytest.raises(UserError):
         build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
+
+
+def _callable_nodes(node, where):
+    """(where, node) for every mapping in a conf file that names a callable or declares ranges."""
+    if isinstance(node, dict):
+        if "_target_" in node or SPEC_KEY in node:
+            yield where, node
+        for key, child in node.items():
+            if isinstance(child, dict) and key != SPEC_KEY:
+                yield from _callable_nodes(child, f"{where}.{key}")
+
+
+CONF_FILES = sorted(p for p in CONF_DIR.rglob("*.yaml") if "experiment" not in p.parts and p.parent != CONF_DIR)
+
+
+@pytest.mark.parametrize("path", CONF_FILES, ids=[f"{p.parent.name}/{p.stem}" for p in CONF_FILES])
+def test_every_parameter_declares_a_valid_range_that_its_default_satisfies(path):
+    # The rule behind the pre-run check: no parameter of a conf file goes unchecked.
+    for where, node in _callable_nodes(yaml.safe_load(path.read_text()) or {}, path.stem):
+        specs = node.get(SPEC_KEY) or {}
+        for key, value in node.items():
+            if key.startswith("_") or (isinstance(value, dict) and "_target_" not in value):
+                continue
+            assert key in specs, f"{where}.{key} has no range under {SPEC_KEY}"
+        for key, spec in specs.items():
+            accepts = parse_spec(spec)
+            if key in node:
+                assert accepts(node[key]), f"{where}.{key}: default {node[key]!r} outside {spec!r}"
 
 
 # Presets in conf/experiment/.

@@ -13,8 +13,8 @@ import optax
 import pytest
 import yaml
 
-from runner.build import build_experiment, build_model, build_regularizer, build_schedule
-from runner.config import CLIP_CHOICES, CONF_DIR
+from runner.build import build_experiment, build_model, build_regularizer, build_schedule, instantiate
+from runner.config import CONF_DIR
 from runner.errors import UserError
 from runner.optim import build_optimizer
 from tests.conftest import compose_config
@@ -29,11 +29,20 @@ def _has_momentum(name: str) -> bool:
     return bool(node.get("b1") or node.get("momentum"))
 
 
+CLIP_CHOICES = sorted(p.stem for p in (CONF_DIR / "clip").glob("*.yaml"))
+
+
+def clip_overrides(clip: str, threshold: float = 1.0) -> list[str]:
+    """`clip=<mode>` and its threshold (max_delta for value, max_norm for the norms)."""
+    key = {"none": None, "value": "max_delta"}.get(clip, "max_norm")
+    return [f"clip={clip}"] + ([f"clip.{key}={threshold}"] if key else [])
+
+
 def optimizer(*overrides: str) -> tuple[optax.GradientTransformation, object]:
     """The optimizer chain and its config, built as a run builds them (no regularizer transform)."""
     cfg = compose_config(*overrides)
     schedule = build_schedule(cfg, STEPS_PER_EPOCH)
-    return build_optimizer(cfg.optimizer, schedule, cfg.trainer.clip, cfg.trainer.clip_threshold), cfg
+    return build_optimizer(cfg.optimizer, schedule, instantiate(cfg.clip, "clip")), cfg
 
 
 def run(opt: optax.GradientTransformation, params, grad_fn, steps: int):
@@ -93,7 +102,7 @@ HUGE = {"dense": {"kernel": jnp.array([[3e6, -1e6], [2e6, 0.0], [-4e6, 1e6]]), "
 @pytest.mark.parametrize("clip", CLIP_CHOICES)
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_chains_with_every_clip_mode(name, clip):
-    opt, _ = optimizer(f"optimizer={name}", f"trainer.clip={clip}", "trainer.clip_threshold=1.0")
+    opt, _ = optimizer(f"optimizer={name}", *clip_overrides(clip, 1.0))
     trajectory, _ = run(opt, PARAMS, lambda p: HUGE, 2)
     leaves = jax.tree.leaves(trajectory[-1])
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
@@ -114,7 +123,7 @@ def _clipped_by_hand(clip: str, threshold: float):
 def test_clipping_acts_on_the_raw_gradient_before_the_optimizer(clip):
     # sgd's step is -lr * clip(g); clipping after sgd would give -clip(lr * g), 1/lr times larger here.
     threshold = 2.0
-    opt, cfg = optimizer("optimizer=sgd", f"trainer.clip={clip}", f"trainer.clip_threshold={threshold}")
+    opt, cfg = optimizer("optimizer=sgd", *clip_overrides(clip, threshold))
     updates, _ = opt.update(HUGE, opt.init(PARAMS), PARAMS)
     expected = jax.tree.map(lambda g: -cfg.optimizer.learning_rate * g, _clipped_by_hand(clip, threshold))
     for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
@@ -122,14 +131,14 @@ def test_clipping_acts_on_the_raw_gradient_before_the_optimizer(clip):
 
 
 def test_clip_by_value_gives_sgd_a_step_of_lr_times_threshold_against_the_gradient_sign():
-    opt, cfg = optimizer("optimizer=sgd", "trainer.clip=value", "trainer.clip_threshold=0.5")
+    opt, cfg = optimizer("optimizer=sgd", *clip_overrides("value", 0.5))
     updates, _ = opt.update(HUGE, opt.init(PARAMS), PARAMS)
     sign = np.sign(np.asarray(HUGE["dense"]["bias"]))
     np.testing.assert_allclose(updates["dense"]["bias"], -cfg.optimizer.learning_rate * 0.5 * sign, rtol=1e-6)
 
 
 def test_clipping_feeds_the_momentum_the_clipped_gradient():
-    opt, cfg = optimizer("optimizer=momentum", "trainer.clip=value", "trainer.clip_threshold=1.0")
+    opt, cfg = optimizer("optimizer=momentum", *clip_overrides("value", 1.0))
     lr, mu = cfg.optimizer.learning_rate, cfg.optimizer.momentum
     trajectory, _ = run(opt, {"w": jnp.zeros(2)}, lambda p: {"w": jnp.array([100.0, -0.5])}, 2)
     # m1 = g1, m2 = mu*m1 + g2 with g = clip(g) = [1, -0.5]: w2 = -lr*(1 + 1 + mu)*g.
@@ -147,7 +156,7 @@ def _hyperparam(state, name: str) -> float:
 @pytest.mark.parametrize("name", [n for n in OPTIMIZERS if _has_momentum(n)])
 def test_one_cycle_drives_the_optimizers_momentum_and_rate_at_every_step(name, clip):
     steps = 2 * STEPS_PER_EPOCH
-    cfg = compose_config(f"optimizer={name}", "schedule=one_cycle", "trainer.epochs=2", f"trainer.clip={clip}")
+    cfg = compose_config(f"optimizer={name}", "schedule=one_cycle", "trainer.epochs=2", *clip_overrides(clip))
     schedule = build_schedule(cfg, STEPS_PER_EPOCH)
     opt = build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH).optimizer
     key = "b1" if "b1" in cfg.optimizer else "momentum"
@@ -194,7 +203,7 @@ def test_one_cycle_with_plain_sgd_is_a_user_error():
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_max_norm_holds_after_a_huge_step_of_every_optimizer(name, clip):
     cfg = compose_config(f"optimizer={name}", "optimizer.learning_rate=100", "regularizer=[max_norm]",
-                         f"trainer.clip={clip}", "normalization=none", "model.depth=2", "model.width=16")
+                         *clip_overrides(clip), "normalization=none", "model.depth=2", "model.width=16")
     max_value = cfg.regularizer.max_norm.max_value
     experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
     params = experiment.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))["params"]

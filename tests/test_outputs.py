@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import pytest
 
-from runner.outputs import append_jsonl, read_jsonl, remove_new_dir, rewrite_jsonl, write_json
+from runner.outputs import append_jsonl, read_jsonl, rewrite_jsonl, write_json
 
 
 def test_write_json_replaces_atomically_and_leaves_no_temp_files(tmp_path):
@@ -38,18 +40,16 @@ def test_reader_skips_a_torn_last_line(tmp_path):
     assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
 
 
-def test_remove_new_dir_removes_empty_parents_up_to_the_root(tmp_path):
-    run_dir = tmp_path / "outputs" / "2026-01-01" / "12-00-00"
-    (run_dir / ".hydra").mkdir(parents=True)
-    keep = tmp_path / "other"
-    keep.mkdir()
-    remove_new_dir(run_dir, stop_at=tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+def test_written_files_get_the_umask_mode_not_the_temp_files_0600(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        import importlib
 
+        import runner.outputs as outputs
 
-def test_remove_new_dir_keeps_parents_with_other_runs(tmp_path):
-    day = tmp_path / "outputs" / "2026-01-01"
-    (day / "old").mkdir(parents=True)
-    (day / "new").mkdir()
-    remove_new_dir(day / "new", stop_at=tmp_path)
-    assert [p.name for p in day.iterdir()] == ["old"]
+        importlib.reload(outputs)  # FILE_MODE is read from the umask at import
+        outputs.write_json(tmp_path / "summary.json", {"a": 1})
+    finally:
+        os.umask(mask)
+        importlib.reload(outputs)
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o644

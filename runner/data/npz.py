@@ -33,6 +33,13 @@ def read_npz(path: str | None) -> TrainTest:
             "valid: one example shape in both"
         )
     num_classes = int(y_train.max()) + 1
+    if num_classes > len(y_train):
+        raise UserError(
+            f"{path}: y_train has label {y_train.max()}, which would make {num_classes} classes for {len(y_train)} "
+            "examples; valid: class ids 0..K-1 with K at most the number of training examples"
+        )
+    if len(np.unique(y_train)) < 2:
+        raise UserError(f"{path}: y_train has a single class ({y_train[0]}); valid: a classifier needs at least two")
     if y_test.max() >= num_classes:
         raise UserError(
             f"{path}: y_test has class {y_test.max()} but y_train's classes are 0..{num_classes - 1}; "
@@ -54,10 +61,31 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
         missing = [key for key in _KEYS if key not in archive.files]
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}; valid: {_VALID_FILE}")
+        _check_headers(path)
         try:
             return {key: archive[key] for key in _KEYS}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise UserError(f"{path} has an unreadable array ({error}); valid: {_VALID_FILE}") from error
+
+
+def _check_headers(path: str) -> None:
+    """Each array's header must describe no more bytes than its member holds: a header claiming huge
+    dimensions would otherwise make NumPy try to allocate them (MemoryError, or a stall)."""
+    with zipfile.ZipFile(path) as archive:
+        for key in _KEYS:
+            info = archive.getinfo(f"{key}.npy")
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                except (ValueError, EOFError) as error:
+                    raise UserError(f"{path}: {key} has an unreadable header ({error}); valid: {_VALID_FILE}") from None
+                claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if claimed > info.file_size:
+                    raise UserError(f"{path}: {key}'s header claims shape {shape} ({claimed:,} bytes) but the file "
+                                    f"holds {info.file_size:,}; valid: {_VALID_FILE}")
 
 
 def _with_channel_axis(x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,12 @@ def _to_steps(duration: float, unit: str, steps_per_epoch: int) -> int:
     return max(1, round(duration * steps_per_epoch)) if unit == "epoch" else max(1, int(duration))
 
 
+def shaped_by_run_length(factory):
+    """Marks a schedule whose shape depends on `total_steps`: a resumed run may not change its epochs."""
+    factory.uses_run_length = True
+    return factory
+
+
 def constant(learning_rate, steps_per_epoch, total_steps) -> Schedule:
     """lr(t) = lr0."""
     del steps_per_epoch, total_steps
@@ -71,6 +77,7 @@ def plateau(learning_rate, steps_per_epoch, total_steps, factor=0.5, patience=5,
                                               cooldown=cooldown, min_scale=min_scale))
 
 
+@shaped_by_run_length
 def one_cycle(learning_rate, steps_per_epoch, total_steps, start_fraction=0.1, warmup_fraction=0.45,
               final_fraction=0.1, final_scale=0.01, max_momentum=0.95, min_momentum=0.85) -> Schedule:
     """1cycle (Smith 2018): lr rises linearly from lr0*start_fraction to lr0 (the maximum) over the first
@@ -88,6 +95,7 @@ def one_cycle(learning_rate, steps_per_epoch, total_steps, start_fraction=0.1, w
     return Schedule(lambda t: jnp.interp(t, knots, rates), momentum=lambda t: jnp.interp(t, knots, momenta))
 
 
+@shaped_by_run_length
 def cosine(learning_rate, steps_per_epoch, total_steps, warmup=1.0, final_fraction=0.0, unit="epoch") -> Schedule:
     """Linear warm-up from 0 to lr0 over `warmup`, then cosine decay to lr0*final_fraction at the last step."""
     warmup_steps = min(_to_steps(warmup, unit, steps_per_epoch), total_steps - 1) if warmup else 0

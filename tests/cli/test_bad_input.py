@@ -20,7 +20,7 @@ CASES = [
     (["model.width=0"], ["model.width", ">= 1"]),
     (["trainer.batch_size=0"], ["trainer.batch_size", ">= 1"]),
     (["trainer.batch_size=100000"], ["trainer.batch_size", "larger than the training set"]),
-    (["trainer.clip=sometimes"], ["trainer.clip", "global_norm"]),
+    (["clip=sometimes"], ["clip=sometimes", "unknown choice", "global_norm"]),
     (["dataset.val_fraction=1.5"], ["dataset.val_fraction", "[0, 1)"]),
     (["dataset=npz"], ["dataset.path", "npz"]),
     (["dataset=npz", "dataset.path=/no/such/file.npz"], ["/no/such/file.npz"]),

@@ -78,7 +78,7 @@ def test_vanishing_gradients_sigmoid_with_normal_init_has_a_gradient_ratio_10x_b
 def test_gradient_clipping_the_unclipped_job_diverges_at_a_named_step_and_the_clipped_one_trains(cli):
     result = cli("-m", "+experiment=gradient_clipping", "trainer.epochs=2")
     assert result.returncode == 0, result.stderr  # a diverged job ends normally; the sweep goes on
-    jobs = jobs_by_override(cli.run_dirs(), "trainer.clip")
+    jobs = jobs_by_override(cli.run_dirs(), "clip")
     unclipped, clipped = read_summary(jobs["none"]), read_summary(jobs["global_norm"])
     assert unclipped["status"] == "diverged"
     assert isinstance(unclipped["diverged_at_step"], int) and unclipped["diverged_at_step"] > 0

@@ -1,0 +1,98 @@
+"""A resumed run's command line, rebuilt from the config the run saved when it started.
+
+`python -m runner trainer.resume=true hydra.run.dir=DIR` continues the run as it was configured: the
+overrides saved in DIR/.hydra/overrides.yaml come first, the new ones after. New overrides may only
+extend the run (fields whose schema says `on_resume`); any other difference from DIR/.hydra/config.yaml
+is refused in one line naming the keys, before anything in DIR changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import UserError, first_line
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: `+trainer.epochs=3` -> `trainer.epochs`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resumed_overrides(run_dir: Path, overrides: list[str], compose: Callable[[list[str]], DictConfig]) -> list[str]:
+    """The saved overrides of the run in `run_dir`, then `overrides`; UserError if they change the run."""
+    saved_cfg, saved_overrides = _saved(run_dir)
+    new_keys = {override_key(o) for o in overrides}
+    merged = [o for o in saved_overrides if override_key(o) not in new_keys | {"trainer.resume"}] + overrides
+    cfg = compose(merged)
+    changed = _differences(OmegaConf.to_container(saved_cfg), OmegaConf.to_container(cfg))
+    refused = [(key, old, new) for key, old, new in changed if not _may_change(cfg, key, old, new)]
+    if refused:
+        shown = ", ".join(f"{key} ({_show(old)} -> {_show(new)})" for key, old, new in refused)
+        raise UserError(f"trainer.resume: these overrides change what {run_dir} was trained with: {shown}; "
+                        f"valid on resume: {', '.join(_resume_keys(cfg))}")
+    return merged
+
+
+def _saved(run_dir: Path) -> tuple[DictConfig, list[str]]:
+    hydra_dir = run_dir / ".hydra"
+    try:
+        return OmegaConf.load(hydra_dir / "config.yaml"), list(OmegaConf.load(hydra_dir / "overrides.yaml"))
+    except FileNotFoundError:
+        raise UserError(f"trainer.resume: {hydra_dir} has no config.yaml/overrides.yaml to resume from; "
+                        "valid: the run dir of a run started by python -m runner") from None
+    except Exception as e:  # a hand-edited or torn YAML file
+        raise UserError(f"trainer.resume: cannot read the saved config in {hydra_dir}: {first_line(e)}") from None
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(old.keys() | new.keys(), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}" if not prefix else f"{prefix}.{k}")]
+    return [] if old == new else [(prefix, old, new)]
+
+
+def _schema_field(cfg: DictConfig, key: str) -> dataclasses.Field | None:
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else None
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return None
+    return next((f for f in dataclasses.fields(schema) if f.name == name), None)
+
+
+def _may_change(cfg: DictConfig, key: str, old: Any, new: Any) -> bool:
+    field = _schema_field(cfg, key)
+    rule = field.metadata.get("on_resume") if field else None
+    if rule == "free":
+        return True
+    if rule == "raise" and isinstance(old, int) and isinstance(new, int) and new >= old:
+        if key == "trainer.epochs" and _schedule_uses_run_length(cfg):
+            raise UserError(f"trainer.epochs: the schedule {cfg.schedule._target_} is shaped by the run's length, "
+                            "so raising epochs would change the steps already trained; start a new run instead")
+        return True
+    return False
+
+
+def _schedule_uses_run_length(cfg: DictConfig) -> bool:
+    from hydra.utils import get_method  # imports the schedule's module (jax): only on this rare path
+
+    return bool(getattr(get_method(cfg.schedule._target_), "uses_run_length", False))
+
+
+def _resume_keys(cfg: DictConfig) -> list[str]:
+    keys = []
+    for group in ("dataset", "model", "trainer"):
+        schema = OmegaConf.get_type(cfg[group])
+        for f in dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ():
+            rule = f.metadata.get("on_resume")
+            if rule:
+                keys.append(f"{group}.{f.name}" + (" (raise only)" if rule == "raise" else ""))
+    return keys
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)

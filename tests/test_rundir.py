@@ -1,0 +1,102 @@
+"""The run dir claim: what existed before an invocation is never removed or left changed, and one
+process at a time holds a dir."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runner.errors import UserError
+from runner.rundir import LOCK_NAME, RunDirClaim, holds_run
+
+
+def snapshot(root):
+    """Every path under root with its bytes (None for dirs)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def write_run_files(run_dir):
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("new: config\n")
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (run_dir / "checkpoints" / "1").mkdir(parents=True)
+
+
+def test_undo_of_a_new_dir_removes_it_and_the_parents_it_created(tmp_path):
+    (tmp_path / "other").mkdir()
+    before = snapshot(tmp_path)
+    claim = RunDirClaim(tmp_path / "outputs" / "day" / "run", "hydra.run.dir")
+    claim.lock()
+    write_run_files(claim.path)
+    claim.undo()
+    assert snapshot(tmp_path) == before
+
+
+def test_undo_keeps_a_parent_that_another_run_wrote_into_meanwhile(tmp_path):
+    claim = RunDirClaim(tmp_path / "outputs" / "day" / "run", "hydra.run.dir")
+    claim.lock()
+    (tmp_path / "outputs" / "day" / "other_run").mkdir()
+    claim.undo()
+    assert sorted(p.name for p in (tmp_path / "outputs" / "day").iterdir()) == ["other_run"]
+
+
+def test_undo_of_an_existing_dir_leaves_it_byte_identical(tmp_path):
+    keep = tmp_path / "keep"
+    (keep / ".hydra").mkdir(parents=True)
+    (keep / "notes.txt").write_text("notes\n")
+    (keep / ".hydra" / "config.yaml").write_text("old: config\n")
+    before = snapshot(tmp_path)
+    claim = RunDirClaim(keep, "hydra.run.dir")
+    claim.lock()
+    write_run_files(keep)
+    (keep / ".hydra" / "hydra.yaml").write_text("hydra: new\n")
+    claim.undo()
+    assert snapshot(tmp_path) == before
+
+
+def test_a_second_claim_on_a_locked_dir_is_refused_naming_the_holder(tmp_path):
+    first = RunDirClaim(tmp_path / "run", "hydra.run.dir")
+    first.lock()
+    second = RunDirClaim(tmp_path / "run", "hydra.run.dir")
+    with pytest.raises(UserError, match="in use by another runner process"):
+        second.lock()
+    first.release()
+    second.lock()
+    second.release()
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_a_killed_holder_leaves_the_dir_unlocked(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from runner.rundir import RunDirClaim; "
+        f"c = RunDirClaim({str(run_dir)!r}, 'hydra.run.dir'); c.lock(); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(UserError):
+        RunDirClaim(run_dir, "hydra.run.dir").lock()
+    holder.kill()
+    holder.wait()
+    time.sleep(0.1)
+    claim = RunDirClaim(run_dir, "hydra.run.dir")
+    claim.lock()  # the kernel dropped the dead process's lock, though its lock file is still there
+    claim.release()
+
+
+@pytest.mark.parametrize("make", ["file", "file_parent"])
+def test_a_dir_that_cannot_be_made_is_one_user_error(tmp_path, make):
+    (tmp_path / "f").write_text("x")
+    path = tmp_path / "f" if make == "file" else tmp_path / "f" / "run"
+    with pytest.raises(UserError, match="is a file"):
+        RunDirClaim(path, "hydra.run.dir")
+
+
+def test_holds_run_names_the_file_that_shows_an_earlier_run(tmp_path):
+    assert holds_run(tmp_path) is None
+    (tmp_path / "notes.txt").write_text("mine")
+    assert holds_run(tmp_path) is None
+    (tmp_path / "summary.json").write_text("{}")
+    assert holds_run(tmp_path) == "summary.json"
