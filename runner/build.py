@@ -13,13 +13,9 @@ from omegaconf import DictConfig
 
 from runner.checks import strip_specs
 from runner.errors import UserError, first_line
-from runner.model import CNN, MLP
 from runner.optim import build_optimizer
 from runner.techniques.regularizers import Regularizer, combine
 from runner.techniques.schedules import Schedule
-
-MODELS = {"mlp": MLP, "cnn": CNN}
-
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -47,20 +43,20 @@ def build_regularizer(cfg: DictConfig) -> Regularizer:
 
 
 def build_model(cfg: DictConfig, num_classes: int, regularizer: Regularizer) -> nn.Module:
-    """The MLP or CNN with the chosen initializer, activation, normalization and dropout."""
+    """The model named by the model group, given the chosen initializer, activation, normalization and dropout."""
     layer = cfg.normalization.layer
-    extra: dict[str, Any] = {"channels": tuple(cfg.model.channels)} if cfg.model.name == "cnn" else {}
-    return MODELS[cfg.model.name](
+    # Partial, then called here: Hydra would try to turn the module arguments below into configs.
+    make = instantiate(cfg.model, "model", _partial_=True)
+    arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in make.keywords.items()}  # hashable fields
+    return make.func(
+        *make.args, **arguments,
         num_classes=num_classes,
-        depth=cfg.model.depth,
-        width=cfg.model.width,
         kernel_init=instantiate(cfg.initializer, "initializer"),
         activation=instantiate(cfg.activation, "activation"),
         normalization=None if layer is None else instantiate(layer, "normalization.layer"),
         norm_position=cfg.normalization.position,
         hidden_dropout=regularizer.hidden_dropout,
         input_dropout=regularizer.input_dropout,
-        **extra,
     )
 
 

@@ -8,7 +8,8 @@ complete, so a partly written checkpoint is never listed.
 
 from __future__ import annotations
 
-import logging
+import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,22 @@ import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 
 from runner.errors import UserError, first_line
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """Drop the "Event loop is closed" errors of tensorstore callbacks that arrive after orbax gave up on a
+    torn checkpoint (dozens of tracebacks, reported as unraisable); every other unraisable error still shows."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+_quiet_closed_loop_callbacks()
 
 
 class Checkpoints:
@@ -47,10 +64,12 @@ class Checkpoints:
         items = {name: ocp.args.StandardSave(serialization.to_state_dict(tree)) for name, tree in trees.items()}
         self.manager.save(epoch, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True)
 
-    def restore_latest(self, templates: dict[str, Any], warn: Callable[[str], None]) -> tuple[dict, dict]:
-        """The newest checkpoint that restores onto `templates`, falling back past unusable ones.
+    def restore_latest(self, templates: Callable[[dict], dict[str, Any]],
+                       warn: Callable[[str], None]) -> tuple[dict, dict]:
+        """The newest checkpoint that restores onto `templates(meta)`, falling back past unusable ones.
 
-        Returns (trees, meta); raises UserError when no checkpoint is usable.
+        `templates` gets the checkpoint's metadata (its epoch, stage, ...) and returns the pytrees to restore
+        onto, by name. Returns (trees, meta); raises UserError when no checkpoint is usable.
         """
         steps = sorted(self.manager.all_steps(), reverse=True) if self.directory.exists() else []
         problems = []
@@ -70,7 +89,9 @@ class Checkpoints:
         raise UserError(f"trainer.resume: no usable checkpoint in {self.directory} ({detail}); "
                         "resume needs hydra.run.dir=<the run dir of the run to continue>")
 
-    def _restore(self, epoch: int, templates: dict[str, Any]) -> tuple[dict, dict]:
+    def _restore(self, epoch: int, templates_for: Callable[[dict], dict[str, Any]]) -> tuple[dict, dict]:
+        meta = json.loads((self.directory / str(epoch) / "meta" / "metadata").read_text())
+        templates = templates_for(meta)
         names = [n for n in templates if (self.directory / str(epoch) / n).is_dir()]
         for name in names:  # checked first: orbax fails on a mismatch only after starting background reads
             _check_shapes(self.directory / str(epoch) / name, serialization.to_state_dict(templates[name]))
@@ -81,18 +102,23 @@ class Checkpoints:
 
 
 def _check_shapes(item_dir: Path, template: dict) -> None:
-    """Raise ValueError naming the first array whose saved shape differs from the config's."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)  # orbax warns that the item dir has no step metadata: it is the step's
+    """Raise ValueError naming the first array whose saved shape differs from the config's.
+
+    Reads the shapes from orbax's `_METADATA` JSON file: asking orbax for metadata starts tensorstore
+    reads whose callbacks, on a torn checkpoint, outlive their event loop and print hundreds of lines.
+    """
     try:
-        metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
-    finally:
-        absl.setLevel(level)
-    saved = {leaf.name: tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(metadata) if hasattr(leaf, "shape")}
+        tree = json.loads((item_dir / "_METADATA").read_text())["tree_metadata"]
+        saved = {".".join(str(k["key"]) for k in entry["key_metadata"]): entry["value_metadata"].get("write_shape")
+                 for entry in tree.values()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"has no readable _METADATA ({type(e).__name__})") from None
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
     wanted = {".".join(path): tuple(np.shape(v)) for path, v in traverse_util.flatten_dict(template).items()
               if v is not None}
     for key in sorted(saved.keys() | wanted.keys()):
+        if key not in saved:
+            raise ValueError(f"has no {key} (a torn or corrupt file, or another model)")
         if saved.get(key) != wanted.get(key):
             raise ValueError(f"does not match the config: {key} saved as {saved.get(key)}, "
                              f"the config makes {wanted.get(key)}")

@@ -156,6 +156,8 @@ def check_schema_node(key: str, node: DictConfig) -> None:
         value = node[field.name]
         if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
             check_schema_node(f"{key}.{field.name}", value)
+        elif isinstance(value, DictConfig) and "_target_" in value:  # a callable inside a schema (dataset.source)
+            check_target_node(f"{key}.{field.name}", value)
         elif "valid" in field.metadata:
             check_value(f"{key}.{field.name}", _plain(value), field.metadata["valid"])
 

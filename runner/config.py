@@ -1,6 +1,6 @@
 """Structured-config schemas and the checks that run before any work.
 
-The groups whose keys are fixed (dataset, model, trainer) have dataclass schemas: OmegaConf checks
+The groups whose keys are fixed (dataset, trainer) have dataclass schemas: OmegaConf checks
 their types and rejects unknown keys; each field's valid range sits in its metadata, and runner/checks.py
 checks those and the `_valid_` ranges of the conf files that name a callable. `__post_init__` keeps the
 rules that involve two fields. Every failure is a `UserError` naming the key and what is valid.
@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -36,26 +37,17 @@ def _field(default: Any, valid: str | None = None, on_resume: str | None = None)
 @dataclasses.dataclass
 class DatasetConfig:
     name: str = MISSING  # each conf/dataset file names its dataset; dataset=tfds leaves it to the user
-    path: str | None = None  # the .npz file for name=npz
+    path: str | None = None  # the local file, for a source that reads one (`path: ${..path}`, as npz.yaml's)
     val_fraction: float = _field(0.1, "[0, 1)")
     data_dir: str | None = _field(None, on_resume="free")  # tfds data dir; null means tfds's default (~/tensorflow_datasets)
     train_subset: int | None = _field(None, "null or int >= 1")  # keep only this many training examples
+    source: Any = MISSING  # `_target_`: the callable that reads the data, given data_dir (runner/data/load.py)
+    check: Any = None  # `_target_`: an optional callable that preflight runs, raising where `source` would
 
     def __post_init__(self):
-        _require(self.name != "npz" or bool(self.path), "dataset.path",
-                 "dataset=npz needs dataset.path=/path/to/file.npz")
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    name: str = _field("mlp", "one of mlp, cnn")
-    depth: int = _field(3, "int >= 0")  # hidden dense layers
-    width: int = _field(100, "int >= 1")  # units per hidden dense layer
-    channels: list[int] = dataclasses.field(default_factory=list, metadata={"valid": "each int >= 1"})  # cnn only
-
-    def __post_init__(self):
-        _require(self.depth >= 1 or self.name == "cnn", "model.depth",
-                 f"must be >= 1 for an MLP, got {self.depth}")
+        _require(self.path is None or "path" in self.source, "dataset.path",
+                 f"dataset.name={self.name} reads no file; valid: a dataset= choice that reads one "
+                 "(python -m runner --help), or no dataset.path")
 
 
 @dataclasses.dataclass
@@ -80,16 +72,25 @@ class TrainerConfig:
     sparsify_threshold: float = _field(0.0, ">= 0")  # after training, connection weights with |w| below it become 0
 
 
+def compose_config(*overrides: str, config_name: str = "config", hydra: bool = False) -> DictConfig:
+    """The config `python -m runner` would see for these overrides (with Hydra's own node if `hydra`).
+
+    The one place a config is composed: preflight, the benchmark and the tests all call it.
+    """
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
+
+
 def register_schemas() -> None:
     """Make the schemas available to the group files' defaults lists (`- schema`)."""
     store = ConfigStore.instance()
     store.store(group="dataset", name="schema", node=DatasetConfig)
-    store.store(group="model", name="schema", node=ModelConfig)
     store.store(group="trainer", name="schema", node=TrainerConfig)
 
 
 def validate(cfg: DictConfig, top_level: TopLevel | None = None) -> None:
     """Check the composed config: every range, then the schemas' cross-field rules. Raises UserError."""
     check_config(cfg, top_level)
-    for group in ("dataset", "model", "trainer"):
+    for group in ("dataset", "trainer"):
         OmegaConf.to_object(cfg[group])  # runs the schema's __post_init__ checks

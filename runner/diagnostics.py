@@ -86,15 +86,14 @@ def lowest_nonfinite(finite: jax.Array) -> jax.Array:
     return jnp.where(jnp.all(finite), -1, jnp.argmin(finite))
 
 
-def make_layer_stats(activation: Any, names: list[str]) -> Callable:
-    """`layer_stats(state, trace) -> (len(STATS), layers) array` for a model with this activation and layers."""
-    bounds = saturation_bounds(activation)
-    weights = set(names)
+def make_layer_stats(activation: Any, names: list[str], frozen: frozenset = frozenset()) -> Callable:
+    """`layer_stats(state, trace) -> (len(STATS), layers) array` for a model with this activation and layers.
 
-    def capture(module, method: str) -> bool:
-        # The weight layers' outputs are the pre-activations; HiddenBlock._activate returns the activation's
-        # output, before any normalization placed after it and before dropout.
-        return (method == "__call__" and module.name in weights) or method == "_activate"
+    The model `sow`s each hidden weight layer's output (`preact`, in layer order), the head's (`head_preact`)
+    and each block's activation output (`block_<i>/activated`: before any normalization placed after it and before
+    dropout); the diagnosed forward pass replays the step's own inputs, params, RNG and frozen layers.
+    """
+    bounds = saturation_bounds(activation)
 
     def activation_stats(a: jax.Array) -> list[jax.Array]:
         if bounds is None:
@@ -108,21 +107,20 @@ def make_layer_stats(activation: Any, names: list[str]) -> Callable:
 
     def layer_stats(state: Any, trace: StepTrace) -> jax.Array:
         _, variables = state.apply_fn(
-            {"params": trace.params, "batch_stats": state.batch_stats}, trace.x, train=True,
-            rngs={"dropout": trace.dropout_rng}, mutable=["batch_stats", "intermediates"],
-            capture_intermediates=capture)
+            {"params": trace.params, "batch_stats": state.batch_stats}, trace.x, train=True, frozen=frozen,
+            rngs={"dropout": trace.dropout_rng}, mutable=["batch_stats", "intermediates"])
         seen = variables["intermediates"]
+        preacts = list(seen.get("preact", ())) + [seen["head_preact"][0]]
         columns = []
-        for name in names:
-            pre = seen[name]["__call__"][0]
+        for i, name in enumerate(names):
             if name == "head":  # no activation after the logits
                 act = [jnp.asarray(jnp.nan)] * 4
-            else:  # dense_<i> and conv_<i> feed block_<i>
-                act = activation_stats(seen[f"block_{name.rsplit('_', 1)[1]}"]["_activate"][0])
+            else:  # the weight layer at depth i feeds block_<i>
+                act = activation_stats(seen[f"block_{i}"]["activated"][0])
             kernel = state.params[name]["kernel"]
             weight_norm = jnp.linalg.norm(kernel.ravel())
             columns.append(jnp.stack([
-                jnp.mean(pre), jnp.std(pre), *act,
+                jnp.mean(preacts[i]), jnp.std(preacts[i]), *act,
                 jnp.linalg.norm(trace.grads[name]["kernel"].ravel()), weight_norm,
                 jnp.linalg.norm(trace.updates[name]["kernel"].ravel()) / weight_norm,
             ]).astype(jnp.float32))

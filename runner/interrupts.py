@@ -1,6 +1,7 @@
 """SIGTERM and Ctrl-C end a run between epochs, after a checkpoint, instead of mid-write.
 
-SLURM pre-emption sends SIGTERM, so it takes the same path as Ctrl-C.
+SLURM pre-emption sends SIGTERM, so it takes the same path as Ctrl-C. A second signal stops the process at
+once (the signal's default action), so nothing — a long or stuck compiled epoch included — makes it deaf.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def deferred_signals() -> Iterator[threading.Event]:
 
     def handler(signum, frame):
         del frame
+        if received.is_set():  # the second signal: the user will not wait for the epoch to end
+            signal.signal(signum, signal.SIG_DFL)  # even mid-way through a compiled epoch
+            signal.raise_signal(signum)
+            return
         received.signum = signum
         received.set()
 

@@ -1,9 +1,16 @@
-"""Flax MLP and small CNN, built from the chosen initializer, activation, normalization and dropout.
+"""The net: a body of named hidden layers and a head, built from the chosen initializer, activation,
+normalization and dropout.
 
-Layers are named `dense_<i>` / `conv_<i>` from the input upward and `head` for the output layer, so
-diagnostics can order them by depth. Activation, normalization and dropout arrive as objects built from
-the config: a plain function (jax.nn.elu) is applied as is; a Flax module (PReLU, BatchNorm, Dropout) is
-a template copied into each layer, so each layer has its own parameters.
+The body is `conv_<i>` layers (a 3x3 convolution + 2x pooling per entry of `channels`; 1-D or 2-D following
+the inputs), then `dense_<i>` layers of `widths` units, numbered on from the convolutions; each weight layer
+feeds `block_<i>` (normalization, activation, dropout); `head` gives the logits. Those names make "the lowest
+K layers" a prefix of the parameter tree, which is what stages, freezing and reuse cut at.
+
+Activation, normalization and dropout arrive as objects built from the config: a plain function
+(jax.nn.elu) is applied as is; a Flax module (PReLU, BatchNorm, Dropout) is a template copied into each
+layer, so each layer has its own parameters. Two switches per call, not one: `train` updates batch
+statistics (and draws RReLU's slopes) and `dropout` draws masks; layers named in `frozen` run in inference mode either way.
+Diagnostics read each weight layer's output (`preact`) and each activation's (`activated`) through `sow`.
 """
 
 from __future__ import annotations
@@ -26,14 +33,19 @@ class HiddenBlock(nn.Module):
     dropout: nn.Module | None
 
     @nn.compact
-    def __call__(self, x, train: bool, mc_dropout: bool = False):
+    def __call__(self, x, train: bool, drop: bool):
+        """`train`: batch statistics update and random activations (RReLU) draw; `drop`: dropout is on."""
         if self.normalization is not None and self.norm_position == "pre":
             x = self._normalize(x, train)
-        x = self._activate(x, train)
+        if isinstance(self.activation, nn.Module):
+            x = self.activation.copy(name="act")(x, train=train)
+        else:
+            x = self.activation(x)
+        self.sow("intermediates", "activated", x)
         if self.normalization is not None and self.norm_position == "post":
             x = self._normalize(x, train)
         if self.dropout is not None:
-            x = self.dropout.copy(name="dropout")(x, deterministic=not (train or mc_dropout))
+            x = self.dropout.copy(name="dropout")(x, deterministic=not drop)
         return x
 
     def _normalize(self, x, train):
@@ -42,66 +54,63 @@ class HiddenBlock(nn.Module):
             return norm(x, use_running_average=not train)
         return norm(x)
 
-    def _activate(self, x, train):
-        if isinstance(self.activation, nn.Module):
-            return self.activation.copy(name="act")(x, train=train)
-        return self.activation(x)
 
-
-class _Net(nn.Module):
-    """Fields shared by the MLP and the CNN."""
+class Net(nn.Module):
+    """`channels` conv layers, then dense layers of `widths` units (default: `depth` of `width`), then the head."""
 
     num_classes: int
-    depth: int
-    width: int
     kernel_init: Initializer
     activation: Any
+    depth: int = 3
+    width: int = 100
+    widths: Sequence[int] | None = None  # per-layer widths, e.g. (300, 100); overrides depth and width
+    channels: Sequence[int] = ()
     normalization: nn.Module | None = None
     norm_position: str = "pre"
     hidden_dropout: nn.Module | None = None
     input_dropout: nn.Module | None = None
 
-    def _block(self, name: str) -> HiddenBlock:
-        return HiddenBlock(self.activation, self.normalization, self.norm_position, self.hidden_dropout, name=name)
+    @property
+    def dense_widths(self) -> tuple[int, ...]:
+        return tuple(self.widths) if self.widths is not None else (self.width,) * self.depth
 
-    def _inputs(self, x, train, mc_dropout):
-        if self.input_dropout is not None:
-            x = self.input_dropout.copy(name="input_dropout")(x, deterministic=not (train or mc_dropout))
-        return x
-
-    def _dense_stack(self, x, train, mc_dropout, first: int = 0):
-        x = x.reshape((x.shape[0], -1))
-        for i in range(first, first + self.depth):
-            x = nn.Dense(self.width, kernel_init=self.kernel_init, name=f"dense_{i}")(x)
-            x = self._block(f"block_{i}")(x, train, mc_dropout)
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(x)
-
-
-class MLP(_Net):
-    """`depth` hidden dense layers of `width` units, then a linear head producing logits."""
+    @property
+    def hidden_layers(self) -> tuple[str, ...]:
+        """The body's weight layers, from the input up."""
+        convs = len(self.channels)
+        return (tuple(f"conv_{i}" for i in range(convs))
+                + tuple(f"dense_{convs + i}" for i in range(len(self.dense_widths))))
 
     @nn.compact
-    def __call__(self, x, train: bool = False, mc_dropout: bool = False):
-        return self._dense_stack(self._inputs(x, train, mc_dropout), train, mc_dropout)
+    def __call__(self, x, train: bool = False, dropout: bool | None = None, frozen: frozenset = frozenset(),
+                 start: int = 0, stop: int | None = None):
+        """Logits of inputs `x`; or, with `start`/`stop`, the features of hidden layers [start, stop).
 
+        `dropout` defaults to `train` (True at evaluation is MC dropout). With `start` = K, `x` is the output
+        of hidden layer K-1; with `stop` = K, the output of hidden layer K-1 is returned instead of logits.
+        """
+        dropout = train if dropout is None else dropout
+        names = self.hidden_layers
+        stop = len(names) if stop is None else stop
+        if start == 0 and self.input_dropout is not None and names[0] not in frozen:
+            x = self.input_dropout.copy(name="input_dropout")(x, deterministic=not dropout)
+        for i in range(start, stop):
+            live = names[i] not in frozen
+            x = self._layer(i, x)
+            self.sow("intermediates", "preact", x)
+            x = HiddenBlock(self.activation, self.normalization, self.norm_position, self.hidden_dropout,
+                            name=f"block_{i}")(x, train=train and live, drop=dropout and live)
+            if i < len(self.channels) and all(size >= 2 for size in x.shape[1:-1]):
+                x = nn.max_pool(x, (2,) * (x.ndim - 2), strides=(2,) * (x.ndim - 2))
+        if stop < len(names):
+            return x
+        logits = nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(x.reshape((x.shape[0], -1)))
+        self.sow("intermediates", "head_preact", logits)
+        return logits
 
-class CNN(_Net):
-    """A 3x3 convolution + 2x pooling per entry of `channels`, then `depth` dense layers and the head.
-
-    Works on 2-D images (N, H, W, C) and 1-D signals (N, L, C): kernels follow the input's rank.
-    """
-
-    channels: Sequence[int] = (32, 64)
-
-    @nn.compact
-    def __call__(self, x, train: bool = False, mc_dropout: bool = False):
-        x = self._inputs(x, train, mc_dropout)
-        spatial = x.ndim - 2
-        for i, features in enumerate(self.channels):
-            x = nn.Conv(features, (3,) * spatial, kernel_init=self.kernel_init, name=f"conv_{i}",
-                        conv_general_dilated=conv_general_dilated)(x)
-            x = self._block(f"block_{i}")(x, train, mc_dropout)
-            if all(size >= 2 for size in x.shape[1:-1]):
-                x = nn.max_pool(x, (2,) * spatial, strides=(2,) * spatial)
-        return self._dense_stack(x, train, mc_dropout, first=len(self.channels))
-
+    def _layer(self, i: int, x):
+        if i < len(self.channels):
+            return nn.Conv(self.channels[i], (3,) * (x.ndim - 2), kernel_init=self.kernel_init, name=f"conv_{i}",
+                           conv_general_dilated=conv_general_dilated)(x)
+        width = self.dense_widths[i - len(self.channels)]
+        return nn.Dense(width, kernel_init=self.kernel_init, name=f"dense_{i}")(x.reshape((x.shape[0], -1)))

@@ -14,14 +14,13 @@ import itertools
 import re
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from runner.checks import TopLevel, reserved_override
-from runner.config import CONF_DIR, validate
+from runner.config import CONF_DIR, compose_config, validate
 from runner.errors import UserError, first_line
 from runner.resumed import override_key, resumed_overrides
 from runner.rundir import RunDirClaim, has_checkpoint, holds_run
@@ -97,26 +96,32 @@ def preflight(argv: list[str]) -> Invocation:
         if reserved := reserved_override(override_key(override)):
             raise UserError(f"{override_key(override)}: {reserved} cannot be set on the command line; "
                             "choices come from conf files: valid: group=choice (python -m runner --help)")
-    config_name = _flag(flags, "-cn", "--config-name") or "config"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        composer = Composer(config_name)
-        dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-        hydra_cfg = composer.hydra(overrides)
-        if not multirun and OmegaConf.select(hydra_cfg, "trainer.resume") is True:
-            overrides = _resumed(overrides, composer)
-        out_dir, overrides = _pin_dir(dir_key, hydra_cfg, overrides)
-        for job in expand_sweep(overrides):
-            cfg = composer(job)
-            validate(cfg, composer.top_level)
-            if cfg.dataset.name == "npz":
-                from runner.data.npz import validate_npz  # only now: the data package imports tfds
+    composer = Composer(_flag(flags, "-cn", "--config-name") or "config", _flag(flags, "-cd", "--config-dir"))
+    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    hydra_cfg = composer.hydra(overrides)
+    if not multirun and OmegaConf.select(hydra_cfg, "trainer.resume") is True:
+        overrides = _resumed(overrides, composer)
+    out_dir, overrides = _pin_dir(dir_key, hydra_cfg, overrides)
+    for job in expand_sweep(overrides):
+        cfg = composer(job)
+        validate(cfg, composer.top_level)
+        if cfg.dataset.check is not None:  # e.g. a local file: read now, before anything is written
+            from runner.data import check_dataset  # only now: imports the check's module, no more
 
-                validate_npz(cfg.dataset.path)
+            check_dataset(cfg.dataset)
     claim = RunDirClaim(out_dir, dir_key)
-    if not multirun and not cfg.trainer.resume and (found := holds_run(claim.path)):
-        raise UserError(f"{dir_key}: {claim.path} already holds a run ({found}); continue it with "
+    found = _earlier_run(claim.path, multirun)
+    if found and not cfg.trainer.resume:  # its files would be appended to and its .hydra/ rewritten
+        raise UserError(f"{dir_key}: {claim.path} already holds a run ({found}); continue with "
                         f"trainer.resume=true {dir_key}={claim.path}, or choose a new dir")
     return Invocation(flags + overrides, multirun, claim)
+
+
+def _earlier_run(path: Path, multirun: bool) -> str | None:
+    """What shows that a run dir (or a sweep dir's job dirs) already holds a run, or None."""
+    if not multirun:
+        return holds_run(path)
+    return next((str(job.relative_to(path)) for job in sorted(path.glob("*/summary.json"))), None)
 
 
 def _resumed(overrides: list[str], composer: "Composer") -> list[str]:
@@ -150,8 +155,12 @@ def _pin_dir(key: str, hydra_cfg: DictConfig, overrides: list[str]) -> tuple[Pat
 class Composer:
     """Composes one job's config from conf/ the way `python -m runner` would, errors as one line."""
 
-    def __init__(self, config_name: str):
+    def __init__(self, config_name: str, config_dir: str | None = None):
         self.config_name = config_name
+        # `-cd DIR` adds the user's conf files to every group they name, as Hydra's own --config-dir does.
+        if config_dir is not None and not Path(config_dir).is_dir():
+            raise UserError(f"--config-dir {config_dir}: no such directory; valid: a dir of <group>/<choice>.yaml files")
+        self.extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
         primary = self._compose([], hydra=False)
         defaults = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults", [])
         groups = {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()
@@ -169,7 +178,7 @@ class Composer:
 
     def _compose(self, job: list[str], hydra: bool) -> DictConfig:
         try:
-            return compose(config_name=self.config_name, overrides=job, return_hydra_config=hydra)
+            return compose_config(*job, *self.extra, config_name=self.config_name, hydra=hydra)
         except MissingConfigException as e:
             group, _, choice = (e.missing_cfg_file or "").rpartition("/")
             if e.options and group:
@@ -191,14 +200,16 @@ def _explain(e: Exception, job: list[str]) -> str:
         hint = f"; valid keys under {parent or 'the config'}: {', '.join(valid)}" if valid else ""
         return f"{key}: no such key{hint}"
     message = first_line(cause)
-    return f"{key}: {message}" if key and key not in message else message
+    if key and "is not Optional" in message:
+        return f"{key}: null is not valid here; give a value"
+    return f"{key}: {message}" if key and not message.startswith(key) else message
 
 
 def _valid_keys(parent: str, job: list[str]) -> list[str]:
     """Keys of `parent` in the config composed with this job's group choices only (`_valid_` lists extras)."""
     choices = [o for o in job if "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
     try:
-        node = OmegaConf.select(compose(config_name="config", overrides=choices), parent) if parent else None
+        node = OmegaConf.select(compose_config(*choices), parent) if parent else None
     except Exception:
         return []
     if not hasattr(node, "keys"):

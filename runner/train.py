@@ -27,8 +27,9 @@ class TrainState(train_state.TrainState):
     plateau: Any = None  # optax reduce_on_plateau state, stepped once per epoch; None without that schedule
 
 
-def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Array) -> TrainState:
-    """Initialize the model on one example batch and the optimizer on its params."""
+def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Array,
+                       tx: optax.GradientTransformation | None = None) -> TrainState:
+    """Initialize the model on one example batch and the optimizer (`tx`, default the run's chain) on its params."""
     plateau = experiment.schedule.plateau
 
     # One compiled program: run eagerly, every initializer op would compile on its own (seconds at start-up).
@@ -40,7 +41,7 @@ def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Ar
         return TrainState.create(
             apply_fn=experiment.model.apply,
             params=variables["params"],
-            tx=experiment.optimizer,
+            tx=experiment.optimizer if tx is None else tx,
             batch_stats=variables.get("batch_stats", {}),
             rng=run_rng,
             plateau=None if plateau is None else plateau.init(variables["params"]),
@@ -49,8 +50,11 @@ def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Ar
     return create(rng, example_x)
 
 
-def make_traced_train_step(experiment: Experiment) -> Callable:
+def make_traced_train_step(experiment: Experiment, frozen: frozenset = frozenset()) -> Callable:
     """`traced_step(state, x, y) -> (state, metrics, trace)`: the train step, also returning its `StepTrace`.
+
+    Layers named in `frozen` run in inference mode (batch statistics fixed, no dropout); the optimizer
+    chain of their stage leaves their parameters where they are.
 
     The trace (inputs as seen, RNG, gradients, updates) is what per-layer diagnostics and divergence checks
     need; where nothing reads it, XLA drops it from the compiled program.
@@ -65,7 +69,7 @@ def make_traced_train_step(experiment: Experiment) -> Callable:
         def loss_fn(params):
             seen = params if regularizer.perturb is None else regularizer.perturb(params, perturb_rng)
             logits, updates = state.apply_fn(
-                {"params": seen, "batch_stats": state.batch_stats}, x, train=True,
+                {"params": seen, "batch_stats": state.batch_stats}, x, train=True, frozen=frozen,
                 rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             penalty = 0.0 if regularizer.penalty is None else regularizer.penalty(params)
@@ -95,7 +99,7 @@ def make_train_step(experiment: Experiment) -> Callable:
 
 
 def make_train_epoch(experiment: Experiment, batch_size: int, diagnostics_every: int = 0,
-                     checked: bool = False) -> Callable:
+                     checked: bool = False, frozen: frozenset = frozenset()) -> Callable:
     """`train_epoch(state, x, y, key) -> (state, metrics)`: one pass over shuffled batches, one program.
 
     The data stay on device; each step gathers its batch by index. The last partial batch is dropped.
@@ -110,15 +114,18 @@ def make_train_epoch(experiment: Experiment, batch_size: int, diagnostics_every:
 
     With `diagnostics_every` N > 0, also `diagnostics`: a `Buffer` of per-layer statistics of the steps
     that are multiples of N. With N = 0 the program has no branch and no buffer.
+
+    `frozen`: the stage's frozen layers, which run in inference mode (their parameters are held by the
+    stage's optimizer chain, runner/stages.py).
     """
-    traced_step = make_traced_train_step(experiment)
+    traced_step = make_traced_train_step(experiment, frozen)
 
     def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
         steps = x.shape[0] // batch_size
         order = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
         names = layer_names(state.params)
         if diagnostics_every:
-            layer_stats = make_layer_stats(experiment.model.activation, names)
+            layer_stats = make_layer_stats(experiment.model.activation, names, frozen)
 
         def diagnose_next(due, state, indices, buffer):
             # Diagnose the step `state` is about to take on batch `indices` by redoing it without applying it.
@@ -182,7 +189,7 @@ def make_evaluate(batch_size: int, mc_samples: int = 0) -> Callable:
         if mc_samples == 0:
             return jax.nn.log_softmax(state.apply_fn(variables, x, train=False))
         passes = jax.vmap(lambda k: jax.nn.softmax(
-            state.apply_fn(variables, x, train=False, mc_dropout=True, rngs={"dropout": k})))
+            state.apply_fn(variables, x, train=False, dropout=True, rngs={"dropout": k})))
         return jnp.log(passes(jax.random.split(key, mc_samples)).mean(0) + 1e-12)
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array, key: jax.Array):

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from runner.config import CONF_DIR, register_schemas
+from runner.config import compose_config, register_schemas  # noqa: F401 (tests import compose_config from here)
 
 register_schemas()
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,12 +24,6 @@ def tfds_dir(tmp_path_factory) -> Path:
     # The runner's compiled-program cache, kept out of the user's home for the test session.
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
     return path
-
-
-def compose_config(*overrides: str):
-    """The real config from conf/, with overrides, as `python -m runner` would see it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 class Runner:
@@ -59,3 +52,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with its bytes (None for a dir): equal snapshots mean nothing changed."""
+    root = Path(root)
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}

@@ -11,8 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from runner import bench
+from runner.bench.__main__ import CASES, MLP20X100, SMOKE
+from runner.bench.harness import IMAGE_SHAPE, synthetic_data
+from runner.bench.reference import NUM_CLASSES, init_limit, limit_forward, limit_spec, make_limit_epoch, run_once
 from runner.build import build_experiment
+from runner.config import compose_config
 from tests.conftest import ROOT
 
 # Compiling is most of a smoke run; unoptimized programs compile ~3x faster and the numbers are not checked.
@@ -27,27 +30,29 @@ def test_smoke_run_writes_every_case_with_its_ratio(tmp_path):
 
     (path,) = tmp_path.glob("*/results.json")
     results = json.loads(path.read_text())
-    assert [c["name"] for c in results["cases"]] == [c.name for c in bench.CASES]
+    assert [c["name"] for c in results["cases"]] == [c.name for c in CASES]
     for case in results["cases"]:
         assert case["runner_examples_per_s"] > 0 and case["limit_examples_per_s"] > 0
         assert case["ratio"] == pytest.approx(case["runner_examples_per_s"] / case["limit_examples_per_s"])
     per_step = [c for c in results["cases"] if "per_step_examples_per_s" in c]
-    assert [c["name"] for c in per_step] == [c.name for c in bench.CASES if c.per_step_loop]
+    assert [c["name"] for c in per_step] == [c.name for c in CASES if c.per_step_loop]
     assert all(c["per_step_examples_per_s"] > 0 for c in per_step)
     assert results["eval_examples_per_s"] > 0 and results["peak_host_memory_mib"] > 0
+    assert results["time_to_answer_mistake_s"] > 0  # `python -m runner optimizer=adamm` exited 2, one line
+    assert "time to answer a mistake" in done.stdout
     assert "time_to_first_step_s" not in results  # --smoke skips the subprocess run unless asked
     assert {"jax", "devices", "cpu_count", "platform"} <= set(results["machine"])
     assert f"results in {path}" in done.stdout
 
 
-@pytest.mark.parametrize("overrides", [bench.MLP20X100, (), ("model=cnn",)],
+@pytest.mark.parametrize("overrides", [MLP20X100, (), ("model=cnn", *SMOKE["cnn_overrides"])],
                          ids=["plain_mlp", "batch_norm_dropout_mlp", "cnn"])
 def test_limit_loss_goes_down_on_learnable_data(overrides):
-    cfg = bench.compose_config(*overrides, *bench.SMOKE["overrides"], "optimizer.learning_rate=0.01")
-    spec = bench.limit_spec(cfg)
-    x, y = bench.synthetic_data(0, 64, bench.IMAGE_SHAPE)
-    state = bench.init_limit(jax.random.PRNGKey(0), spec, bench.IMAGE_SHAPE)
-    epoch = jax.jit(bench.make_limit_epoch(spec, batch_size=16)).lower(state, x, y, jax.random.PRNGKey(0)).compile(
+    cfg = compose_config(*overrides, *SMOKE["overrides"], "optimizer.learning_rate=0.01")
+    spec = limit_spec(cfg)
+    x, y = synthetic_data(0, 64, IMAGE_SHAPE)
+    state = init_limit(jax.random.PRNGKey(0), spec, IMAGE_SHAPE)
+    epoch = jax.jit(make_limit_epoch(spec, batch_size=16)).lower(state, x, y, jax.random.PRNGKey(0)).compile(
         compiler_options={"xla_backend_optimization_level": 0})
 
     losses = []
@@ -59,15 +64,15 @@ def test_limit_loss_goes_down_on_learnable_data(overrides):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-@pytest.mark.parametrize("overrides", [(), ("model=cnn",)], ids=["batch_norm_mlp", "cnn"])
+@pytest.mark.parametrize("overrides", [(), ("model=cnn", *SMOKE["cnn_overrides"])], ids=["batch_norm_mlp", "cnn"])
 def test_limit_forward_equals_the_runner_model_in_training_mode(overrides):
-    cfg = bench.compose_config(*overrides, *bench.SMOKE["overrides"], "regularizer.dropout.rate=0.0")
-    spec = bench.limit_spec(cfg)
-    model = build_experiment(cfg, bench.NUM_CLASSES, 1).model
-    x, _ = bench.synthetic_data(0, 16, bench.IMAGE_SHAPE)
+    cfg = compose_config(*overrides, *SMOKE["overrides"], "regularizer.dropout.rate=0.0")
+    spec = limit_spec(cfg)
+    model = build_experiment(cfg, NUM_CLASSES, 1).model
+    x, _ = synthetic_data(0, 16, IMAGE_SHAPE)
     key = jax.random.PRNGKey(0)
-    variables = bench.run_once(lambda x: model.init(key, x, train=False), x)
-    logits, updates = bench.run_once(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
+    variables = run_once(lambda x: model.init(key, x, train=False), x)
+    logits, updates = run_once(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
 
     hidden = len(spec.channels) + spec.depth
     params, running = variables["params"], variables["batch_stats"]
@@ -75,8 +80,8 @@ def test_limit_forward_equals_the_runner_model_in_training_mode(overrides):
     layers = [(params[n]["kernel"], params[n]["bias"]) for n in names]
     norms = [(params[f"block_{i}"]["norm"]["scale"], params[f"block_{i}"]["norm"]["bias"]) for i in range(hidden)]
     stats = [(running[f"block_{i}"]["norm"]["mean"], running[f"block_{i}"]["norm"]["var"]) for i in range(hidden)]
-    limit_logits, limit_stats = bench.run_once(lambda p, s, x: bench.limit_forward(spec, p, s, x, key),
-                                               (layers, norms), stats, x)
+    limit_logits, limit_stats = run_once(lambda p, s, x: limit_forward(spec, p, s, x, key),
+                                         (layers, norms), stats, x)
 
     np.testing.assert_allclose(limit_logits, logits, rtol=1e-5, atol=1e-5)
     for i, (mean, var) in enumerate(limit_stats):

@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 
-from runner.build import build_model, build_regularizer
+from runner.build import build_model, build_regularizer, instantiate
 from runner.config import CONF_DIR
 from tests.conftest import compose_config
 
@@ -25,7 +24,7 @@ RTOL = 0.03
 def sample(name: str, *overrides: str) -> np.ndarray:
     """A (FAN_IN, FAN_OUT) kernel drawn by the initializer that `initializer=<name>` builds."""
     cfg = compose_config(f"initializer={name}", *overrides)
-    init = instantiate(cfg.initializer, _convert_="all")
+    init = instantiate(cfg.initializer, "initializer")
     return np.asarray(init(jax.random.PRNGKey(0), (FAN_IN, FAN_OUT), jnp.float32), np.float64)
 
 
@@ -97,5 +96,5 @@ def test_built_model_biases_start_at_zero_and_kernels_follow_the_initializer(nam
     for layer in layers:
         np.testing.assert_array_equal(layer["bias"], 0.0)
     kernel = np.asarray(params["dense_1"]["kernel"], np.float64)  # 400 x 400
-    expected = np.asarray(instantiate(cfg.initializer)(jax.random.PRNGKey(7), (400, 400)), np.float64).var()
+    expected = np.asarray(instantiate(cfg.initializer, "initializer")(jax.random.PRNGKey(7), (400, 400)), np.float64).var()
     assert kernel.var() == pytest.approx(expected, rel=0.05)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("initializer", "activation", "normalization", "regularizer", "optimizer", "schedule")
+GROUPS = ("initializer", "activation", "normalization", "regularizer", "clip", "optimizer", "schedule")
 
 
 @pytest.mark.parametrize("group", GROUPS)

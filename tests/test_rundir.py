@@ -11,11 +11,7 @@ import pytest
 
 from runner.errors import UserError
 from runner.rundir import LOCK_NAME, RunDirClaim, holds_run
-
-
-def snapshot(root):
-    """Every path under root with its bytes (None for dirs)."""
-    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+from tests.conftest import snapshot
 
 
 def write_run_files(run_dir):

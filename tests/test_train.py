@@ -79,7 +79,7 @@ def test_mc_dropout_averages_stochastic_passes_and_differs_from_deterministic():
     mc = jax.jit(make_evaluate(16, mc_samples=8))(state, x, y, mask, key)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     keys = jax.random.split(jax.random.fold_in(key, 0), 8)
-    probs = jnp.mean(jnp.stack([jax.nn.softmax(state.apply_fn(variables, x[:16], train=False, mc_dropout=True,
+    probs = jnp.mean(jnp.stack([jax.nn.softmax(state.apply_fn(variables, x[:16], train=False, dropout=True,
                                                               rngs={"dropout": k})) for k in keys]), 0)
     first_batch_loss = -jnp.log(probs[jnp.arange(16), y[:16]] + 1e-12)
     assert float(mc["loss"]) != pytest.approx(float(deterministic["loss"]))

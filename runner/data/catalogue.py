@@ -1,9 +1,10 @@
-"""tfds datasets by name, the embedded ones and the catalogue's (mnist, cifar10, ...), read into NumPy arrays.
+"""tfds datasets by builder name, the embedded ones and the catalogue's (mnist, cifar10, ...), read into NumPy arrays.
 
-tfds reads without TensorFlow only from array_record files, through `as_data_source`, so every dataset is prepared
-in that format. Preparing a catalogue dataset downloads it and, in tfds 4.9, also needs TensorFlow (its builders
-read the downloads with tf.io.gfile and encode images with tf.image); reading a prepared copy does not. mnist,
-fashion_mnist and cifar10 are therefore prepared by our own builders (catalogue_builders.py), from the same
+`load_tfds` is the source the tfds-backed conf/dataset files name. tfds reads without TensorFlow only from
+array_record files, through `as_data_source`, so every dataset is prepared in that format. Preparing a catalogue
+dataset downloads it and, in tfds 4.9, also needs TensorFlow (its builders read the downloads with tf.io.gfile and
+encode images with tf.image); reading a prepared copy does not. conf/dataset/mnist.yaml, fashion_mnist.yaml and
+cifar10.yaml therefore name our own builders (`mnist_np`, ... in catalogue_builders.py), which prepare the same
 downloads, checked against the same checksums.
 """
 
@@ -22,11 +23,9 @@ from runner.data import catalogue_builders, embedded  # noqa: F401  (defining bu
 from runner.data.splits import TrainTest
 from runner.errors import UserError
 
-VALID_DATASETS = "digits, mnist1d, npz, mnist, fashion_mnist, cifar10, or any tfds catalogue name"
-_OFFLINE_CHOICES = "dataset=digits|mnist1d|npz"
-
-# Catalogue names whose tfds builders need TensorFlow to prepare, and the builders that prepare them without it.
-_TF_FREE_BUILDERS = {"mnist": "mnist_np", "fashion_mnist": "fashion_mnist_np", "cifar10": "cifar10_np"}
+# What to choose instead: the conf/dataset files are the list of choices, and `--help` prints it.
+_VALID = "a tfds catalogue name, or one of the dataset= choices (python -m runner --help), e.g. dataset=digits"
+_OFFLINE = "or use a dataset that needs no network, e.g. dataset=digits (python -m runner --help lists them)"
 
 # Examples decoded per __getitems__ call: one call per example is slow, one call for all holds every decoded dict.
 _READ_CHUNK = 4096
@@ -45,7 +44,16 @@ tfds.disable_progress_bar()  # tfds' tqdm bars would interleave with the runner'
 
 
 def load_tfds(name: str, data_dir: str | None) -> TrainTest:
-    """Reads the train and test splits of tfds dataset `name`, preparing it in `data_dir` first if needed."""
+    """Reads the train and test splits of tfds dataset `name`, preparing it in `data_dir` first if needed.
+
+    Args:
+      name: a tfds builder name: a catalogue dataset (`kmnist`), an embedded one (`digits`), or one of ours that
+        prepares a catalogue dataset without TensorFlow (`mnist_np`).
+      data_dir: the tfds data dir; None means tfds' default ($TFDS_DATA_DIR, else ~/tensorflow_datasets).
+
+    Returns:
+      The unscaled train and test arrays, images (N, H, W, C) and signals (N, L, 1), with the number of classes.
+    """
     with _quiet_logs():
         builder = _make_builder(name, data_dir)
         input_key, label_key = _supervised_keys(name, builder)
@@ -54,13 +62,13 @@ def load_tfds(name: str, data_dir: str | None) -> TrainTest:
         # Splits are unknown only where tfds.testing.mock_data stands in for the data; it serves any split then.
         if available and not {"train", "test"} <= available:
             raise UserError(
-                f"dataset.name={name} has splits {sorted(available)}; valid: a dataset with train and test splits"
+                f"tfds dataset {name} has splits {sorted(available)}; valid: a dataset with train and test splits"
             )
         try:
             sources = builder.as_data_source(split={"train": "train", "test": "test"})
         except NotImplementedError as error:  # a copy prepared in another format, e.g. TensorFlow's tfrecord
             raise UserError(
-                f"dataset.name={name} in {builder.data_dir_root} was prepared as {builder.info.file_format.value}, "
+                f"tfds dataset {name} in {builder.data_dir_root} was prepared as {builder.info.file_format.value}, "
                 "which needs TensorFlow to read; valid: a copy prepared with --file_format=array_record, "
                 "or another data_dir"
             ) from error
@@ -72,21 +80,21 @@ def load_tfds(name: str, data_dir: str | None) -> TrainTest:
 def _make_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """tfds' builder for `name` in `data_dir` (None: tfds' default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
     try:
-        return tfds.builder(_TF_FREE_BUILDERS.get(name, name), data_dir=data_dir, file_format="array_record")
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
     except tfds.core.DatasetNotFoundError:
-        raise UserError(f"dataset.name={name} is not a known dataset; valid: {VALID_DATASETS}") from None
+        raise UserError(f"tfds dataset {name} is not a known dataset; valid: {_VALID}") from None
 
 
 def _supervised_keys(name: str, builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
     """The input and label feature names, checked to be fixed-shape numeric inputs and class labels."""
     keys = builder.info.supervised_keys
-    not_classification = f"dataset.name={name} is not a classification dataset this runner can train on"
+    not_classification = f"tfds dataset {name} is not a classification dataset this runner can train on"
     if not keys or not all(isinstance(key, str) for key in keys[:2]):
-        raise UserError(f"{not_classification} (no single input and label); valid: {VALID_DATASETS}")
+        raise UserError(f"{not_classification} (no single input and label); valid: {_VALID}")
     input_key, label_key = keys[:2]
     features = builder.info.features
     if not isinstance(features[label_key], tfds.features.ClassLabel):
-        raise UserError(f"{not_classification} ({label_key!r} is not a class label); valid: {VALID_DATASETS}")
+        raise UserError(f"{not_classification} ({label_key!r} is not a class label); valid: {_VALID}")
     shape, dtype = getattr(features[input_key], "shape", None), getattr(features[input_key], "np_dtype", None)
     if (
         not isinstance(shape, tuple)
@@ -97,7 +105,7 @@ def _supervised_keys(name: str, builder: tfds.core.DatasetBuilder) -> tuple[str,
     ):
         raise UserError(
             f"{not_classification} ({input_key!r} is {dtype} of shape {shape}); "
-            f"valid: fixed-shape numeric signals or images, such as {VALID_DATASETS}"
+            f"valid: a dataset of fixed-shape numeric signals or images: {_VALID}"
         )
     return input_key, label_key
 
@@ -126,14 +134,14 @@ def _prepare(name: str, data_dir: str | None, builder: tfds.core.DatasetBuilder)
             return _make_builder(name, data_dir)
         if any(isinstance(cause, _NETWORK_ERRORS) for cause in _chain(error)):
             raise UserError(
-                f"dataset.name={name} is not prepared in {builder.data_dir_root} and could not be downloaded: it needs "
-                f"network once to download, or use {_OFFLINE_CHOICES}"
+                f"tfds dataset {name} is not prepared in {builder.data_dir_root} and could not be downloaded: it needs "
+                f"network once to download, {_OFFLINE}"
             ) from error
         if any(isinstance(cause, ModuleNotFoundError) and cause.name == "tensorflow" for cause in _chain(error)):
             raise UserError(
-                f"dataset.name={name} is not prepared in {builder.data_dir_root}, and tfds needs TensorFlow (not "
+                f"tfds dataset {name} is not prepared in {builder.data_dir_root}, and tfds needs TensorFlow (not "
                 f"installed) to prepare it: run once where it is, `tfds build {name} --file_format=array_record "
-                f"--data_dir={builder.data_dir_root}`, or use {_OFFLINE_CHOICES}"
+                f"--data_dir={builder.data_dir_root}`, {_OFFLINE}"
             ) from error
         raise
     return builder

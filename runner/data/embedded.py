@@ -1,7 +1,9 @@
 """The embedded datasets, `digits` and `mnist1d`: tfds builders that generate their data offline.
 
 Defining the classes registers them in tfds' catalogue under their `name`, so `tfds.builder("digits")` finds them
-like any catalogue dataset. Both are built once into the tfds data dir (array_record) and read back from there.
+like any catalogue dataset. Both are built once into the tfds data dir (array_record) and read back from there;
+the first build says so in one line, in place of tfds' "Downloading and preparing dataset Unknown size" (nothing
+is downloaded).
 """
 
 import random
@@ -13,7 +15,21 @@ _DIGITS_NUM_TRAIN = 1437  # of 1,797 images: an 80/20 train/test split
 _DIGITS_SPLIT_SEED = 0  # fixed: the split is part of the dataset's version, not of an experiment
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class _BuiltLocally:
+    """Mixin for a builder that generates its data here: one line on its first build, none of tfds' own.
+
+    tfds (dataset_builder.py, 4.9) prints through these two hooks before and after `download_and_prepare`; its
+    lines speak of downloading and of sizes it cannot know for generated data.
+    """
+
+    def _log_download_bytes(self) -> None:
+        print(f"building {self.name} locally into {self.data_dir} (first use only)…", flush=True)
+
+    def _log_download_done(self) -> None:
+        pass
+
+
+class Digits(_BuiltLocally, tfds.core.GeneratorBasedBuilder):
     """scikit-learn's bundled 8x8 handwritten digits (values 0..16): 1,437 train and 360 test images."""
 
     name = "digits"
@@ -54,7 +70,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
             yield index, {"image": image, "label": label}
 
 
-class Mnist1d(tfds.core.GeneratorBasedBuilder):
+class Mnist1d(_BuiltLocally, tfds.core.GeneratorBasedBuilder):
     """MNIST-1D (Greydanus 2020) with its published default settings: 4,000 train and 1,000 test 40-step signals."""
 
     name = "mnist1d"

@@ -1,42 +1,60 @@
-"""`load_splits`: a dataset by name, as scaled train, validation and test splits."""
+"""`load_splits`: the dataset a config's `dataset` node names, as scaled train, validation and test splits.
 
-from runner.data.catalogue import load_tfds
-from runner.data.npz import read_npz
+The conf/dataset files are the registry: each names the callable that reads its data under `source`, built by
+`hydra.utils.instantiate` with the file's arguments and called with the tfds data dir:
+
+    source:
+      _target_: runner.data.catalogue.load_tfds
+      _partial_: true   # data_dir is supplied at run time
+      name: digits
+
+`source(data_dir=...)` returns the dataset's unscaled train and test arrays (`TrainTest`). A file may also name a
+`check`, called with no arguments before anything runs (runner/preflight.py), that raises UserError where the
+source would: a bad local file then costs nothing on disk. Neither is imported before it is needed, so importing
+this package does not import tensorflow_datasets.
+"""
+
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from runner.checks import strip_specs
 from runner.data.splits import Splits, split_and_scale
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 
 
-def load_splits(
-    name: str,
-    *,
-    val_fraction: float,
-    seed: int,
-    data_dir: str | None = None,
-    path: str | None = None,
-    train_subset: int | None = None,
-) -> Splits:
-    """Loads dataset `name` and returns its scaled train, validation and test splits.
+def load_splits(dataset: DictConfig, *, seed: int) -> Splits:
+    """Reads the dataset's source and returns its scaled train, validation and test splits.
 
     Args:
-      name: `digits` or `mnist1d` (embedded: generated offline into the tfds data dir on first use), `npz` (the
-        file at `path`), or any tfds catalogue name (`mnist`, `fashion_mnist`, `cifar10`, ...).
-      val_fraction: share of the train split held out for validation, in [0, 1).
+      dataset: the config's `dataset` node (runner/config.py, DatasetConfig): `source` reads the data from
+        `data_dir`; `val_fraction` and `train_subset` shape the splits; `name` names them.
       seed: seeds the permutation that picks the validation examples.
-      data_dir: the tfds data dir; None means tfds' default ($TFDS_DATA_DIR, else ~/tensorflow_datasets).
-      path: the .npz file, for `name="npz"` only.
-      train_subset: if set, train on only this many of the examples left after validation.
 
     Returns:
       float32 inputs with a trailing channel axis and int32 labels, every split scaled per channel by the
       mean and std of the final training split.
     """
-    if name == "npz":
-        data = read_npz(path)
-    elif path is not None:
-        raise UserError(
-            f"dataset.path={path} is read only with dataset=npz, not dataset.name={name}; "
-            "valid: dataset=npz, or no dataset.path"
-        )
-    else:
-        data = load_tfds(name, data_dir)
-    return split_and_scale(data, name=name, val_fraction=val_fraction, seed=seed, train_subset=train_subset)
+    source = _build(dataset.source, "dataset.source")
+    data = source(data_dir=dataset.data_dir)
+    return split_and_scale(
+        data, name=dataset.name, val_fraction=dataset.val_fraction, seed=seed, train_subset=dataset.train_subset
+    )
+
+
+def check_dataset(dataset: DictConfig) -> None:
+    """Runs the dataset's `check`, if its conf file names one: raises UserError where its source would fail."""
+    if dataset.check is not None:
+        _build(dataset.check, "dataset.check")()
+
+
+def _build(node: DictConfig, key: str) -> Any:
+    """`hydra.utils.instantiate` without the `_valid_` declarations; a failure is the user's, named by `key`."""
+    try:
+        return instantiate(strip_specs(node), _convert_="all")
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise UserError(f"{key}: {first_line(error.__cause__ or error)}") from None

@@ -1,4 +1,8 @@
-"""A local dataset file in the Keras convention: an .npz holding x_train, y_train, x_test and y_test."""
+"""A local dataset file in the Keras convention: an .npz holding x_train, y_train, x_test and y_test.
+
+conf/dataset/npz.yaml names `read_npz` as its source and `validate_npz` as its check, which preflight runs on the
+file before anything is written.
+"""
 
 import os
 import zipfile
@@ -17,10 +21,11 @@ def validate_npz(path: str | None) -> None:
     read_npz(path)
 
 
-def read_npz(path: str | None) -> TrainTest:
+def read_npz(path: str | None, data_dir: str | None = None) -> TrainTest:
     """Reads and checks an .npz dataset: finite (N, D), (N, H, W) or (N, H, W, C) inputs, integer labels 0..K-1."""
+    del data_dir  # every source is given the tfds data dir; a local file is read where it is
     if path is None:
-        raise UserError(f"dataset=npz needs dataset.path=<file>; valid: {_VALID_FILE}")
+        raise UserError(f"dataset.path: needs a value, e.g. dataset.path=data.npz; valid: {_VALID_FILE}")
     if not os.path.isfile(path):
         raise UserError(f"dataset.path={path}: no such file; valid: {_VALID_FILE}")
     arrays = _read_arrays(path)

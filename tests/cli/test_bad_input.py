@@ -16,7 +16,7 @@ CASES = [
     (["trainer.epochs=abc"], ["trainer.epochs", "abc"]),
     (["optimizer.learning_rate=-0.1"], ["optimizer.learning_rate", "> 0", "-0.1"]),
     (["regularizer.dropout.rate=1.0"], ["regularizer.dropout.rate", "[0, 1)"]),
-    (["model.depth=0"], ["model.depth", ">= 1"]),
+    (["model.depth=-1"], ["model.depth", ">= 0"]),
     (["model.width=0"], ["model.width", ">= 1"]),
     (["trainer.batch_size=0"], ["trainer.batch_size", ">= 1"]),
     (["trainer.batch_size=100000"], ["trainer.batch_size", "larger than the training set"]),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import read_metrics, read_summary
+from tests.conftest import read_metrics, read_summary, snapshot
 
 # Long enough to be caught mid-training, short enough for the suite: ~225 steps an epoch on mnist1d.
 SLOW_RUN = ("dataset=mnist1d", "trainer.batch_size=16", "trainer.epochs=12", "model.depth=4",
@@ -19,7 +19,7 @@ def _without_times(records):
     return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
 
 
-def test_sigterm_then_resume_equals_an_uninterrupted_run(cli):
+def test_sigterm_then_resume_with_only_the_run_dir_equals_an_uninterrupted_run(cli):
     reference = cli(*SLOW_RUN, "hydra.run.dir=outputs/reference")
     assert reference.returncode == 0, reference.stderr
 
@@ -40,7 +40,9 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(cli):
     assert 3 <= stopped_at < 12, "the signal should land mid-training"
     assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()
 
-    resumed = cli(*SLOW_RUN, f"hydra.run.dir={run_dir}", "trainer.resume=true")
+    # As the interrupt message says: the run's own saved config is the source, no overrides repeated.
+    assert f"trainer.resume=true hydra.run.dir={run_dir}" in stderr
+    resumed = cli("trainer.resume=true", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from the checkpoint of epoch {stopped_at}" in resumed.stdout
     assert _without_times(read_metrics(run_dir)) == _without_times(read_metrics(cli.cwd / "outputs/reference"))
@@ -85,9 +87,12 @@ def test_no_usable_checkpoint_is_one_line_and_exit_2(cli):
 
 def test_resume_with_a_mismatched_model_is_rejected(cli):
     assert cli("trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
+    before = snapshot(cli.cwd / "outputs" / "r")
     result = cli("trainer.epochs=2", "model.width=64", "hydra.run.dir=outputs/r", "trainer.resume=true")
     assert result.returncode == 2
-    assert "no usable checkpoint" in result.stderr.strip().splitlines()[-1]
+    [line] = result.stderr.strip().splitlines()
+    assert "trainer.resume" in line and "model.width (100 -> 64)" in line
+    assert snapshot(cli.cwd / "outputs" / "r") == before, "a refused resume changes nothing in the run dir"
 
 
 def test_resume_source_that_does_not_exist_is_rejected_before_any_output(cli):

@@ -34,8 +34,11 @@ def mock_catalogue(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "example_shape"), [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))]
 )
-def test_catalogue_images_load_with_their_shape_and_labels_in_range(mock_catalogue, tmp_path, name, example_shape):
-    splits = load_splits(name, val_fraction=0.25, seed=0, data_dir=str(tmp_path))
+def test_catalogue_images_load_with_their_shape_and_labels_in_range(
+    mock_catalogue, dataset, tmp_path, name, example_shape
+):
+    node = dataset(f"dataset={name}", "dataset.val_fraction=0.25", f"dataset.data_dir={tmp_path}")
+    splits = load_splits(node, seed=0)
     assert splits.x_train.shape == (18, *example_shape)
     assert splits.x_val.shape == (6, *example_shape)
     assert splits.x_test.shape == (24, *example_shape)
@@ -46,31 +49,49 @@ def test_catalogue_images_load_with_their_shape_and_labels_in_range(mock_catalog
     assert splits.name == name
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "kmnist"])
-def test_an_offline_download_is_a_user_error_and_leaves_nothing_half_written(tmp_path, monkeypatch, name):
+@pytest.mark.parametrize(
+    ("choice", "builder"),
+    [
+        ("dataset=mnist", "mnist_np"),
+        ("dataset=fashion_mnist", "fashion_mnist_np"),
+        ("dataset=cifar10", "cifar10_np"),
+        ("dataset=tfds dataset.name=kmnist", "kmnist"),
+    ],
+)
+def test_an_offline_download_is_a_user_error_and_leaves_nothing_half_written(
+    dataset, tmp_path, monkeypatch, choice, builder
+):
     def offline(url, **kwargs):
         raise requests.exceptions.ConnectionError(f"Failed to resolve host of {url}")
 
     monkeypatch.setattr("tensorflow_datasets.core.download.downloader._open_url", offline)
     with pytest.raises(UserError) as raised:
-        load_splits(name, val_fraction=0.1, seed=0, data_dir=str(tmp_path))
+        load_splits(dataset(*choice.split(), f"dataset.data_dir={tmp_path}"), seed=0)
     assert str(raised.value) == (
-        f"dataset.name={name} is not prepared in {tmp_path} and could not be downloaded: it needs network once to "
-        "download, or use dataset=digits|mnist1d|npz"
+        f"tfds dataset {builder} is not prepared in {tmp_path} and could not be downloaded: it needs network once to "
+        "download, or use a dataset that needs no network, e.g. dataset=digits (python -m runner --help lists them)"
     )
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith("incomplete.") or ".tmp." in p.name]
     assert leftovers == []
     assert [p for p in tmp_path.glob("*/*") if p.parent.name != "downloads"] == []  # no dataset version dir
 
 
-def test_an_unknown_name_lists_the_valid_choices(tmp_path):
-    valid = r"valid: digits, mnist1d, npz, mnist, fashion_mnist, cifar10, or any tfds catalogue name"
-    with pytest.raises(UserError, match=rf"dataset.name=mnits is not a known dataset; {valid}"):
-        load_splits("mnits", val_fraction=0.1, seed=0, data_dir=str(tmp_path))
+def test_an_unknown_name_says_where_the_valid_choices_are(dataset, tmp_path):
+    with pytest.raises(UserError) as raised:
+        load_splits(dataset("dataset=tfds", "dataset.name=mnits", f"dataset.data_dir={tmp_path}"), seed=0)
+    assert str(raised.value) == (
+        "tfds dataset mnits is not a known dataset; valid: a tfds catalogue name, or one of the dataset= choices "
+        "(python -m runner --help), e.g. dataset=digits"
+    )
+
+
+def test_dataset_tfds_reads_the_builder_its_name_gives(mock_catalogue, dataset, tmp_path):
+    splits = load_splits(dataset("dataset=tfds", "dataset.name=kmnist", f"dataset.data_dir={tmp_path}"), seed=0)
+    assert splits.name == "kmnist" and splits.x_test.shape == (24, 28, 28, 1)
 
 
 def test_a_dataset_of_text_inputs_is_refused_before_any_download(tmp_path):
-    with pytest.raises(UserError, match=r"dataset.name=imdb_reviews is not a classification dataset .*'text'"):
+    with pytest.raises(UserError, match=r"tfds dataset imdb_reviews is not a classification dataset .*'text'"):
         load_tfds("imdb_reviews", str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
@@ -120,7 +141,7 @@ def test_preparing_without_tensorflow_is_a_user_error_that_says_how_to_get_a_cop
     with pytest.raises(UserError) as raised:
         load_tfds("tiny_numpy_images", str(tmp_path))
     assert str(raised.value).startswith(
-        f"dataset.name=tiny_numpy_images is not prepared in {tmp_path}, and tfds needs TensorFlow (not installed) to "
+        f"tfds dataset tiny_numpy_images is not prepared in {tmp_path}, and tfds needs TensorFlow (not installed) to "
         f"prepare it: run once where it is, `tfds build tiny_numpy_images --file_format=array_record "
         f"--data_dir={tmp_path}`"
     )

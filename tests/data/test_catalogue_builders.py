@@ -153,7 +153,7 @@ def test_read_cifar_batch_rejects_a_partial_record():
 def test_mnist_formats_build_from_tfds_urls_into_the_arrays_the_idx_files_hold(tmp_path, serve, name, tfds_builder):
     files, arrays = _mnist_files(tfds_builder.URL)
     requested = serve(files)
-    data = load_tfds(name, str(tmp_path))
+    data = load_tfds(f"{name}_np", str(tmp_path))
     assert sorted(requested) == sorted(tfds.builder_cls(name).url_infos)  # the files tfds' own builder downloads
     for split in ("train", "test"):
         images, labels = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
@@ -169,10 +169,10 @@ def test_mnist_formats_build_from_tfds_urls_into_the_arrays_the_idx_files_hold(t
     assert builder.info.file_format.value == "array_record"
 
 
-def test_load_splits_mnist_reads_the_numpy_builders_copy(tmp_path, serve):
+def test_dataset_mnist_reads_the_numpy_builders_copy(dataset, tmp_path, serve):
     files, _ = _mnist_files(mnist.MNIST.URL, num_train=10)
     serve(files)
-    splits = load_splits("mnist", val_fraction=0.2, seed=0, data_dir=str(tmp_path))
+    splits = load_splits(dataset("dataset=mnist", "dataset.val_fraction=0.2", f"dataset.data_dir={tmp_path}"), seed=0)
     assert splits.x_train.shape == (8, 28, 28, 1) and splits.x_val.shape == (2, 28, 28, 1)
     assert splits.x_test.shape == (3, 28, 28, 1) and splits.name == "mnist"
     assert (tmp_path / "mnist_np" / "1.0.0" / "dataset_info.json").exists()
@@ -186,7 +186,7 @@ def test_cifar10_builds_from_tfds_url_into_the_arrays_the_binary_batches_hold(tm
     members = {info.prefix + name: _cifar_batch(*batch) for name, batch in batches.items()}
     members[info.prefix + "batches.meta.txt"] = _CIFAR10_META
     requested = serve({info.url: _tar_gz(members)})
-    data = load_tfds("cifar10", str(tmp_path))
+    data = load_tfds("cifar10_np", str(tmp_path))
     assert requested == list(tfds.builder_cls("cifar10").url_infos)
     train = [batches[name] for name in info.train_files]
     np.testing.assert_array_equal(
@@ -204,7 +204,7 @@ def test_a_download_unlike_the_checksum_tfds_registers_is_refused_and_leaves_not
     files, _ = _mnist_files(mnist.MNIST.URL)
     serve(files, register=False)
     with pytest.raises(download_manager.NonMatchingChecksumError, match=r"has wrong checksum"):
-        load_tfds("mnist", str(tmp_path))
+        load_tfds("mnist_np", str(tmp_path))
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith("incomplete.") or ".tmp." in p.name]
     assert leftovers == []
     assert not (tmp_path / "mnist_np" / "1.0.0").exists()

@@ -112,3 +112,10 @@ def test_a_build_that_loses_a_race_reads_the_winners_copy(tmp_path, monkeypatch)
     data = load_tfds("digits", str(tmp_path))
     assert raced and len(data.y_train) == 1437
     assert _incomplete_dirs(tmp_path) == []
+
+
+def test_a_first_build_says_it_builds_locally_in_one_line_and_a_read_back_says_nothing(tmp_path, capsys):
+    load_tfds("digits", str(tmp_path))
+    assert capsys.readouterr().out == f"building digits locally into {tmp_path}/digits/1.0.0 (first use only)…\n"
+    load_tfds("digits", str(tmp_path))
+    assert capsys.readouterr().out == ""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runner.data import load_splits, validate_npz
+from runner.data import check_dataset, load_splits, validate_npz
 from runner.errors import UserError
 
 
@@ -25,10 +25,16 @@ def _write(tmp_path, **overrides) -> str:
     return str(path)
 
 
-def test_uint8_images_load_with_a_channel_axis_and_scaled(tmp_path):
+@pytest.fixture
+def npz(dataset):
+    """`npz(path, *overrides)`: the dataset node of `dataset=npz dataset.path=<path>`."""
+    return lambda path, *overrides: dataset("dataset=npz", f"dataset.path='{path}'", *overrides)
+
+
+def test_uint8_images_load_with_a_channel_axis_and_scaled(tmp_path, npz):
     path = _write(tmp_path)
-    validate_npz(path)
-    splits = load_splits("npz", val_fraction=0.25, seed=0, path=path)
+    check_dataset(npz(path))
+    splits = load_splits(npz(path, "dataset.val_fraction=0.25"), seed=0)
     assert splits.x_train.shape == (30, 6, 6, 1) and splits.x_val.shape == (10, 6, 6, 1)
     assert splits.x_test.shape == (12, 6, 6, 1)
     assert splits.x_train.dtype == np.float32 and splits.y_train.dtype == np.int32
@@ -36,14 +42,14 @@ def test_uint8_images_load_with_a_channel_axis_and_scaled(tmp_path):
     assert abs(splits.x_train.mean()) < 1e-5
 
 
-def test_vectors_become_signals_with_one_channel(tmp_path):
+def test_vectors_become_signals_with_one_channel(tmp_path, npz):
     path = _write(tmp_path, x_train=np.ones((40, 5), np.float32), x_test=np.ones((12, 5), np.float32))
-    assert load_splits("npz", val_fraction=0.0, seed=0, path=path).x_train.shape == (40, 5, 1)
+    assert load_splits(npz(path, "dataset.val_fraction=0.0"), seed=0).x_train.shape == (40, 5, 1)
 
 
-def test_channels_last_images_keep_their_channels(tmp_path):
+def test_channels_last_images_keep_their_channels(tmp_path, npz):
     path = _write(tmp_path, x_train=np.zeros((40, 6, 6, 3)), x_test=np.zeros((12, 6, 6, 3)))
-    assert load_splits("npz", val_fraction=0.0, seed=0, path=path).x_test.shape == (12, 6, 6, 3)
+    assert load_splits(npz(path, "dataset.val_fraction=0.0"), seed=0).x_test.shape == (12, 6, 6, 3)
 
 
 @pytest.mark.parametrize(
@@ -64,18 +70,20 @@ def test_channels_last_images_keep_their_channels(tmp_path):
         ({"x_train": np.zeros((0, 6, 6)), "y_train": np.zeros(0, np.int64)}, r"x_train has no examples"),
     ],
 )
-def test_a_malformed_file_is_a_user_error_naming_the_file_and_the_problem(tmp_path, overrides, message):
+def test_a_malformed_file_is_a_user_error_naming_the_file_and_the_problem(tmp_path, npz, overrides, message):
     path = _write(tmp_path, **overrides)
     with pytest.raises(UserError, match=message) as raised:
-        validate_npz(path)
+        check_dataset(npz(path))
     assert str(raised.value).startswith(path)
     with pytest.raises(UserError, match=message):
-        load_splits("npz", val_fraction=0.1, seed=0, path=path)
+        load_splits(npz(path), seed=0)
 
 
-def test_no_path_is_a_user_error():
-    with pytest.raises(UserError, match=r"dataset=npz needs dataset.path=<file>"):
-        load_splits("npz", val_fraction=0.1, seed=0)
+def test_no_path_is_a_user_error_from_the_check_and_the_source(dataset):
+    message = r"^dataset.path: needs a value, e.g. dataset.path=data.npz; valid: an .npz"
+    for run in (check_dataset, lambda node: load_splits(node, seed=0)):
+        with pytest.raises(UserError, match=message):
+            run(dataset("dataset=npz"))
 
 
 def test_a_missing_file_is_a_user_error(tmp_path):

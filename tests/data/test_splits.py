@@ -94,9 +94,9 @@ def test_a_constant_channel_is_centred_not_divided_by_zero():
     assert np.all(np.isfinite(splits.x_test))
 
 
-def test_digits_splits_match_a_manual_split_and_scaling_of_the_raw_arrays(tfds_dir):
+def test_digits_splits_match_a_manual_split_and_scaling_of_the_raw_arrays(dataset, tfds_dir):
     raw = load_tfds("digits", str(tfds_dir))
-    splits = load_splits("digits", val_fraction=0.1, seed=5, data_dir=str(tfds_dir))
+    splits = load_splits(dataset("dataset=digits", f"dataset.data_dir={tfds_dir}"), seed=5)
     order = np.random.default_rng(5).permutation(1437)
     val, train = order[:144], order[144:]
     mean, std = raw.x_train[train].mean(axis=(0, 1, 2)), raw.x_train[train].std(axis=(0, 1, 2))

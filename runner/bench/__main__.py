@@ -1,0 +1,134 @@
+"""`python -m runner.bench`: the runner's speed against the limit, a hand-written JAX loop of the same model.
+
+Each entry of `CASES` is one row: the runner's compiled epoch (composed, built and compiled as a run
+does) and the limit's epoch (runner/bench/reference.py) timed alternately on the same synthetic data
+(runner/bench/harness.py). Then the evaluation throughput, how fast `python -m runner` answers a mistyped
+override, the default run's time to its first epoch line, and peak host memory. Everything lands in
+`<out>/<YYYY-mm-dd_HH-MM-SS>/results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+
+from runner.bench.harness import (EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_evaluation,
+                                  measure_first_step, measure_mistake_answer, own_peak_memory_mib)
+from runner.console import Console
+from runner.outputs import write_json
+
+MLP20X100 = ("model.depth=20", "model.width=100", "activation=elu", "initializer=he_normal",
+             "normalization=none", "regularizer=[]", "optimizer=adam")
+
+CASES = [
+    Case("mlp20x100_b32", MLP20X100, 32, per_step_loop=True),
+    Case("mlp20x100_b128", MLP20X100, 128),
+    # The cost of per-layer diagnostics: compare this row's ratio with mlp20x100_b32's (same limit loop).
+    Case("mlp20x100_b32_diagnostics100", MLP20X100 + ("trainer.diagnostics_every=100",), 32),
+    Case("mlp5x300_bn_dropout", ("model.depth=5", "model.width=300"), 128),
+    Case("cnn", ("model=cnn",), 128, max_examples=1024),
+]
+
+# Tiny sizes for tests: small nets (compiling is most of a smoke run), batches shrunk to fit the examples.
+# Channels go to `model=cnn` cases only: on the MLP, model.channels would add convolutions.
+SMOKE = {"examples": 16, "epochs": 1, "eval_examples": EVAL_BATCH_SIZE,
+         "overrides": ("model.depth=2", "model.width=16"), "cnn_overrides": ("model.channels=[4,8]",)}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runner.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=[c.name for c in CASES], metavar="NAME",
+                        help=f"cases to run (default all): {' '.join(c.name for c in CASES)}")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="N",
+                        help="run every chosen case at each of these batch sizes instead of its own")
+    parser.add_argument("--epochs", type=int, help="timed epochs per loop; the median is reported (default 5)")
+    parser.add_argument("--examples", type=int, help="synthetic training examples (default 4096)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny nets and sizes ({SMOKE['examples']} examples, 1 epoch), no time-to-first-step run")
+    parser.add_argument("--first-step", action=argparse.BooleanOptionalAction, default=None,
+                        help="time `python -m runner` to its first epoch (default: on, off with --smoke)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="base dir of the results")
+    args = parser.parse_args(argv)
+    if args.examples is None:
+        args.examples = SMOKE["examples"] if args.smoke else 4096
+    if args.epochs is None:
+        args.epochs = SMOKE["epochs"] if args.smoke else 5
+    args.eval_examples = SMOKE["eval_examples"] if args.smoke else 10 * EVAL_BATCH_SIZE
+    args.first_step = (not args.smoke) if args.first_step is None else args.first_step
+    for name in ("examples", "epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if any(b < 1 for b in args.batch_sizes or ()):
+        parser.error("--batch-sizes must be >= 1")
+    return args
+
+
+def chosen_cases(args: argparse.Namespace) -> list[Case]:
+    cases = [c for c in CASES if not args.models or c.name in args.models]
+    if args.batch_sizes:
+        cases = [dataclasses.replace(c, batch_size=b) for c in cases for b in args.batch_sizes]
+    if args.smoke:
+        cases = [dataclasses.replace(c, overrides=c.overrides + SMOKE["overrides"]
+                                     + (SMOKE["cnn_overrides"] if "model=cnn" in c.overrides else ()),
+                                     batch_size=min(c.batch_size, args.examples)) for c in cases]
+    too_big = [c.name for c in cases if c.batch_size > min(args.examples, c.max_examples or args.examples)]
+    if too_big:
+        raise SystemExit(f"error: fewer examples than one batch for {', '.join(too_big)}; "
+                         "raise --examples or lower --batch-sizes")
+    return cases
+
+
+def machine() -> dict[str, Any]:
+    return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": str(jax.devices()),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Measure everything and write results.json; returns its path."""
+    args = parse_args(argv)
+    console = Console()
+    out_dir = args.out / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    console.info(f"bench: {args.examples} synthetic examples, median of {args.epochs} epochs, "
+                 f"devices {jax.devices()}")
+    results: dict[str, Any] = {"machine": machine(), "examples": args.examples, "epochs": args.epochs,
+                               "cases": []}
+    for case in chosen_cases(args):
+        results["cases"].append(measure_case(case, args.examples, args.epochs))
+    smoke_overrides = SMOKE["overrides"] if args.smoke else ()
+    results["eval_examples_per_s"] = measure_evaluation(MLP20X100 + smoke_overrides, args.eval_examples, args.epochs)
+    results["time_to_answer_mistake_s"] = measure_mistake_answer()
+    if args.first_step:
+        results.update(measure_first_step())
+    results["peak_host_memory_mib"] = own_peak_memory_mib()
+    path = out_dir / "results.json"
+    write_json(path, results)
+    show(console, results)
+    console.info(f"results in {path}")
+    return path
+
+
+def show(console: Console, results: dict[str, Any]) -> None:
+    """The throughput table, then the single measurements."""
+    console.table("training throughput (examples/s, median epoch)",
+                  ["case", "batch", "runner", "limit", "runner/limit", "per-step loop"],
+                  [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
+                    c["ratio"], c.get("per_step_examples_per_s")] for c in results["cases"]])
+    labels = {"time_to_answer_mistake_s": f"time to answer a mistake, python -m runner {' '.join(MISTAKE)} (s)",
+              "time_to_first_step_s": "time to first step (s)", "compile_time_s": "compile time (s)",
+              "time_to_first_step_cached_s": "time to first step, compilation cached (s)",
+              "compile_time_cached_s": "compile time, compilation cached (s)",
+              "eval_examples_per_s": f"evaluation (examples/s, batch {EVAL_BATCH_SIZE})",
+              "peak_host_memory_mib": "peak host memory, bench (MiB)",
+              "runner_peak_host_memory_mib": "peak host memory, python -m runner (MiB)"}
+    console.table("runner", ["measure", "value"], [[label, results[k]] for k, label in labels.items() if k in results])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""What happens at an epoch's end: small handler objects the loop calls in a fixed order.
+
+Each handler has one job and one method, `on_epoch_end(end)`: it reads the `EpochEnd` (epoch, stage, train
+state, the epoch's metrics record) and may add to the record, replace the state (plateau) or end the run by
+setting `end.stop` to a status. The loop (runner/loop.py) calls them in the order it is given, which is
+the order their effects depend on: validation first (it fills the record), checkpoints last (they save
+what the others decided).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from runner.checkpoint import Checkpoints
+from runner.diagnostics import to_records
+from runner.outputs import append_jsonl
+
+
+@dataclasses.dataclass
+class EpochEnd:
+    """One epoch's end, as the handlers see and change it."""
+
+    epoch: int
+    stage: int
+    state: Any
+    record: dict  # becomes this epoch's metrics.jsonl line
+    raw: dict  # what the compiled epoch returned (on the host): loss, accuracy, diagnostics buffer, ...
+    last: bool  # the run's last epoch
+    stop: str | None = None  # a status that ends the run after this epoch: early_stopped, interrupted
+
+
+class Handler(Protocol):
+    def on_epoch_end(self, end: EpochEnd) -> None: ...
+
+
+class Validation:
+    """Adds `val_loss` and `val_accuracy` of the epoch's weights to the record."""
+
+    def __init__(self, evaluate: Callable[[Any], dict[str, float]]):
+        self.evaluate = evaluate
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        v = self.evaluate(end.state)
+        end.record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+
+
+class Plateau:
+    """Performance scheduling: steps optax's reduce_on_plateau state with the validation loss, once an epoch."""
+
+    def __init__(self, plateau: Any):
+        self.plateau = plateau
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        _, state = self.plateau.update(None, end.state.plateau, value=end.record["val_loss"])
+        end.state = end.state.replace(plateau=state)
+
+
+class MetricsWriter:
+    """Appends the record to metrics.jsonl (flushed and synced: a crash loses at most this line)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        append_jsonl(self.path, end.record)
+
+
+class DiagnosticsWriter:
+    """Appends the epoch's per-layer diagnostics (when the compiled epoch measured any) to diagnostics.jsonl."""
+
+    def __init__(self, path: Path, layers: list[str]):
+        self.path, self.layers = path, layers
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        write_diagnostics(self.path, end.epoch, end.raw, self.layers)
+
+
+def write_diagnostics(path: Path, epoch: int, raw: dict, layers: list[str]) -> None:
+    for record in to_records(epoch, raw["diagnostics"], layers) if "diagnostics" in raw else ():
+        append_jsonl(path, record)
+
+
+class Progress:
+    """Shows the epoch's losses and accuracies (a live bar on a terminal, a plain line otherwise)."""
+
+    KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+    def __init__(self, show: Callable[[int, dict], None]):
+        self.show = show
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        self.show(end.epoch, {k: end.record[k] for k in self.KEYS})
+
+
+class EarlyStopping:
+    """Ends the run (`early_stopped`) when the monitored metric has not improved for `patience` epochs.
+
+    Keeps the best epoch's parameters and batch statistics, which the run restores for its test metrics.
+    """
+
+    def __init__(self, patience: int, monitor: str):
+        self.patience, self.monitor = patience, monitor
+        self.sign = -1.0 if monitor == "val_loss" else 1.0
+        self.best, self.best_epoch, self.best_weights = -np.inf, 0, None
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        value = end.record[self.monitor]
+        if value is not None and np.isfinite(value) and self.sign * value > self.best:
+            self.best, self.best_epoch = self.sign * value, end.epoch
+            self.best_weights = weights_of(end.state) if self.patience > 0 else None
+        if self.patience > 0 and end.epoch - self.best_epoch >= self.patience:
+            end.stop = end.stop or "early_stopped"
+
+    def meta(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def restore(self, meta: dict, best_weights: Any) -> None:
+        self.best, self.best_epoch = float(meta["best"]), int(meta["best_epoch"])
+        self.best_weights = best_weights
+
+
+def weights_of(state: Any) -> dict:
+    """What a trained net is, without its optimizer: parameters and batch statistics."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+class Interrupt:
+    """Ends the run (`interrupted`) after this epoch when SIGTERM or Ctrl-C arrived during it."""
+
+    def __init__(self, received: threading.Event):
+        self.received = received
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        if self.received.is_set():
+            end.stop = "interrupted"
+
+
+class Checkpointer:
+    """Saves a checkpoint every `every` epochs, at the last epoch, and whenever the run stops.
+
+    A checkpoint holds the train state, the best weights early stopping keeps, the epoch and the stage:
+    everything needed to continue as if the run had not stopped.
+    """
+
+    def __init__(self, checkpoints: Checkpoints, every: int, stopper: EarlyStopping):
+        self.checkpoints, self.every, self.stopper = checkpoints, every, stopper
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        if end.stop or end.last or (self.every and end.epoch % self.every == 0):
+            trees = {"state": end.state}
+            if self.stopper.best_weights is not None:
+                trees["best"] = self.stopper.best_weights
+            self.checkpoints.save(end.epoch, trees, {"epoch": end.epoch, "stage": end.stage, **self.stopper.meta()})
+

@@ -1,0 +1,73 @@
+"""Stages: a run is a list of stages over one train state.
+
+A stage says how many epochs it trains and which hidden layers it keeps frozen. A frozen layer runs in
+inference mode (batch statistics fixed, no dropout) and its parameters do not move: the stage's optimizer is
+the run's whole chain followed by a mask that zeroes the frozen layers' updates, so nothing in the chain
+(weight decay, max-norm projection, plateau scaling) can move them. Each stage starts with a fresh optimizer
+state for its own chain.
+
+The `stages` conf group names a factory here; each takes its YAML arguments plus the run's `epochs` and the
+model's `layers` (hidden layer names, from the input up), injected by the runner, and returns the stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import optax
+from flax import traverse_util
+
+from runner.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a run."""
+
+    name: str
+    epochs: int
+    frozen: frozenset[str] = frozenset()  # hidden layers (`dense_0`, `conv_1`, ...) kept as they are
+
+
+def single(epochs: int, layers: Sequence[str]) -> list[Stage]:
+    """The plain run: one stage, every layer trains for all epochs."""
+    del layers
+    return [Stage("train", epochs)]
+
+
+def freeze_lower(epochs: int, layers: Sequence[str], frozen_layers: int = 1, frozen_epochs: int = 5) -> list[Stage]:
+    """The lowest `frozen_layers` hidden layers frozen for `frozen_epochs`, then every layer trains."""
+    if frozen_layers > len(layers):
+        raise UserError(f"stages.frozen_layers: the model has {len(layers)} hidden layers, got {frozen_layers}; "
+                        f"valid: 0..{len(layers)}")
+    if frozen_epochs >= epochs:
+        raise UserError(f"stages.frozen_epochs: must be below trainer.epochs ({epochs}), got {frozen_epochs}")
+    return [Stage("frozen", frozen_epochs, frozenset(layers[:frozen_layers])),
+            Stage("unfrozen", epochs - frozen_epochs)]
+
+
+def stage_optimizer(chain: optax.GradientTransformation, stage: Stage) -> optax.GradientTransformation:
+    """The run's chain, then zero updates for the stage's frozen layers (the last transform, on purpose)."""
+    if not stage.frozen:
+        return chain
+
+    def frozen_leaves(params: Any) -> Any:
+        return traverse_util.path_aware_map(lambda path, _: path[0] in stage.frozen, params)
+
+    return optax.chain(chain, optax.masked(optax.set_to_zero(), frozen_leaves))
+
+
+def stage_at(stages: Sequence[Stage], epoch: int) -> int:
+    """The index of the stage that trains (1-based, global) `epoch`."""
+    end = 0
+    for i, stage in enumerate(stages):
+        end += stage.epochs
+        if epoch <= end:
+            return i
+    return len(stages) - 1
+
+
+def first_epoch_of(stages: Sequence[Stage], index: int) -> int:
+    """The global epoch (1-based) with which stage `index` starts."""
+    return 1 + sum(stage.epochs for stage in stages[:index])

@@ -1,0 +1,161 @@
+"""Nothing lost, nothing silent: a refused or failed run changes nothing that existed before it, says why in
+one line and exits 2; a failing sweep job fails alone; one process at a time holds a run dir."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import read_summary, snapshot
+
+
+def _npz(path, **changes):
+    arrays = {"x_train": np.zeros((20, 4, 4), np.uint8), "y_train": np.arange(20) % 3,
+              "x_test": np.zeros((5, 4, 4), np.uint8), "y_test": np.arange(5) % 3}
+    arrays.update(changes)
+    np.savez(path, **arrays)
+    return path
+
+
+def _npz_with_huge_header(path):
+    _npz(path)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10**9, 10**6)})
+    members["x_train.npy"] = header.getvalue() + bytes(320)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def _user_files(cwd):
+    (cwd / "keep").mkdir()
+    (cwd / "keep" / "notes.txt").write_text("notes\n")
+    (cwd / "precious.txt").write_text("do not empty me\n")
+
+
+# (arguments, words the one line must contain). `{cwd}` is the test's working dir, which holds the user's
+# files `keep/notes.txt` and `precious.txt`; each case must leave the whole tree byte-identical.
+CASES = [
+    # Found at run time (after the data loads): the claimed dir gives back only what this run added.
+    (["hydra.run.dir=keep", "trainer.batch_size=5000"], ["trainer.batch_size", "5000"]),
+    (["hydra.run.dir=.", "trainer.batch_size=5000"], ["trainer.batch_size"]),
+    (["trainer.batch_size=5000"], ["trainer.batch_size"]),
+    # Found before anything runs.
+    (["hydra.run.dir="], ["hydra.run.dir", "empty"]),
+    (["hydra.run.dir=precious.txt"], ["hydra.run.dir", "is a file"]),
+    (["hydra.run.dir=precious.txt/run"], ["hydra.run.dir", "is a file"]),
+    (["hydra.run.dir=/proc/no/such/run"], ["hydra.run.dir", "cannot write"]),
+    (["optimizer.learning_rate=fast"], ["optimizer.learning_rate", "> 0", "fast"]),
+    (["optimizer.learning_rate=null"], ["optimizer.learning_rate", "null"]),
+    (["optimizer.learning_rate=inf"], ["optimizer.learning_rate", "inf"]),
+    (["activation.alpha=abc"], ["activation.alpha", "abc"]),
+    (["schedule=power", "schedule.power=abc"], ["schedule.power", "abc"]),
+    (["schedule=piecewise_constant", "schedule.values=[0.1,-0.01,0.001]"], ["schedule.values", "> 0"]),
+    (["schedule=cosine", "schedule.final_fraction=-0.5"], ["schedule.final_fraction", "[0, 1]"]),
+    (["trainer.seed=-1"], ["trainer.seed", "integer"]),
+    (["+trainer_epochs=3"], ["trainer_epochs", "unknown top-level key", "trainer"]),
+    (["~optimizer"], ["optimizer", "cannot be removed"]),
+    (["-cn", "nosuch"], ["nosuch", "config"]),
+    (["regularizer=[none]", "regularizer.none._target_=builtins.open", "+regularizer.none._args_=[precious.txt,w]"],
+     ["_target_", "command line"]),
+    (["+optimizer._partial_=true"], ["_partial_", "command line"]),
+    (["-m", "optimizer.learning_rate=fast,0.001"], ["optimizer.learning_rate", "fast"]),
+    (["dataset=npz", "dataset.path=huge_header.npz"], ["huge_header.npz", "header claims"]),
+    (["dataset=npz", "dataset.path=huge_label.npz"], ["huge_label.npz", "2147483643", "classes"]),
+    (["dataset=npz", "dataset.path=one_class.npz"], ["one_class.npz", "two"]),
+]
+
+
+@pytest.mark.parametrize("args,words", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_a_mistake_is_one_line_exit_2_and_leaves_every_file_as_it_was(cli, args, words):
+    _user_files(cli.cwd)
+    _npz_with_huge_header(cli.cwd / "huge_header.npz")
+    _npz(cli.cwd / "huge_label.npz", y_train=np.r_[2**31 - 5, np.arange(19) % 3])
+    _npz(cli.cwd / "one_class.npz", y_train=np.zeros(20, int), y_test=np.zeros(5, int))
+    before = snapshot(cli.cwd)
+    result = cli(*args)
+    assert result.returncode == 2, (args, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    noise = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("error:")]
+    assert not noise or args[-1].startswith("trainer.batch_size"), noise  # only data-loading chatter may precede
+    for word in words:
+        assert word in line, (word, line)
+    assert snapshot(cli.cwd) == before
+
+
+def test_a_job_failing_at_run_time_fails_alone_and_the_report_lists_it(cli):
+    result = cli("-m", "trainer.batch_size=5000,32", "trainer.epochs=1")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    summaries = {d.name.split("_", 1)[1]: read_summary(d) for d in cli.run_dirs()}
+    failed = summaries["trainer.batch_size=5000,trainer.epochs=1"]
+    assert failed["status"] == "failed" and "trainer.batch_size" in failed["reason"]
+    assert summaries["trainer.batch_size=32,trainer.epochs=1"]["status"] == "completed"
+    [report] = (cli.cwd / "outputs" / "multirun").rglob("report.csv")
+    rows = {row["overrides"]: row for row in csv.DictReader(report.open())}
+    assert rows["trainer.batch_size=5000 trainer.epochs=1"]["status"] == "failed"
+    assert "larger than the training set" in rows["trainer.batch_size=5000 trainer.epochs=1"]["reason"]
+    assert "1 job(s) failed" in result.stderr
+
+
+def test_a_second_process_on_a_busy_run_dir_is_refused_and_the_first_completes(cli):
+    run_dir = cli.cwd / "outputs" / "busy"
+    first = subprocess.Popen([sys.executable, "-m", "runner", "dataset=mnist1d", "trainer.batch_size=16",
+                              "model.depth=4", "trainer.epochs=8", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"],
+                             cwd=cli.cwd, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "checkpoints" / "1").is_dir():
+        time.sleep(0.05)
+    second = cli("trainer.resume=true", f"hydra.run.dir={run_dir}", "trainer.epochs=10")
+    _, stderr = first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert "in use by another runner process" in line
+    assert first.returncode == 0, stderr
+    assert read_summary(run_dir)["status"] == "completed"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 8, "no duplicate metrics lines"
+    assert not (run_dir / ".runner.lock").exists()
+
+
+def test_a_fresh_run_into_a_dir_that_holds_a_run_is_refused(cli):
+    assert cli("trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
+    before = snapshot(cli.cwd)
+    result = cli("trainer.epochs=1", "hydra.run.dir=outputs/r")
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr and "trainer.resume=true" in result.stderr
+    assert snapshot(cli.cwd) == before
+
+
+def test_resume_may_extend_the_epochs_and_records_the_merged_overrides(cli):
+    assert cli("optimizer=sgd", "optimizer.learning_rate=0.05", "trainer.epochs=2",
+               "hydra.run.dir=outputs/r").returncode == 0
+    result = cli("trainer.resume=true", "hydra.run.dir=outputs/r", "trainer.epochs=3")
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((cli.cwd / "outputs" / "r" / ".hydra" / "config.yaml").read_text())
+    assert saved["optimizer"]["learning_rate"] == 0.05 and saved["trainer"]["epochs"] == 3
+    assert read_summary(cli.cwd / "outputs" / "r")["epochs"] == 3
+
+
+def test_a_torn_metrics_line_before_the_checkpoint_is_reported_not_silently_lost(cli):
+    assert cli("trainer.epochs=3", "trainer.checkpoint_every=1", "hydra.run.dir=outputs/r").returncode == 0
+    metrics = cli.cwd / "outputs" / "r" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2] + "\n" + lines[2] + "\n")
+    result = cli("trainer.resume=true", "hydra.run.dir=outputs/r", "trainer.epochs=4")
+    assert result.returncode == 0, result.stderr
+    assert "lacks epoch(s) 2" in result.stderr
+    assert read_summary(cli.cwd / "outputs" / "r")["missing_metric_epochs"] == [2]

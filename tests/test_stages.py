@@ -1,0 +1,83 @@
+"""Stages: a frozen layer's parameters and batch statistics do not move, whatever the chain does."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from runner.build import build_experiment
+from runner.errors import UserError
+from runner.loop import StageProgram, enter_stage
+from runner.stages import Stage, first_epoch_of, freeze_lower, single, stage_at, stage_optimizer
+from runner.train import create_train_state
+from tests.conftest import compose_config
+
+LAYERS = ("dense_0", "dense_1", "dense_2")
+
+
+def test_single_is_one_stage_of_every_epoch():
+    assert single(7, LAYERS) == [Stage("train", 7)]
+
+
+def test_freeze_lower_freezes_the_lowest_layers_then_trains_all():
+    frozen, unfrozen = freeze_lower(10, LAYERS, frozen_layers=2, frozen_epochs=3)
+    assert (frozen.epochs, frozen.frozen) == (3, frozenset({"dense_0", "dense_1"}))
+    assert (unfrozen.epochs, unfrozen.frozen) == (7, frozenset())
+
+
+@pytest.mark.parametrize("kwargs", [{"frozen_layers": 4}, {"frozen_epochs": 10}])
+def test_freeze_lower_refuses_what_the_run_cannot_do(kwargs):
+    with pytest.raises(UserError):
+        freeze_lower(10, LAYERS, **{"frozen_layers": 1, "frozen_epochs": 3, **kwargs})
+
+
+def test_stage_at_maps_global_epochs_to_stages():
+    stages = [Stage("a", 2), Stage("b", 3)]
+    assert [stage_at(stages, e) for e in range(1, 6)] == [0, 0, 1, 1, 1]
+    assert [first_epoch_of(stages, i) for i in range(2)] == [1, 3]
+
+
+def _setup(*overrides, n=96):
+    cfg = compose_config("trainer.batch_size=16", *overrides)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(n, 8, 8, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+    experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=n // 16)
+    return experiment, x, y
+
+
+# Weight decay (adamw), max-norm projection and dropout all try to move or perturb every layer.
+@pytest.mark.parametrize("overrides", [(), ("optimizer=adamw", "regularizer=[dropout,max_norm]",
+                                            "regularizer.max_norm.max_value=0.1")])
+def test_frozen_layers_parameters_and_batch_statistics_stay_bit_identical(overrides):
+    experiment, x, y = _setup(*overrides)
+    stage = Stage("frozen", 2, frozenset({"dense_0", "dense_1"}))
+    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:16],
+                               tx=stage_optimizer(experiment.optimizer, stage))
+    program = StageProgram(experiment, stage, 16, 0, state, x, y, jax.random.PRNGKey(1))
+    trained = state
+    for epoch in range(2):
+        trained, _ = program.train(trained, x, y, jax.random.PRNGKey(epoch))
+    for layer in ("dense_0", "dense_1"):
+        for a, b in zip(jax.tree.leaves(state.params[layer]), jax.tree.leaves(trained.params[layer])):
+            np.testing.assert_array_equal(a, b)
+    for block in ("block_0", "block_1"):
+        for a, b in zip(jax.tree.leaves(state.batch_stats[block]), jax.tree.leaves(trained.batch_stats[block])):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(state.params["dense_2"]["kernel"], trained.params["dense_2"]["kernel"])
+    assert not np.array_equal(state.batch_stats["block_2"]["norm"]["mean"],
+                              trained.batch_stats["block_2"]["norm"]["mean"])
+
+
+def test_entering_a_stage_starts_a_fresh_optimizer_state_for_its_chain():
+    experiment, x, y = _setup("optimizer=adam")
+    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:16])
+    program = StageProgram(experiment, Stage("train", 1), 16, 0, state, x, y, jax.random.PRNGKey(1))
+    trained, _ = program.train(state, x, y, jax.random.PRNGKey(2))
+    entered = enter_stage(trained, experiment, Stage("next", 1, frozenset({"dense_0"})))
+    fresh = entered.tx.init(trained.params)
+    for a, b in zip(jax.tree.leaves(entered.opt_state), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(a, b)
+    assert int(entered.step) == int(trained.step)  # the schedule goes on; only the optimizer's memory restarts
