@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test bench clean
+.PHONY: help install run test test-full bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,8 +20,11 @@ install: $(STAMP)  ## make .venv and install the project into it
 run: $(STAMP)  ## train the default config on the embedded digits dataset (offline)
 	$(PY) -m runner
 
-test: $(STAMP)  ## run the test suite (slow tests skipped)
+test: $(STAMP)  ## run the fast tests; slow ones (marked @pytest.mark.slow) are skipped
 	$(PY) -m pytest
+
+test-full: $(STAMP)  ## run every test, slow ones included (what CI runs)
+	$(PY) -m pytest -m ''
 
 bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
 	$(PY) -m runner.bench

@@ -1,4 +1,4 @@
-"""Where config choices become objects: one function per group, all called from `build_experiment`."""
+"""Where config choices become objects: one function per group, all called from `build_parts`."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from runner.techniques.regularizers import Regularizer, combine
 from runner.techniques.schedules import Schedule
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Everything the train step closes over."""
+class Parts:
+    """The parts of a run built from its config: everything the train step closes over."""
 
     model: nn.Module
     optimizer: optax.GradientTransformation
@@ -66,9 +66,9 @@ def build_schedule(cfg: DictConfig, steps_per_epoch: int) -> Schedule:
                        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.trainer.epochs)
 
 
-def build_experiment(cfg: DictConfig, num_classes: int, steps_per_epoch: int) -> Experiment:
+def build_parts(cfg: DictConfig, num_classes: int, steps_per_epoch: int) -> Parts:
     """Model, optimizer chain, regularizer and schedule for one run."""
     regularizer = build_regularizer(cfg)
     schedule = build_schedule(cfg, steps_per_epoch)
     optimizer = build_optimizer(cfg.optimizer, schedule, instantiate(cfg.clip, "clip"), regularizer.transform)
-    return Experiment(build_model(cfg, num_classes, regularizer), optimizer, regularizer, schedule)
+    return Parts(build_model(cfg, num_classes, regularizer), optimizer, regularizer, schedule)

@@ -18,7 +18,7 @@ For a diagnosed step, every statistic is measured on that step's own batch, RNG 
     weight_norm               l2 norm of the kernel before the step
     update_ratio              ||kernel update|| / ||kernel||: the relative size of the step actually taken
 
-Inside the compiled epoch the diagnosed step is traced (runner.train.make_traced_train_step, the step's own code)
+Inside the compiled epoch the diagnosed step is traced (runner.train.make_train_step_with_trace, the step's own code)
 and the statistics of up to `ceil(steps_per_epoch / every)` steps are written into a fixed-size buffer; the host
 turns it into one diagnostics.jsonl record per diagnosed step.
 """

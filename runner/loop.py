@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import jax
 
-from runner.build import Experiment
+from runner.build import Parts
 from runner.diagnostics import layer_names
 from runner.handlers import EpochEnd, Handler, write_diagnostics
 from runner.stages import Stage, stage_at, stage_optimizer
@@ -37,17 +37,17 @@ class Outcome:
 class StageProgram:
     """One stage's compiled epoch, and its checked replay (compiled only if an epoch goes non-finite)."""
 
-    def __init__(self, experiment: Experiment, stage: Stage, batch_size: int, diagnostics_every: int,
+    def __init__(self, parts: Parts, stage: Stage, batch_size: int, diagnostics_every: int,
                  state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
-        self.train = jax.jit(make_train_epoch(experiment, batch_size, diagnostics_every, frozen=stage.frozen)).lower(
+        self.train = jax.jit(make_train_epoch(parts, batch_size, diagnostics_every, frozen=stage.frozen)).lower(
             state, x, y, key).compile()
-        self.checked = jax.jit(make_train_epoch(experiment, batch_size, diagnostics_every, checked=True,
+        self.checked = jax.jit(make_train_epoch(parts, batch_size, diagnostics_every, checked=True,
                                                 frozen=stage.frozen))
 
 
-def enter_stage(state: TrainState, experiment: Experiment, stage: Stage) -> TrainState:
+def enter_stage(state: TrainState, parts: Parts, stage: Stage) -> TrainState:
     """The state with the stage's optimizer chain and a fresh optimizer state for it."""
-    tx = stage_optimizer(experiment.optimizer, stage)
+    tx = stage_optimizer(parts.optimizer, stage)
     return state.replace(tx=tx, opt_state=tx.init(state.params))
 
 
@@ -55,7 +55,7 @@ def enter_stage(state: TrainState, experiment: Experiment, stage: Stage) -> Trai
 class Loop:
     """Everything the loop needs besides the state: the run's pieces, its data and its handlers."""
 
-    experiment: Experiment
+    parts: Parts
     stages: Sequence[Stage]
     batch_size: int
     diagnostics_every: int
@@ -76,7 +76,7 @@ class Loop:
         for epoch in range(first_epoch, self.total_epochs + 1):
             index = stage_at(self.stages, epoch)
             if index != state_stage:
-                outcome.state, state_stage = enter_stage(outcome.state, self.experiment, self.stages[index]), index
+                outcome.state, state_stage = enter_stage(outcome.state, self.parts, self.stages[index]), index
             if index not in programs:
                 programs[index] = self._compile(index, outcome)
             if self._epoch(programs[index], index, epoch, outcome):
@@ -85,7 +85,7 @@ class Loop:
 
     def _compile(self, index: int, outcome: Outcome) -> StageProgram:
         start = time.perf_counter()
-        program = StageProgram(self.experiment, self.stages[index], self.batch_size, self.diagnostics_every,
+        program = StageProgram(self.parts, self.stages[index], self.batch_size, self.diagnostics_every,
                                outcome.state, self.x, self.y, self.data_key)
         if self.on_compile is not None:
             self.on_compile(outcome.state)
@@ -105,7 +105,7 @@ class Loop:
             write_diagnostics(self.diagnostics_path, epoch, raw, layer_names(before.params))
             outcome.status, outcome.epoch = "diverged", epoch - 1
             return True
-        record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(self.experiment, state),
+        record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(self.parts, state),
                   "train_loss": float(raw["loss"]), "train_accuracy": float(raw["accuracy"]), "epoch_time_s": seconds}
         end = EpochEnd(epoch, index, state, record, raw, last=epoch == self.total_epochs)
         for handler in self.handlers:
@@ -130,7 +130,7 @@ def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Ar
     return state, checked, {"diverged_at_step": step, "diverged_layer": layers[layer] if layer >= 0 else None}
 
 
-def current_lr(experiment: Experiment, state: TrainState) -> float:
+def current_lr(parts: Parts, state: TrainState) -> float:
     """The learning rate the next step will use (schedule times the plateau scale)."""
     scale = 1.0 if state.plateau is None else float(state.plateau.scale)
-    return float(experiment.schedule.learning_rate(state.step)) * scale
+    return float(parts.schedule.learning_rate_at(state.step)) * scale

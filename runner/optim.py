@@ -27,14 +27,14 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: Schedule,
     kwargs = {k: v for k, v in optimizer_cfg.items() if not k.startswith("_")}
     kwargs.pop("learning_rate", None)
     factory = get_method(optimizer_cfg["_target_"])
-    kwargs["learning_rate"] = schedule.learning_rate
-    if schedule.momentum is not None:
+    kwargs["learning_rate"] = schedule.learning_rate_at
+    if schedule.momentum_at is not None:
         name = next((n for n in MOMENTUM_NAMES if n in inspect.signature(factory).parameters), None)
         if name is None or (name == "momentum" and not kwargs.get("momentum")):
             raise UserError(f"schedule: cycles momentum, but optimizer {optimizer_cfg['_target_']} has none; "
                             f"valid: an optimizer with a momentum argument ({' or '.join(MOMENTUM_NAMES)} set), "
                             "e.g. optimizer=adam or optimizer=momentum")
-        kwargs[name] = schedule.momentum
+        kwargs[name] = schedule.momentum_at
         # inject_hyperparams evaluates schedules given for any hyperparameter at each step.
         optimizer = optax.inject_hyperparams(factory)(**kwargs)
     else:

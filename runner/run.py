@@ -17,7 +17,7 @@ import flax
 import numpy as np
 from omegaconf import DictConfig
 
-from runner.build import Experiment, build_experiment, instantiate
+from runner.build import Parts, build_parts, instantiate
 from runner.checkpoint import Checkpoints
 from runner.console import Console
 from runner.data import Splits, load_splits
@@ -83,30 +83,30 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     start, tc = time.perf_counter(), cfg.trainer
     splits = load_data(cfg)
     steps_per_epoch = len(splits.x_train) // tc.batch_size
-    experiment = build_experiment(cfg, splits.num_classes, steps_per_epoch)
+    parts = build_parts(cfg, splits.num_classes, steps_per_epoch)
     devices = [str(d) for d in jax.devices()]
     console.info(f"dataset {splits.name}: {len(splits.x_train)} train / {len(splits.x_val)} val / "
                  f"{len(splits.x_test)} test; devices: {', '.join(devices)}")
     init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(tc.seed), 3)
     x_train, y_train = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
-    stages = build_stages(cfg, experiment.model.hidden_layers)
-    state = create_train_state(init_key, experiment, x_train[: tc.batch_size],
-                               tx=stage_optimizer(experiment.optimizer, stages[0]))
+    stages = build_stages(cfg, parts.model.hidden_layers)
+    state = create_train_state(init_key, parts, x_train[: tc.batch_size],
+                               tx=stage_optimizer(parts.optimizer, stages[0]))
     files = RunFiles(run_dir)
     stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
     checkpoints = Checkpoints(run_dir / "checkpoints", tc.keep_checkpoints)
     state_stage, first_epoch, missing = 0, 1, []
     if tc.resume:
-        state, state_stage, first_epoch, missing = resume(checkpoints, state, experiment, stages, stopper, files,
+        state, state_stage, first_epoch, missing = resume(checkpoints, state, parts, stages, stopper, files,
                                                           console)
     val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size)
     with deferred_signals() as interrupt, console.epochs(tc.epochs, start=first_epoch - 1) as show:
         handlers = [Validation(lambda s: val(s, eval_key)),
-                    *([Plateau(experiment.schedule.plateau)] if experiment.schedule.plateau is not None else []),
+                    *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
                     MetricsWriter(files.metrics), DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
                     Progress(show), stopper, Interrupt(interrupt),
                     Checkpointer(checkpoints, tc.checkpoint_every, stopper)]
-        loop = Loop(experiment, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,
+        loop = Loop(parts, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,
                     files.diagnostics, on_compile=lambda s: val.compile(s, eval_key))
         outcome = loop.run(state, state_stage, first_epoch)
     summary = {"status": outcome.status, "epochs": outcome.epoch, "steps": int(outcome.state.step),
@@ -190,7 +190,7 @@ def weight_sparsity(params: Any) -> float:
     return float(sum(int(jnp.sum(w == 0)) for w in kernels) / sum(w.size for w in kernels))
 
 
-def resume(checkpoints: Checkpoints, state: TrainState, experiment: Experiment, stages: Sequence[Stage],
+def resume(checkpoints: Checkpoints, state: TrainState, parts: Parts, stages: Sequence[Stage],
            stopper: EarlyStopping, files: RunFiles, console: Console) -> tuple[TrainState, int, int, list[int]]:
     """Restore the newest usable checkpoint; drop metrics and diagnostics of epochs after it.
 
@@ -199,7 +199,7 @@ def resume(checkpoints: Checkpoints, state: TrainState, experiment: Experiment, 
     """
     def templates(meta: dict) -> dict:
         stage = meta.get("stage", 0)
-        return {"state": enter_stage(state, experiment, stages[stage]) if stage else state,
+        return {"state": enter_stage(state, parts, stages[stage]) if stage else state,
                 "best": weights_of(state)}
 
     trees, meta = checkpoints.restore_latest(templates, console.warn)

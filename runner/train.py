@@ -1,7 +1,7 @@
 """Train state, the pure train and eval steps, and the epoch as one compiled `lax.scan`.
 
 Nothing here reads the config, prints, or returns to the host: `make_train_epoch` and `make_evaluate`
-close over an `Experiment` and return functions of arrays only, which the caller jits.
+close over an `Parts` and return functions of arrays only, which the caller jits.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from runner.build import Experiment
+from runner.build import Parts
 from runner.diagnostics import (StepTrace, capacity, empty_buffer, kernel_grads_finite, layer_names,
                                 lowest_nonfinite, make_layer_stats, record)
 
@@ -27,21 +27,21 @@ class TrainState(train_state.TrainState):
     plateau: Any = None  # optax reduce_on_plateau state, stepped once per epoch; None without that schedule
 
 
-def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Array,
+def create_train_state(rng: jax.Array, parts: Parts, example_x: jax.Array,
                        tx: optax.GradientTransformation | None = None) -> TrainState:
     """Initialize the model on one example batch and the optimizer (`tx`, default the run's chain) on its params."""
-    plateau = experiment.schedule.plateau
+    plateau = parts.schedule.plateau
 
     # One compiled program: run eagerly, every initializer op would compile on its own (seconds at start-up).
     # It runs once, so XLA's optimizations cost more than they save (2.3 s -> 0.4 s to compile on 2 CPU cores).
     @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
     def create(rng, example_x):
         init_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
-        variables = experiment.model.init({"params": init_rng, "dropout": dropout_rng}, example_x, train=False)
+        variables = parts.model.init({"params": init_rng, "dropout": dropout_rng}, example_x, train=False)
         return TrainState.create(
-            apply_fn=experiment.model.apply,
+            apply_fn=parts.model.apply,
             params=variables["params"],
-            tx=experiment.optimizer if tx is None else tx,
+            tx=parts.optimizer if tx is None else tx,
             batch_stats=variables.get("batch_stats", {}),
             rng=run_rng,
             plateau=None if plateau is None else plateau.init(variables["params"]),
@@ -50,8 +50,8 @@ def create_train_state(rng: jax.Array, experiment: Experiment, example_x: jax.Ar
     return create(rng, example_x)
 
 
-def make_traced_train_step(experiment: Experiment, frozen: frozenset = frozenset()) -> Callable:
-    """`traced_step(state, x, y) -> (state, metrics, trace)`: the train step, also returning its `StepTrace`.
+def make_train_step_with_trace(parts: Parts, frozen: frozenset = frozenset()) -> Callable:
+    """`step_with_trace(state, x, y) -> (state, metrics, trace)`: the train step, also returning its `StepTrace`.
 
     Layers named in `frozen` run in inference mode (batch statistics fixed, no dropout); the optimizer
     chain of their stage leaves their parameters where they are.
@@ -59,9 +59,9 @@ def make_traced_train_step(experiment: Experiment, frozen: frozenset = frozenset
     The trace (inputs as seen, RNG, gradients, updates) is what per-layer diagnostics and divergence checks
     need; where nothing reads it, XLA drops it from the compiled program.
     """
-    regularizer = experiment.regularizer
+    regularizer = parts.regularizer
 
-    def traced_step(state: TrainState, x: jax.Array, y: jax.Array):
+    def step_with_trace(state: TrainState, x: jax.Array, y: jax.Array):
         augment_rng, perturb_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
         if regularizer.augment is not None:
             x = regularizer.augment(x, augment_rng)
@@ -84,21 +84,21 @@ def make_traced_train_step(experiment: Experiment, frozen: frozenset = frozenset
         metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
         return new_state, metrics, StepTrace(x, seen, dropout_rng, grads, updates)
 
-    return traced_step
+    return step_with_trace
 
 
-def make_train_step(experiment: Experiment) -> Callable:
+def make_train_step(parts: Parts) -> Callable:
     """`train_step(state, x, y) -> (state, metrics)` with every choice closed over."""
-    traced_step = make_traced_train_step(experiment)
+    step_with_trace = make_train_step_with_trace(parts)
 
     def train_step(state: TrainState, x: jax.Array, y: jax.Array):
-        state, metrics, _ = traced_step(state, x, y)
+        state, metrics, _ = step_with_trace(state, x, y)
         return state, metrics
 
     return train_step
 
 
-def make_train_epoch(experiment: Experiment, batch_size: int, diagnostics_every: int = 0,
+def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0,
                      checked: bool = False, frozen: frozenset = frozenset()) -> Callable:
     """`train_epoch(state, x, y, key) -> (state, metrics)`: one pass over shuffled batches, one program.
 
@@ -118,30 +118,19 @@ def make_train_epoch(experiment: Experiment, batch_size: int, diagnostics_every:
     `frozen`: the stage's frozen layers, which run in inference mode (their parameters are held by the
     stage's optimizer chain, runner/stages.py).
     """
-    traced_step = make_traced_train_step(experiment, frozen)
+    step_with_trace = make_train_step_with_trace(parts, frozen)
 
     def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
         steps = x.shape[0] // batch_size
         order = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
         names = layer_names(state.params)
-        if diagnostics_every:
-            layer_stats = make_layer_stats(experiment.model.activation, names, frozen)
-
-        def diagnose_next(due, state, indices, buffer):
-            # Diagnose the step `state` is about to take on batch `indices` by redoing it without applying it.
-            # This runs at the end of the previous iteration, where it reads only the new state: a branch that
-            # reads a step's gradients or the params it overwrites makes XLA keep and copy them at every step
-            # (measured +15-25% per epoch), while redoing the step costs one step in N.
-            def measure(buffer):
-                _, _, trace = traced_step(state, x[indices], y[indices])
-                return record(buffer, state.step, layer_stats(state, trace))
-
-            return jax.lax.cond(due & (state.step % diagnostics_every == 0), measure, lambda b: b, buffer)
+        diagnose_next = (_make_diagnoser(step_with_trace, make_layer_stats(parts.model.activation, names, frozen),
+                                         diagnostics_every, x, y) if diagnostics_every else None)
 
         def body(carry, i):
             state, loss_sum, correct, first_bad, bad_layer, buffer = carry
             step, healthy = state.step, first_bad < 0
-            new_state, m, trace = traced_step(state, x[order[i]], y[order[i]])
+            new_state, m, trace = step_with_trace(state, x[order[i]], y[order[i]])
             ok = jnp.isfinite(m["loss"])
             if checked:
                 finite = kernel_grads_finite(trace.grads, names)
@@ -164,9 +153,7 @@ def make_train_epoch(experiment: Experiment, batch_size: int, diagnostics_every:
         init = (state, jnp.zeros(()), jnp.zeros((), jnp.int32), minus_one, minus_one, buffer)
         (state, loss_sum, correct, first_bad, bad_layer, buffer), _ = jax.lax.scan(body, init, jnp.arange(steps))
         metrics = {"loss": loss_sum / steps, "accuracy": correct / (steps * batch_size),
-                   "first_nonfinite_step": first_bad,
-                   "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
-                                                       for p in jax.tree_util.tree_leaves(state.params)]))}
+                   "first_nonfinite_step": first_bad, "params_finite": _all_finite(state.params)}
         if checked:
             metrics["nonfinite_layer"] = bad_layer
         if diagnostics_every:
@@ -174,6 +161,30 @@ def make_train_epoch(experiment: Experiment, batch_size: int, diagnostics_every:
         return state, metrics
 
     return train_epoch
+
+
+def _make_diagnoser(step_with_trace: Callable, layer_stats: Callable, every: int, x: jax.Array,
+                    y: jax.Array) -> Callable:
+    """`diagnose_next(due, state, indices, buffer) -> buffer`: diagnose the step `state` is about to take on
+    batch `indices` by redoing it without applying it, when `due` and the step is a multiple of `every`.
+
+    It runs at the end of the previous iteration, where it reads only the new state: a branch that reads a
+    step's gradients or the params it overwrites makes XLA keep and copy them at every step (measured +15-25%
+    per epoch), while redoing the step costs one step in N.
+    """
+
+    def diagnose_next(due, state, indices, buffer):
+        def measure(buffer):
+            _, _, trace = step_with_trace(state, x[indices], y[indices])
+            return record(buffer, state.step, layer_stats(state, trace))
+
+        return jax.lax.cond(due & (state.step % every == 0), measure, lambda b: b, buffer)
+
+    return diagnose_next
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(tree)]))
 
 
 def make_evaluate(batch_size: int, mc_samples: int = 0) -> Callable:

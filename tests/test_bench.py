@@ -14,7 +14,7 @@ import pytest
 from runner.bench.__main__ import CASES, MLP20X100, SMOKE
 from runner.bench.harness import IMAGE_SHAPE, synthetic_data
 from runner.bench.reference import NUM_CLASSES, init_limit, limit_forward, limit_spec, make_limit_epoch, run_once
-from runner.build import build_experiment
+from runner.build import build_parts
 from runner.config import compose_config
 from tests.conftest import ROOT
 
@@ -68,7 +68,7 @@ def test_limit_loss_goes_down_on_learnable_data(overrides):
 def test_limit_forward_equals_the_runner_model_in_training_mode(overrides):
     cfg = compose_config(*overrides, *SMOKE["overrides"], "regularizer.dropout.rate=0.0")
     spec = limit_spec(cfg)
-    model = build_experiment(cfg, NUM_CLASSES, 1).model
+    model = build_parts(cfg, NUM_CLASSES, 1).model
     x, _ = synthetic_data(0, 16, IMAGE_SHAPE)
     key = jax.random.PRNGKey(0)
     variables = run_once(lambda x: model.init(key, x, train=False), x)

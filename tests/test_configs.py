@@ -14,7 +14,7 @@ import optax
 import pytest
 import yaml
 
-from runner.build import build_experiment, build_model, build_regularizer, build_schedule, instantiate
+from runner.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
 from runner.checks import SPEC_KEY, parse_spec
 from runner.config import CONF_DIR, validate
 from runner.errors import UserError
@@ -131,11 +131,11 @@ def test_every_schedule_gives_a_finite_rate_from_first_to_last_step(group, name)
     assert isinstance(schedule, Schedule)
     total = STEPS_PER_EPOCH * 20
     for step in (0, 1, total // 2, total):
-        lr = float(schedule.learning_rate(jnp.asarray(step)))
+        lr = float(schedule.learning_rate_at(jnp.asarray(step)))
         assert math.isfinite(lr) and lr >= 0, f"lr({step}) = {lr}"
-        if schedule.momentum is not None:
-            assert 0 <= float(schedule.momentum(jnp.asarray(step))) < 1
-    assert float(schedule.learning_rate(jnp.asarray(total // 2))) > 0
+        if schedule.momentum_at is not None:
+            assert 0 <= float(schedule.momentum_at(jnp.asarray(step))) < 1
+    assert float(schedule.learning_rate_at(jnp.asarray(total // 2))) > 0
     if schedule.plateau is not None:
         _, state = schedule.plateau.update(None, schedule.plateau.init(PARAMS), value=1.0)
         assert float(state.scale) == 1.0
@@ -151,7 +151,7 @@ def test_a_bad_value_found_while_building_is_a_user_error(overrides):
     cfg = compose_config(*overrides)
     validate(cfg)
     with pytest.raises(UserError):
-        build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
+        build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
 
 
 def _callable_nodes(node, where):
@@ -195,12 +195,12 @@ def test_the_chapters_presets_exist():
 def test_every_experiment_composes_validates_and_builds(name):
     cfg = compose_config(f"+experiment={name}")
     validate(cfg)
-    experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
-    variables, logits = _run_model(experiment.model)
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
+    variables, logits = _run_model(parts.model)
     assert bool(jnp.all(jnp.isfinite(logits)))
     params = variables["params"]
     grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = experiment.optimizer.update(grads, experiment.optimizer.init(params), params)
+    updates, _ = parts.optimizer.update(grads, parts.optimizer.init(params), params)
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_experiment
+from runner.build import build_parts
 from runner.diagnostics import capacity, layer_names, lowest_nonfinite, summarize, to_records
-from runner.train import create_train_state, make_train_epoch, make_train_step, make_traced_train_step
+from runner.train import create_train_state, make_train_epoch, make_train_step, make_train_step_with_trace
 from tests.conftest import compose_config
 
 BATCH, N, KEY = 16, 96, jax.random.PRNGKey(3)  # 6 steps per epoch
@@ -23,18 +23,18 @@ def _setup(*overrides, n=N, shape=(8, 8, 1)):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(n, *shape)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
-    experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=n // BATCH)
-    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:BATCH])
-    return experiment, state, x, y
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=n // BATCH)
+    state = create_train_state(jax.random.PRNGKey(0), parts, x[:BATCH])
+    return parts, state, x, y
 
 
-def _epoch(experiment, state, x, y, every, key=KEY, checked=False):
-    state, metrics = jax.jit(make_train_epoch(experiment, BATCH, every, checked))(state, x, y, key)
+def _epoch(parts, state, x, y, every, key=KEY, checked=False):
+    state, metrics = jax.jit(make_train_epoch(parts, BATCH, every, checked))(state, x, y, key)
     return state, jax.device_get(metrics)
 
 
-def _records(experiment, state, x, y, every, epoch=1, key=KEY):
-    _, metrics = _epoch(experiment, state, x, y, every, key)
+def _records(parts, state, x, y, every, epoch=1, key=KEY):
+    _, metrics = _epoch(parts, state, x, y, every, key)
     return to_records(epoch, metrics["diagnostics"], layer_names(state.params))
 
 
@@ -43,9 +43,9 @@ def _batches(x, key=KEY):
     return np.asarray(jax.random.permutation(key, x.shape[0]))[: (x.shape[0] // BATCH) * BATCH].reshape(-1, BATCH)
 
 
-def _states(experiment, state, x, y, steps):
+def _states(parts, state, x, y, steps):
     """The state before each of the epoch's first `steps` steps, stepping one at a time."""
-    step, states = jax.jit(make_train_step(experiment)), [state]
+    step, states = jax.jit(make_train_step(parts)), [state]
     for indices in _batches(x)[: steps - 1]:
         states.append(step(states[-1], x[indices], y[indices])[0])
     return states
@@ -66,9 +66,9 @@ def _hand_forward(params, x, activation):
 
 def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
     # Batch norm and dropout on: the diagnostics must see the step's own batch statistics and dropout mask.
-    experiment, state, x, y = _setup()
-    records = _records(experiment, state, x, y, every=2)
-    states = _states(experiment, state, x, y, steps=3)
+    parts, state, x, y = _setup()
+    records = _records(parts, state, x, y, every=2)
+    states = _states(parts, state, x, y, steps=3)
     for record in records[:2]:
         s = states[record["step"]]
         indices = _batches(x)[record["step"]]
@@ -86,9 +86,9 @@ def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
 
 
 def test_update_ratio_is_the_change_of_the_kernel_over_its_norm_before_the_step():
-    experiment, state, x, y = _setup("optimizer=momentum")
-    [first, second, *_] = _records(experiment, state, x, y, every=1)
-    states = _states(experiment, state, x, y, steps=3)
+    parts, state, x, y = _setup("optimizer=momentum")
+    [first, second, *_] = _records(parts, state, x, y, every=1)
+    states = _states(parts, state, x, y, steps=3)
     for record in (first, second):
         before, after = states[record["step"]], states[record["step"] + 1]
         for name in layer_names(state.params):
@@ -100,9 +100,9 @@ def test_update_ratio_is_the_change_of_the_kernel_over_its_norm_before_the_step(
 
 
 def test_activation_statistics_are_those_of_a_hand_forward_pass_and_tanh_saturates_beyond_0_9():
-    experiment, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=tanh",
+    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=tanh",
                                      "initializer=normal")
-    [record, *_] = _records(experiment, state, x, y, every=4)
+    [record, *_] = _records(parts, state, x, y, every=4)
     pre, act = _hand_forward(state.params, x[_batches(x)[0]], jnp.tanh)
     for name in layer_names(state.params):
         layer = _layer(record, name)
@@ -118,9 +118,9 @@ def test_activation_statistics_are_those_of_a_hand_forward_pass_and_tanh_saturat
 
 
 def test_sigmoid_outputs_below_0_05_or_above_0_95_count_as_saturated():
-    experiment, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=sigmoid",
+    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=sigmoid",
                                      "initializer=normal")
-    [record, *_] = _records(experiment, state, x, y, every=4)
+    [record, *_] = _records(parts, state, x, y, every=4)
     _, act = _hand_forward(state.params, x[_batches(x)[0]], jax.nn.sigmoid)
     for name in ("dense_0", "dense_1"):
         expected = float(jnp.mean((act[name] < 0.05) | (act[name] > 0.95)))
@@ -129,18 +129,18 @@ def test_sigmoid_outputs_below_0_05_or_above_0_95_count_as_saturated():
 
 
 def test_saturation_is_null_for_an_activation_without_two_asymptotes():
-    experiment, state, x, y = _setup("activation=relu")
-    [record, *_] = _records(experiment, state, x, y, every=4)
+    parts, state, x, y = _setup("activation=relu")
+    [record, *_] = _records(parts, state, x, y, every=4)
     assert all(layer["saturated_fraction"] is None for layer in record["layers"])
 
 
 def test_a_unit_is_dead_when_its_activation_is_at_most_0_for_the_whole_batch():
-    experiment, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=relu")
+    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=relu")
     params = jax.tree_util.tree_map(lambda p: p, state.params)
     params["dense_1"]["bias"] = jnp.full_like(params["dense_1"]["bias"], -1e4)  # every unit of dense_1 forced dead
     params["dense_0"]["bias"] = params["dense_0"]["bias"].at[:3].set(-1e4)  # 3 of dense_0's 8 units dead
     state = state.replace(params=params)
-    [record, *_] = _records(experiment, state, x, y, every=4)
+    [record, *_] = _records(parts, state, x, y, every=4)
     _, act = _hand_forward(params, x[_batches(x)[0]], jax.nn.relu)
     assert _layer(record, "dense_1")["dead_fraction"] == 1.0
     expected = float(jnp.mean(jnp.all(act["dense_0"] <= 0, axis=0)))
@@ -148,8 +148,8 @@ def test_a_unit_is_dead_when_its_activation_is_at_most_0_for_the_whole_batch():
 
 
 def test_diagnosed_steps_are_exactly_the_multiples_of_n_across_epochs():
-    experiment, state, x, y = _setup()
-    train_epoch = jax.jit(make_train_epoch(experiment, BATCH, 4))
+    parts, state, x, y = _setup()
+    train_epoch = jax.jit(make_train_epoch(parts, BATCH, 4))
     steps = []
     for epoch in range(1, 4):  # 6 steps per epoch: the multiples of 4 fall at different places in each
         state, metrics = train_epoch(state, x, y, jax.random.fold_in(KEY, epoch))
@@ -159,21 +159,21 @@ def test_diagnosed_steps_are_exactly_the_multiples_of_n_across_epochs():
 
 
 def test_diagnostics_do_not_change_training():
-    experiment, state, x, y = _setup()
-    off_state, off = _epoch(experiment, state, x, y, every=0)
+    parts, state, x, y = _setup()
+    off_state, off = _epoch(parts, state, x, y, every=0)
     for every in (1, 4):
-        on_state, on = _epoch(experiment, state, x, y, every=every)
+        on_state, on = _epoch(parts, state, x, y, every=every)
         assert (on["loss"], on["accuracy"]) == (off["loss"], off["accuracy"])
         for a, b in zip(jax.tree_util.tree_leaves(on_state), jax.tree_util.tree_leaves(off_state)):
             np.testing.assert_array_equal(a, b)
 
 
 def test_a_checked_epoch_names_the_first_nonfinite_step_and_lowest_layer_and_keeps_the_last_finite_state():
-    experiment, state, x, y = _setup(*DIVERGING)
-    traced = jax.jit(make_traced_train_step(experiment))
+    parts, state, x, y = _setup(*DIVERGING)
+    with_trace = jax.jit(make_train_step_with_trace(parts))
     names, s = layer_names(state.params), state
     for step, indices in enumerate(_batches(x)):  # by hand: step until the loss or a kernel gradient is not finite
-        new, m, trace = traced(s, x[indices], y[indices])
+        new, m, trace = with_trace(s, x[indices], y[indices])
         finite = [bool(jnp.all(jnp.isfinite(trace.grads[n]["kernel"]))) for n in names]
         if not (np.isfinite(float(m["loss"])) and all(finite)):
             break
@@ -181,7 +181,7 @@ def test_a_checked_epoch_names_the_first_nonfinite_step_and_lowest_layer_and_kee
     else:
         pytest.fail("the configuration meant to diverge stayed finite")
     assert step > 0  # a step before it was finite, so "the last finite state" is not the initial one
-    kept, metrics = _epoch(experiment, state, x, y, every=0, checked=True)
+    kept, metrics = _epoch(parts, state, x, y, every=0, checked=True)
     assert int(metrics["first_nonfinite_step"]) == step
     assert int(metrics["nonfinite_layer"]) == (finite.index(False) if not all(finite) else -1)
     assert int(kept.step) == step

@@ -1,7 +1,7 @@
 """Tests for runner/optim.py: the chain clip -> optimizer(lr = schedule) -> regularizer transform.
 
 Optimizers are built from their conf/optimizer/*.yaml files through `build_optimizer` /
-`build_experiment`, as a run builds them, and checked against the update rules written out by hand.
+`build_parts`, as a run builds them, and checked against the update rules written out by hand.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import optax
 import pytest
 import yaml
 
-from runner.build import build_experiment, build_model, build_regularizer, build_schedule, instantiate
+from runner.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
 from runner.config import CONF_DIR
 from runner.errors import UserError
 from runner.optim import build_optimizer
@@ -158,14 +158,14 @@ def test_one_cycle_drives_the_optimizers_momentum_and_rate_at_every_step(name, c
     steps = 2 * STEPS_PER_EPOCH
     cfg = compose_config(f"optimizer={name}", "schedule=one_cycle", "trainer.epochs=2", *clip_overrides(clip))
     schedule = build_schedule(cfg, STEPS_PER_EPOCH)
-    opt = build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH).optimizer
+    opt = build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH).optimizer
     key = "b1" if "b1" in cfg.optimizer else "momentum"
     _, states = run(opt, PARAMS, lambda p: jax.tree.map(jnp.ones_like, p), steps)
     # The k-th update (k = 0, 1, ...) uses the schedules' values at step k.
     momenta = [_hyperparam(s, key) for s in states]
     rates = [_hyperparam(s, "learning_rate") for s in states]
-    np.testing.assert_allclose(momenta, [float(schedule.momentum(k)) for k in range(steps)], rtol=1e-6)
-    np.testing.assert_allclose(rates, [float(schedule.learning_rate(k)) for k in range(steps)], rtol=1e-6)
+    np.testing.assert_allclose(momenta, [float(schedule.momentum_at(k)) for k in range(steps)], rtol=1e-6)
+    np.testing.assert_allclose(rates, [float(schedule.learning_rate_at(k)) for k in range(steps)], rtol=1e-6)
     peak = round(cfg.schedule.warmup_fraction * steps)
     assert int(np.argmin(momenta)) == peak and momenta[peak] == pytest.approx(cfg.schedule.min_momentum)
     assert momenta[0] == pytest.approx(cfg.schedule.max_momentum)
@@ -179,8 +179,8 @@ def test_one_cycle_momentum_is_the_one_sgd_applies():
     w, m = W0.copy(), np.zeros_like(W0)
     for t, got in enumerate(trajectory):  # m = mu(t)*m + g; w -= lr(t)*m
         g = CURVATURE * w
-        m = float(schedule.momentum(t)) * m + g
-        w = w - float(schedule.learning_rate(t)) * m
+        m = float(schedule.momentum_at(t)) * m + g
+        w = w - float(schedule.learning_rate_at(t)) * m
         np.testing.assert_allclose(got["w"], w, rtol=1e-5)
 
 
@@ -188,13 +188,13 @@ def test_one_cycle_momentum_is_the_one_sgd_applies():
 def test_one_cycle_with_an_optimizer_without_momentum_is_a_user_error(name):
     cfg = compose_config(f"optimizer={name}", "schedule=one_cycle")
     with pytest.raises(UserError, match="momentum"):
-        build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
+        build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
 
 
 def test_one_cycle_with_plain_sgd_is_a_user_error():
     assert "sgd" in OPTIMIZERS and not _has_momentum("sgd")
     with pytest.raises(UserError, match="optimizer=momentum"):
-        build_experiment(compose_config("optimizer=sgd", "schedule=one_cycle"), 10, STEPS_PER_EPOCH)
+        build_parts(compose_config("optimizer=sgd", "schedule=one_cycle"), 10, STEPS_PER_EPOCH)
 
 
 # Max-norm: the regularizer's transform ends the chain.
@@ -205,11 +205,11 @@ def test_max_norm_holds_after_a_huge_step_of_every_optimizer(name, clip):
     cfg = compose_config(f"optimizer={name}", "optimizer.learning_rate=100", "regularizer=[max_norm]",
                          *clip_overrides(clip), "normalization=none", "model.depth=2", "model.width=16")
     max_value = cfg.regularizer.max_norm.max_value
-    experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
-    params = experiment.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))["params"]
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
+    params = parts.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))["params"]
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 100))
     grads = jax.tree.map(lambda p: 50.0 * jax.random.normal(next(keys), p.shape), params)
-    opt = experiment.optimizer
+    opt = parts.optimizer
     updates, _ = opt.update(grads, opt.init(params), params)
     new = optax.apply_updates(params, updates)
     moved = False

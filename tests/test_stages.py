@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from runner.build import build_experiment
+from runner.build import build_parts
 from runner.errors import UserError
 from runner.loop import StageProgram, enter_stage
 from runner.stages import Stage, first_epoch_of, freeze_lower, single, stage_at, stage_optimizer
@@ -44,19 +44,19 @@ def _setup(*overrides, n=96):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(n, 8, 8, 1)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
-    experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=n // 16)
-    return experiment, x, y
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=n // 16)
+    return parts, x, y
 
 
 # Weight decay (adamw), max-norm projection and dropout all try to move or perturb every layer.
 @pytest.mark.parametrize("overrides", [(), ("optimizer=adamw", "regularizer=[dropout,max_norm]",
                                             "regularizer.max_norm.max_value=0.1")])
 def test_frozen_layers_parameters_and_batch_statistics_stay_bit_identical(overrides):
-    experiment, x, y = _setup(*overrides)
+    parts, x, y = _setup(*overrides)
     stage = Stage("frozen", 2, frozenset({"dense_0", "dense_1"}))
-    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:16],
-                               tx=stage_optimizer(experiment.optimizer, stage))
-    program = StageProgram(experiment, stage, 16, 0, state, x, y, jax.random.PRNGKey(1))
+    state = create_train_state(jax.random.PRNGKey(0), parts, x[:16],
+                               tx=stage_optimizer(parts.optimizer, stage))
+    program = StageProgram(parts, stage, 16, 0, state, x, y, jax.random.PRNGKey(1))
     trained = state
     for epoch in range(2):
         trained, _ = program.train(trained, x, y, jax.random.PRNGKey(epoch))
@@ -72,11 +72,11 @@ def test_frozen_layers_parameters_and_batch_statistics_stay_bit_identical(overri
 
 
 def test_entering_a_stage_starts_a_fresh_optimizer_state_for_its_chain():
-    experiment, x, y = _setup("optimizer=adam")
-    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:16])
-    program = StageProgram(experiment, Stage("train", 1), 16, 0, state, x, y, jax.random.PRNGKey(1))
+    parts, x, y = _setup("optimizer=adam")
+    state = create_train_state(jax.random.PRNGKey(0), parts, x[:16])
+    program = StageProgram(parts, Stage("train", 1), 16, 0, state, x, y, jax.random.PRNGKey(1))
     trained, _ = program.train(state, x, y, jax.random.PRNGKey(2))
-    entered = enter_stage(trained, experiment, Stage("next", 1, frozenset({"dense_0"})))
+    entered = enter_stage(trained, parts, Stage("next", 1, frozenset({"dense_0"})))
     fresh = entered.tx.init(trained.params)
     for a, b in zip(jax.tree.leaves(entered.opt_state), jax.tree.leaves(fresh)):
         np.testing.assert_array_equal(a, b)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_experiment
+from runner.build import build_parts
 from runner.train import create_train_state, make_evaluate, make_train_epoch, make_train_step
 from tests.conftest import compose_config
 
@@ -18,19 +18,19 @@ def _setup(*overrides, n=96, shape=(8, 8, 1)):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, *shape)).astype(np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
-    experiment = build_experiment(cfg, num_classes=10, steps_per_epoch=n // 16)
-    state = create_train_state(jax.random.PRNGKey(0), experiment, jnp.asarray(x[:16]))
-    return experiment, state, jnp.asarray(x), jnp.asarray(y)
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=n // 16)
+    state = create_train_state(jax.random.PRNGKey(0), parts, jnp.asarray(x[:16]))
+    return parts, state, jnp.asarray(x), jnp.asarray(y)
 
 
 @pytest.mark.parametrize("overrides", [(), ("regularizer=[l2,dropout]", "optimizer=momentum"),
                                        ("schedule=exponential", "schedule.decay_every=2", "schedule.unit=step")])
 def test_scanned_epoch_equals_one_step_at_a_time(overrides):
-    experiment, state, x, y = _setup(*overrides)
+    parts, state, x, y = _setup(*overrides)
     key = jax.random.PRNGKey(3)
-    scanned, metrics = jax.jit(make_train_epoch(experiment, 16))(state, x, y, key)
+    scanned, metrics = jax.jit(make_train_epoch(parts, 16))(state, x, y, key)
 
-    step = jax.jit(make_train_step(experiment))
+    step = jax.jit(make_train_step(parts))
     order = np.asarray(jax.random.permutation(key, x.shape[0])).reshape(-1, 16)
     losses = []
     for indices in order:
@@ -44,20 +44,20 @@ def test_scanned_epoch_equals_one_step_at_a_time(overrides):
 
 
 def test_epoch_drops_only_the_last_partial_batch_and_visits_each_example_once():
-    experiment, state, x, y = _setup(n=100)
-    _, metrics = jax.jit(make_train_epoch(experiment, 16))(state, x, y, jax.random.PRNGKey(0))
+    parts, state, x, y = _setup(n=100)
+    _, metrics = jax.jit(make_train_epoch(parts, 16))(state, x, y, jax.random.PRNGKey(0))
     assert int(_.step) == 100 // 16
 
 
 def test_divergence_is_reported_with_its_first_step():
-    experiment, state, x, y = _setup("optimizer=sgd", "optimizer.learning_rate=1e12", "normalization=none",
+    parts, state, x, y = _setup("optimizer=sgd", "optimizer.learning_rate=1e12", "normalization=none",
                                      "initializer=normal")
-    _, metrics = jax.jit(make_train_epoch(experiment, 16))(state, x * 1e3, y, jax.random.PRNGKey(0))
+    _, metrics = jax.jit(make_train_epoch(parts, 16))(state, x * 1e3, y, jax.random.PRNGKey(0))
     assert 0 <= int(metrics["first_nonfinite_step"]) < 6
 
 
 def test_evaluate_with_padding_equals_a_direct_computation():
-    experiment, state, x, y = _setup(n=50)
+    parts, state, x, y = _setup(n=50)
     batch = 16
     total = 64
     xp = jnp.concatenate([x, jnp.zeros((total - 50, *x.shape[1:]))])
@@ -72,7 +72,7 @@ def test_evaluate_with_padding_equals_a_direct_computation():
 
 
 def test_mc_dropout_averages_stochastic_passes_and_differs_from_deterministic():
-    experiment, state, x, y = _setup("regularizer.dropout.rate=0.5", n=32)
+    parts, state, x, y = _setup("regularizer.dropout.rate=0.5", n=32)
     mask = jnp.ones(32, bool)
     key = jax.random.PRNGKey(1)
     deterministic = jax.jit(make_evaluate(16))(state, x, y, mask, key)

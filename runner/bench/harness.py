@@ -29,7 +29,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from runner.bench.reference import NUM_CLASSES, init_limit, limit_spec, make_limit_epoch, make_per_step_epoch
-from runner.build import build_experiment
+from runner.build import build_parts
 from runner.config import compose_config, validate
 from runner.train import create_train_state, make_evaluate, make_train_epoch
 
@@ -101,10 +101,10 @@ def compiled(fn: Callable, *args) -> tuple[Callable, float]:
 
 def runner_loop(cfg: DictConfig, x: jax.Array, y: jax.Array, batch_size: int) -> tuple[Loop, float]:
     """The runner's compiled epoch, built as `runner.run.train_and_evaluate` builds it."""
-    experiment = build_experiment(cfg, NUM_CLASSES, len(x) // batch_size)
+    parts = build_parts(cfg, NUM_CLASSES, len(x) // batch_size)
     init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3)
-    state = create_train_state(init_key, experiment, x[:batch_size])
-    train_epoch, seconds = compiled(make_train_epoch(experiment, batch_size, cfg.trainer.diagnostics_every),
+    state = create_train_state(init_key, parts, x[:batch_size])
+    train_epoch, seconds = compiled(make_train_epoch(parts, batch_size, cfg.trainer.diagnostics_every),
                                     state, x, y, data_key)
     return Loop(train_epoch, state, x, y, data_key), seconds
 
@@ -141,8 +141,8 @@ def measure_evaluation(overrides: Sequence[str], examples: int, epochs: int) -> 
     n = max(1, -(-examples // EVAL_BATCH_SIZE)) * EVAL_BATCH_SIZE
     x, y = synthetic_data(2, n, IMAGE_SHAPE)
     mask = jnp.ones(n, bool)
-    experiment = build_experiment(cfg, NUM_CLASSES, 1)
-    state = create_train_state(jax.random.PRNGKey(0), experiment, x[:1])
+    parts = build_parts(cfg, NUM_CLASSES, 1)
+    state = create_train_state(jax.random.PRNGKey(0), parts, x[:1])
     key = jax.random.PRNGKey(3)
     evaluate, _ = compiled(make_evaluate(EVAL_BATCH_SIZE), state, x, y, mask, key)
     jax.block_until_ready(evaluate(state, x, y, mask, key))

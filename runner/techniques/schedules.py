@@ -19,8 +19,8 @@ from runner.errors import UserError
 class Schedule(NamedTuple):
     """What a schedule hands the optimizer."""
 
-    learning_rate: optax.Schedule
-    momentum: optax.Schedule | None = None  # one-cycle cycles momentum inversely to the rate
+    learning_rate_at: optax.Schedule  # step -> learning rate (optimizer.learning_rate is the base rate, a number)
+    momentum_at: optax.Schedule | None = None  # one-cycle cycles momentum inversely to the rate
     plateau: optax.GradientTransformationExtraArgs | None = None  # stepped once per epoch on val loss
 
 
@@ -92,7 +92,7 @@ def one_cycle(learning_rate, steps_per_epoch, total_steps, start_fraction=0.1, w
     low = learning_rate * start_fraction
     rates = jnp.asarray([low, learning_rate, low, low * final_scale])
     momenta = jnp.asarray([max_momentum, min_momentum, max_momentum, max_momentum])
-    return Schedule(lambda t: jnp.interp(t, knots, rates), momentum=lambda t: jnp.interp(t, knots, momenta))
+    return Schedule(lambda t: jnp.interp(t, knots, rates), momentum_at=lambda t: jnp.interp(t, knots, momenta))
 
 
 @shaped_by_run_length

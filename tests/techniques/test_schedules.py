@@ -30,7 +30,7 @@ def schedule(name: str, *overrides: str, epochs: int = 10) -> Schedule:
 
 
 def lr(s: Schedule, step: int) -> float:
-    return float(s.learning_rate(jnp.asarray(step)))
+    return float(s.learning_rate_at(jnp.asarray(step)))
 
 
 def in_epochs_and_in_steps(key: str, epochs: int) -> list:
@@ -42,7 +42,7 @@ def in_epochs_and_in_steps(key: str, epochs: int) -> list:
 def test_constant_is_lr0_at_every_step():
     s = schedule("constant")
     assert [lr(s, t) for t in (0, 1, 55, 100)] == pytest.approx([LR0] * 4, rel=1e-6)
-    assert s.momentum is None and s.plateau is None
+    assert s.momentum_at is None and s.plateau is None
 
 
 @pytest.mark.parametrize("duration", in_epochs_and_in_steps("decay_every", 2))
@@ -100,8 +100,8 @@ def test_one_cycle_rises_to_lr0_at_warmup_fraction_and_anneals_to_its_final_valu
     peak = round(cfg.warmup_fraction * total)
     low = LR0 * cfg.start_fraction
     steps = np.arange(total + 1)
-    rates = np.asarray(s.learning_rate(jnp.asarray(steps)))
-    momenta = np.asarray(s.momentum(jnp.asarray(steps)))
+    rates = np.asarray(s.learning_rate_at(jnp.asarray(steps)))
+    momenta = np.asarray(s.momentum_at(jnp.asarray(steps)))
 
     assert rates[0] == pytest.approx(low, rel=1e-6)
     assert int(np.argmax(rates)) == peak and rates[peak] == pytest.approx(LR0, rel=1e-6)
