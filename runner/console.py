@@ -68,7 +68,9 @@ class Console:
 
 
 def format_cell(value: object) -> str:
-    """A table cell: floats to 4 significant digits, None as empty."""
+    """A table cell: floats to 4 significant digits (thousands grouped, not in e-notation), None as empty."""
+    if isinstance(value, float) and abs(value) >= 1000:
+        return f"{value:,.0f}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)

@@ -14,10 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import jax.numpy as jnp
 import numpy as np
 
 from runner.checkpoint import Checkpoints
 from runner.diagnostics import to_records
+from runner.optim import plateau_state, with_plateau_state
 from runner.outputs import append_jsonl
 
 
@@ -50,14 +52,21 @@ class Validation:
 
 
 class Plateau:
-    """Performance scheduling: steps optax's reduce_on_plateau state with the validation loss, once an epoch."""
+    """Performance scheduling: once an epoch, optax's reduce_on_plateau decides on the validation loss.
+
+    It updates the plateau state that the optimizer chain's scaling step reads (runner/optim.py), so the next
+    epoch's steps are scaled by the new factor, before any projection in the chain.
+    """
 
     def __init__(self, plateau: Any):
         self.plateau = plateau
 
     def on_epoch_end(self, end: EpochEnd) -> None:
-        _, state = self.plateau.update(None, end.state.plateau, value=end.record["val_loss"])
-        end.state = end.state.replace(plateau=state)
+        current = plateau_state(end.state.opt_state)
+        # A fresh accumulation of one value: the decision rests on this epoch's validation loss alone.
+        fresh = current._replace(count=jnp.zeros_like(current.count), avg_value=jnp.zeros_like(current.avg_value))
+        _, decided = self.plateau.update(None, fresh, value=end.record["val_loss"])
+        end.state = end.state.replace(opt_state=with_plateau_state(end.state.opt_state, decided))
 
 
 class MetricsWriter:

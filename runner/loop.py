@@ -17,6 +17,7 @@ import jax
 from runner.build import Parts
 from runner.diagnostics import layer_names
 from runner.handlers import EpochEnd, Handler, write_diagnostics
+from runner.optim import plateau_state
 from runner.stages import Stage, stage_at, stage_optimizer
 from runner.train import TrainState, make_train_epoch
 
@@ -131,6 +132,7 @@ def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Ar
 
 
 def current_lr(parts: Parts, state: TrainState) -> float:
-    """The learning rate the next step will use (schedule times the plateau scale)."""
-    scale = 1.0 if state.plateau is None else float(state.plateau.scale)
+    """The learning rate the next step will use: the schedule's, times the plateau scale in the optimizer state."""
+    plateau = plateau_state(state.opt_state)
+    scale = 1.0 if plateau is None else float(plateau.scale)
     return float(parts.schedule.learning_rate_at(state.step)) * scale

@@ -1,6 +1,6 @@
 """The optimizer: one optax.chain in a fixed order.
 
-    clip (the clip group)  ->  optimizer (lr = schedule)  ->  regularizer transforms (max-norm projection)
+    clip (the clip group)  ->  optimizer (lr = schedule)  ->  plateau scale  ->  regularizer transforms (max-norm)
 
 Clipping sees raw gradients, so its threshold means the same for every optimizer; projections come last
 so the constraint holds on the parameters actually stored after the step.
@@ -11,13 +11,39 @@ from __future__ import annotations
 import inspect
 from typing import Any, Mapping
 
+import jax
 import optax
+from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
 from hydra.utils import get_method
 
 from runner.errors import UserError
 from runner.techniques.schedules import Schedule
 
-MOMENTUM_NAMES = ("b1", "momentum")  # how optax spells the momentum coefficient, Adam family first
+MOMENTUM_NAMES = ("b1", "momentum")
+# The chain's copy of optax's reduce_on_plateau only multiplies each step by its state's scale: it would decide
+# after this many steps, which no run reaches. The decision is taken once an epoch on the validation loss
+# (runner/handlers.py, Plateau), on the same state, by the schedule's own reduce_on_plateau.
+NEVER_DECIDES = 2**31 - 1  # how optax spells the momentum coefficient, Adam family first
+
+
+def plateau_scaling() -> optax.GradientTransformationExtraArgs:
+    """optax's reduce_on_plateau as the chain's scaling step; its state is what the epoch-end decision updates."""
+    return reduce_on_plateau(accumulation_size=NEVER_DECIDES)
+
+
+def plateau_state(opt_state: Any) -> ReduceLROnPlateauState | None:
+    """The reduce_on_plateau state inside an optimizer state, wherever the chain nests it; None if none."""
+    found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(s)]
+    return found[0] if found else None
+
+
+def with_plateau_state(opt_state: Any, new: ReduceLROnPlateauState) -> Any:
+    """The optimizer state with its reduce_on_plateau state replaced by `new`."""
+    return jax.tree_util.tree_map(lambda s: new if _is_plateau(s) else s, opt_state, is_leaf=_is_plateau)
+
+
+def _is_plateau(node: Any) -> bool:
+    return isinstance(node, ReduceLROnPlateauState)
 
 
 def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: Schedule,
@@ -40,6 +66,8 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: Schedule,
     else:
         optimizer = factory(**kwargs)
     parts = [clip or optax.identity(), optimizer]
+    if schedule.plateau is not None:  # performance scheduling scales the step here, before any projection
+        parts.append(plateau_scaling())
     if transform is not None:
         parts.append(transform)
     return optax.chain(*parts)

@@ -20,17 +20,15 @@ from runner.diagnostics import (StepTrace, capacity, empty_buffer, kernel_grads_
 
 
 class TrainState(train_state.TrainState):
-    """Params, optimizer state and step, plus batch-norm statistics, the run's RNG and the plateau state."""
+    """Params, optimizer state and step, plus batch-norm statistics and the run's RNG."""
 
     batch_stats: Any = None
     rng: jax.Array = None  # never split in place: each step uses fold_in(rng, step)
-    plateau: Any = None  # optax reduce_on_plateau state, stepped once per epoch; None without that schedule
 
 
 def create_train_state(rng: jax.Array, parts: Parts, example_x: jax.Array,
                        tx: optax.GradientTransformation | None = None) -> TrainState:
     """Initialize the model on one example batch and the optimizer (`tx`, default the run's chain) on its params."""
-    plateau = parts.schedule.plateau
 
     # One compiled program: run eagerly, every initializer op would compile on its own (seconds at start-up).
     # It runs once, so XLA's optimizations cost more than they save (2.3 s -> 0.4 s to compile on 2 CPU cores).
@@ -44,7 +42,6 @@ def create_train_state(rng: jax.Array, parts: Parts, example_x: jax.Array,
             tx=parts.optimizer if tx is None else tx,
             batch_stats=variables.get("batch_stats", {}),
             rng=run_rng,
-            plateau=None if plateau is None else plateau.init(variables["params"]),
         )
 
     return create(rng, example_x)
@@ -76,9 +73,8 @@ def make_train_step_with_trace(parts: Parts, frozen: frozenset = frozenset()) ->
             return loss + penalty, (loss, logits, updates.get("batch_stats", {}), seen)
 
         grads, (loss, logits, batch_stats, seen) = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-        if state.plateau is not None:  # performance scheduling: the plateau's scale multiplies the step
-            updates = jax.tree_util.tree_map(lambda u: state.plateau.scale * u, updates)
+        # value=: what reduce_on_plateau's update takes; in the chain it only applies the scale (runner/optim.py).
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, batch_stats=batch_stats)
         metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}

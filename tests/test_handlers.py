@@ -7,11 +7,13 @@ import threading
 from types import SimpleNamespace
 
 import jax.numpy as jnp
+import optax
 import pytest
 from optax.contrib import reduce_on_plateau
 
 from runner.handlers import (Checkpointer, EarlyStopping, EpochEnd, Interrupt, MetricsWriter, Plateau, Progress,
                              Validation)
+from runner.optim import plateau_scaling, plateau_state
 
 
 class FakeState(SimpleNamespace):
@@ -69,13 +71,15 @@ def test_interrupt_ends_the_run_only_once_a_signal_arrived():
 def test_plateau_steps_reduce_on_plateau_with_the_validation_loss_once_an_epoch():
     plateau = reduce_on_plateau(factor=0.5, patience=2)
     handler = Plateau(plateau)
-    state = FakeState(params={}, batch_stats={}, plateau=plateau.init({"w": jnp.zeros(1)}))
+    # The chain's scaling copy has been accumulating training losses (runner/optim.py); the decision ignores them.
+    chain_state = plateau_scaling().init({"w": jnp.zeros(1)})._replace(count=jnp.asarray(7), avg_value=jnp.nan)
+    state = FakeState(params={}, batch_stats={}, opt_state=(optax.EmptyState(), chain_state))
     scales = []
     for epoch, loss in enumerate([1.0, 1.0, 1.0, 1.0, 1.0], 1):
         e = end(epoch, {"val_loss": loss}, state=state)
         handler.on_epoch_end(e)
         state = e.state
-        scales.append(float(state.plateau.scale))
+        scales.append(float(plateau_state(state.opt_state).scale))
     # Epoch 1 sets the best; epochs 2 and 3 do not improve: the scale halves after the second of them.
     assert scales == [1.0, 1.0, 0.5, 0.5, 0.25]
 
