@@ -117,6 +117,11 @@ def preflight(argv: list[str]) -> Invocation:
     return Invocation(flags + overrides, multirun, claim)
 
 
+def _is_hydra(override: str) -> bool:
+    """Whether an override sets Hydra's own config (`hydra.run.dir=...`, `hydra/sweeper=optuna`)."""
+    return override_key(override).startswith(("hydra.", "hydra/"))
+
+
 def _earlier_run(path: Path, multirun: bool) -> str | None:
     """What shows that a run dir (or a sweep dir's job dirs) already holds a run, or None."""
     if not multirun:
@@ -133,8 +138,8 @@ def _resumed(overrides: list[str], composer: "Composer") -> list[str]:
     if not has_checkpoint(run_dir):
         raise UserError(f"trainer.resume: no checkpoint in {run_dir}/checkpoints; "
                         "valid: the run dir of a run that saved one (see its summary.json)")
-    hydra_overrides = [o for o in overrides if override_key(o).startswith("hydra.")]
-    task = [o for o in overrides if not override_key(o).startswith("hydra.")]
+    hydra_overrides = [o for o in overrides if _is_hydra(o)]
+    task = [o for o in overrides if not _is_hydra(o)]
     return resumed_overrides(run_dir, task, composer) + hydra_overrides
 
 
@@ -173,7 +178,7 @@ class Composer:
 
     def hydra(self, overrides: list[str]) -> DictConfig:
         """The config with Hydra's own node (hydra.run.dir, ...), for the first job of a sweep."""
-        first = expand_sweep(overrides)[0] + [o for o in overrides if override_key(o).startswith("hydra.")]
+        first = expand_sweep(overrides)[0] + [o for o in overrides if _is_hydra(o)]
         return self._compose(first, hydra=True)
 
     def _compose(self, job: list[str], hydra: bool) -> DictConfig:
