@@ -53,6 +53,11 @@ def main(cfg: DictConfig) -> float | None:
         return _failed(run_dir, str(e), console)
     except Interrupted as e:
         sys.exit(e.exit_code)  # in a sweep too: the user asked everything to stop
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing worth keeping was written
+        if not multirun and _invocation.claim is not None:
+            _invocation.claim.undo()
+        error("interrupted before training started; nothing was kept")
+        sys.exit(130)
     except Exception as e:  # a bug, not the user's mistake: keep what was written, say where it broke
         _failed(run_dir, f"{type(e).__name__}: {first_line(e)}", console)
         if not multirun:
@@ -110,6 +115,9 @@ def cli() -> None:
     except UserError as e:
         error(str(e))
         sys.exit(2)
+    except KeyboardInterrupt:
+        error("interrupted before anything was written")
+        sys.exit(130)
     sys.argv = [sys.argv[0], *_invocation.argv]
     try:
         main()

@@ -92,7 +92,7 @@ class Net(nn.Module):
         dropout = train if dropout is None else dropout
         names = self.hidden_layers
         stop = len(names) if stop is None else stop
-        if start == 0 and self.input_dropout is not None and names[0] not in frozen:
+        if start == 0 and self.input_dropout is not None and (not names or names[0] not in frozen):
             x = self.input_dropout.copy(name="input_dropout")(x, deterministic=not dropout)
         for i in range(start, stop):
             live = names[i] not in frozen
