@@ -20,11 +20,12 @@ install: $(STAMP)  ## make .venv and install the project into it
 run: $(STAMP)  ## train the default config on the embedded digits dataset (offline)
 	$(PY) -m runner
 
+# Two workers (pytest-xdist): the tests are mostly single-threaded and these machines have two cores.
 test: $(STAMP)  ## run the fast tests; slow ones (marked @pytest.mark.slow) are skipped
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 test-full: $(STAMP)  ## run every test, slow ones included (what CI runs)
-	$(PY) -m pytest -m ''
+	$(PY) -m pytest -n 2 -m ''
 
 bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
 	$(PY) -m runner.bench

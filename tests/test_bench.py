@@ -22,6 +22,7 @@ from tests.conftest import ROOT
 UNOPTIMIZED = "--xla_backend_optimization_level=0"
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_case_with_its_ratio(tmp_path):
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED}".strip()}
     done = subprocess.run([sys.executable, "-m", "runner.bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT,

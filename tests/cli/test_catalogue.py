@@ -23,6 +23,7 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", ["optimizer", "activation", "schedule"])
 def test_every_choice_of_the_group_trains_one_epoch_in_a_multirun(cli, group):
     names = choices(group)

@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from runner.build import build_experiment
+from runner.build import build_parts
 from runner.config import CONF_DIR, validate
 from tests.conftest import read_summary
 
@@ -50,7 +50,7 @@ def test_every_job_of_the_presets_sweep_composes_validates_and_builds(name):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=job)
         validate(cfg)
-        build_experiment(cfg, num_classes=10, steps_per_epoch=10)
+        build_parts(cfg, num_classes=10, steps_per_epoch=10)
         configs.add(OmegaConf.to_yaml(cfg))
     assert len(configs) == len(jobs)  # every job trains something different
 
@@ -60,6 +60,7 @@ def test_optimizers_and_schedules_sweep_every_file_of_their_group():
     assert len(sweep_jobs("schedules")) == len(list((CONF_DIR / "schedule").glob("*.yaml")))
 
 
+@pytest.mark.slow
 def test_vanishing_gradients_sigmoid_with_normal_init_has_a_gradient_ratio_10x_below_he_with_elu(cli):
     result = cli("-m", "+experiment=vanishing_gradients", "experiment/vanishing_gradients=sigmoid_normal,elu_he",
                  "trainer.epochs=1")
@@ -75,6 +76,7 @@ def test_vanishing_gradients_sigmoid_with_normal_init_has_a_gradient_ratio_10x_b
     assert (report / "report.md").exists() and (report / "grad_norms.png").exists()
 
 
+@pytest.mark.slow
 def test_gradient_clipping_the_unclipped_job_diverges_at_a_named_step_and_the_clipped_one_trains(cli):
     result = cli("-m", "+experiment=gradient_clipping", "trainer.epochs=2")
     assert result.returncode == 0, result.stderr  # a diverged job ends normally; the sweep goes on

@@ -96,6 +96,7 @@ def test_a_mistake_is_one_line_exit_2_and_leaves_every_file_as_it_was(cli, args,
     assert snapshot(cli.cwd) == before
 
 
+@pytest.mark.slow
 def test_a_job_failing_at_run_time_fails_alone_and_the_report_lists_it(cli):
     result = cli("-m", "trainer.batch_size=5000,32", "trainer.epochs=1")
     assert result.returncode != 0
@@ -111,6 +112,7 @@ def test_a_job_failing_at_run_time_fails_alone_and_the_report_lists_it(cli):
     assert "1 job(s) failed" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_busy_run_dir_is_refused_and_the_first_completes(cli):
     run_dir = cli.cwd / "outputs" / "busy"
     first = subprocess.Popen([sys.executable, "-m", "runner", "dataset=mnist1d", "trainer.batch_size=16",
@@ -131,6 +133,7 @@ def test_a_second_process_on_a_busy_run_dir_is_refused_and_the_first_completes(c
     assert not (run_dir / ".runner.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_fresh_run_into_a_dir_that_holds_a_run_is_refused(cli):
     assert cli("trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
     before = snapshot(cli.cwd)
@@ -140,6 +143,7 @@ def test_a_fresh_run_into_a_dir_that_holds_a_run_is_refused(cli):
     assert snapshot(cli.cwd) == before
 
 
+@pytest.mark.slow
 def test_resume_may_extend_the_epochs_and_records_the_merged_overrides(cli):
     assert cli("optimizer=sgd", "optimizer.learning_rate=0.05", "trainer.epochs=2",
                "hydra.run.dir=outputs/r").returncode == 0
@@ -150,6 +154,7 @@ def test_resume_may_extend_the_epochs_and_records_the_merged_overrides(cli):
     assert read_summary(cli.cwd / "outputs" / "r")["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_before_the_checkpoint_is_reported_not_silently_lost(cli):
     assert cli("trainer.epochs=3", "trainer.checkpoint_every=1", "hydra.run.dir=outputs/r").returncode == 0
     metrics = cli.cwd / "outputs" / "r" / "metrics.jsonl"

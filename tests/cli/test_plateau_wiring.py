@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import read_metrics
 
 
+@pytest.mark.slow
 def test_plateau_halves_the_applied_rate_after_each_epoch_without_improvement(cli):
     # rtol=0.9: only a 90% drop of the validation loss counts as an improvement, so after epoch 1 none does.
     result = cli("schedule=plateau", "schedule.patience=1", "schedule.factor=0.5", "schedule.rtol=0.9",

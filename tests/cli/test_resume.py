@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import read_metrics, read_summary, snapshot
 
 # Long enough to be caught mid-training, short enough for the suite: ~225 steps an epoch on mnist1d.
@@ -19,6 +21,7 @@ def _without_times(records):
     return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_with_only_the_run_dir_equals_an_uninterrupted_run(cli):
     reference = cli(*SLOW_RUN, "hydra.run.dir=outputs/reference")
     assert reference.returncode == 0, reference.stderr
@@ -52,6 +55,7 @@ def test_sigterm_then_resume_with_only_the_run_dir_equals_an_uninterrupted_run(c
         assert final[key] == expected[key], key
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(cli):
     run = ("trainer.epochs=3", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=3", "hydra.run.dir=outputs/r")
     assert cli(*run).returncode == 0
@@ -69,6 +73,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(cli):
     assert [m["epoch"] for m in read_metrics(cli.cwd / "outputs" / "r")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_is_one_line_and_exit_2(cli):
     assert cli("trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
     checkpoints = cli.cwd / "outputs" / "r" / "checkpoints"
@@ -85,6 +90,7 @@ def test_no_usable_checkpoint_is_one_line_and_exit_2(cli):
         [p for p in before if ".hydra" not in p]
 
 
+@pytest.mark.slow
 def test_resume_with_a_mismatched_model_is_rejected(cli):
     assert cli("trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
     before = snapshot(cli.cwd / "outputs" / "r")

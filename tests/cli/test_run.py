@@ -35,6 +35,7 @@ def test_default_config_reaches_95_percent_on_digits(cli):
     assert resolved["schedule"]["_target_"].endswith("schedules.constant")
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(cli):
     for _ in range(2):
         assert cli("trainer.epochs=3", "dataset=mnist1d").returncode == 0
@@ -43,6 +44,7 @@ def test_same_config_and_seed_give_identical_metrics(cli):
     assert strip(first) == strip(second)
 
 
+@pytest.mark.slow
 def test_different_seeds_give_different_metrics(cli):
     for seed in (0, 1):
         assert cli("trainer.epochs=1", f"trainer.seed={seed}").returncode == 0
@@ -50,6 +52,7 @@ def test_different_seeds_give_different_metrics(cli):
     assert first[0]["train_loss"] != second[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_multirun_sweep_runs_every_combination_in_its_own_dir(cli):
     result = cli("-m", "optimizer=sgd,adam", "activation=relu,elu", "trainer.epochs=1")
     assert result.returncode == 0, result.stderr
@@ -62,6 +65,7 @@ def test_multirun_sweep_runs_every_combination_in_its_own_dir(cli):
     assert choices == {(o, a) for o in ("optax.sgd", "optax.adam") for a in ("jax.nn.relu", "jax.nn.elu")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ("model=cnn", "trainer.epochs=1"),
     ("model=cnn", "dataset=mnist1d", "trainer.epochs=1"),
