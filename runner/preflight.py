@@ -10,6 +10,7 @@ overrides first, the output dir pinned) and the claim on the dir it writes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
 from pathlib import Path
@@ -166,12 +167,7 @@ class Composer:
         if config_dir is not None and not Path(config_dir).is_dir():
             raise UserError(f"--config-dir {config_dir}: no such directory; valid: a dir of <group>/<choice>.yaml files")
         self.extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-        primary = self._compose([], hydra=False)
-        defaults = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults", [])
-        groups = {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()
-                  if not str(k).startswith(("override ", "hydra/"))}
-        self.top_level = TopLevel(allowed={str(k) for k in primary} | set(groups),
-                                  required={g for g, choice in groups.items() if not isinstance(choice, ListConfig)})
+        self.top_level = _top_level(config_name, tuple(self.extra))
 
     def __call__(self, job: list[str]) -> DictConfig:
         return self._compose(job, hydra=False)
@@ -182,17 +178,33 @@ class Composer:
         return self._compose(first, hydra=True)
 
     def _compose(self, job: list[str], hydra: bool) -> DictConfig:
-        try:
-            return compose_config(*job, *self.extra, config_name=self.config_name, hydra=hydra)
-        except MissingConfigException as e:
-            group, _, choice = (e.missing_cfg_file or "").rpartition("/")
-            if e.options and group:
-                raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(e.options))}") from None
-            if not group and choice == self.config_name:
-                raise UserError(f"-cn {choice}: no such primary config; valid: config") from None
-            raise UserError(first_line(e)) from None
-        except (HydraException, OmegaConfBaseException) as e:
-            raise UserError(_explain(e, job)) from None
+        return _compose(self.config_name, self.extra, job, hydra)
+
+
+def _compose(config_name: str, extra: list[str], job: list[str], hydra: bool) -> DictConfig:
+    """Hydra's compose, its errors turned into one line each."""
+    try:
+        return compose_config(*job, *extra, config_name=config_name, hydra=hydra)
+    except MissingConfigException as e:
+        group, _, choice = (e.missing_cfg_file or "").rpartition("/")
+        if e.options and group:
+            raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(e.options))}") from None
+        if not group and choice == config_name:
+            raise UserError(f"-cn {choice}: no such primary config; valid: config") from None
+        raise UserError(first_line(e)) from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(_explain(e, job)) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _top_level(config_name: str, extra: tuple[str, ...]) -> TopLevel:
+    """The groups a config may and must have: its primary config's keys and defaults list (composed once)."""
+    keys = {str(k) for k in _compose(config_name, list(extra), [], hydra=False)}
+    defaults = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults", [])
+    groups = {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()
+              if not str(k).startswith(("override ", "hydra/"))}
+    return TopLevel(allowed=keys | set(groups),
+                    required={g for g, choice in groups.items() if not isinstance(choice, ListConfig)})
 
 
 def _explain(e: Exception, job: list[str]) -> str:
