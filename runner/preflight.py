@@ -57,11 +57,6 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def overrides_of(argv: list[str]) -> list[str]:
-    """The override arguments of a Hydra command line (flags and their values dropped)."""
-    return split_argv(argv)[1]
-
-
 def _flag(flags: list[str], *names: str) -> str | None:
     return next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f in names), None)
 
