@@ -59,6 +59,9 @@ class Checkpoints:
             self._manager.close()
             self._manager = None
 
+    def has(self, epoch: int) -> bool:
+        return self.directory.exists() and epoch in self.manager.all_steps()
+
     def save(self, epoch: int, trees: dict[str, Any], meta: dict) -> None:
         """Save pytrees (a train state, ...) and JSON metadata as the checkpoint of `epoch`."""
         items = {name: ocp.args.StandardSave(serialization.to_state_dict(tree)) for name, tree in trees.items()}

@@ -9,7 +9,9 @@ Where ranges are declared:
   - a structured-config schema (dataset, model, trainer) gives `valid` in each field's metadata.
 
 A range is a short string: `> 0`, `>= 1`, `[0, 1)`, `(0, inf)`, prefixed by `int` for whole numbers, `each`
-for lists, `null or` where null is allowed; or `bool`, `str`, `node` (a mapping with a `_target_`), `one of a, b, c`. Numbers must be finite.
+for lists, `null or` where null is allowed, `auto or` where the word `auto` is (a value the run finds for
+itself: `optimizer.learning_rate`, runner/lr_find.py); or `bool`, `str`, `node` (a mapping with a `_target_`),
+`one of a, b, c`. Numbers must be finite.
 `check_config` runs before Hydra starts (preflight) and again inside each job, for values a sweeper
 samples at run time. Imports neither jax, flax, optax nor orbax, so a mistake is answered fast.
 """
@@ -42,6 +44,9 @@ def parse_spec(spec: str) -> Callable[[Any], bool]:
     if spec.startswith("null or "):
         inner = parse_spec(spec[len("null or "):])
         return lambda v: v is None or inner(v)
+    if spec.startswith("auto or "):
+        inner = parse_spec(spec[len("auto or "):])
+        return lambda v: (isinstance(v, str) and v == "auto") or inner(v)
     if spec.startswith("each "):
         inner = parse_spec(spec[len("each "):])
         return lambda v: isinstance(v, (list, tuple)) and all(inner(x) for x in v)
@@ -79,7 +84,7 @@ def parse_spec(spec: str) -> Callable[[Any], bool]:
 def describe(spec: str) -> str:
     """A range string in words: `int >= 1` -> `an integer >= 1`, `[0, 1)` -> `in [0, 1)`."""
     spec = spec.strip()
-    for prefix, words in (("null or ", "null or "), ("each ", "a list, each ")):
+    for prefix, words in (("null or ", "null or "), ("auto or ", "auto or "), ("each ", "a list, each ")):
         if spec.startswith(prefix):
             return words + describe(spec[len(prefix):])
     if spec == "bool":

@@ -19,7 +19,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from runner.checks import TopLevel, check_config
 from runner.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# An installed wheel carries the conf files inside the package (runner/conf, see pyproject.toml); a checkout and an
+# editable install read the repo's top-level conf/.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else _PACKAGED_CONF.parent.parent / "conf"
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -83,10 +86,12 @@ def compose_config(*overrides: str, config_name: str = "config", hydra: bool = F
 
 
 def register_schemas() -> None:
-    """Make the schemas available to the group files' defaults lists (`- schema`)."""
+    """Make the schemas available to the group files' defaults lists (`- /dataset_schema@_here_`).
+
+    Stored outside the groups, so that --help and shell completion offer only the conf files as choices."""
     store = ConfigStore.instance()
-    store.store(group="dataset", name="schema", node=DatasetConfig)
-    store.store(group="trainer", name="schema", node=TrainerConfig)
+    store.store(name="dataset_schema", node=DatasetConfig)
+    store.store(name="trainer_schema", node=TrainerConfig)
 
 
 def validate(cfg: DictConfig, top_level: TopLevel | None = None) -> None:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
 from rich.console import Console as RichConsole
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 
@@ -32,22 +32,20 @@ class Console:
         print(message, file=sys.stderr, flush=True)
 
     @contextmanager
-    def epochs(self, total: int, start: int = 0) -> Iterator:
-        """Yields `update(epoch, metrics)`: a live bar on a terminal, one line per epoch otherwise."""
+    def training(self, epochs: int, steps_per_epoch: int, start: int = 0) -> Iterator["TrainingView"]:
+        """Yields the view a run reports its steps and epochs to: a live bar on a terminal (steps of the
+        whole run, its clocks, and a line per finished epoch above it), one line per epoch otherwise."""
         if not self.live:
-            def update(epoch: int, metrics: Mapping[str, float]) -> None:
-                print(f"epoch {epoch}/{total} " + " ".join(_fmt(k, v) for k, v in metrics.items()), flush=True)
-            yield update
+            yield TrainingView(epochs)
             return
-        progress = Progress(TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(),
-                            TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=self._out)
+        progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=None),
+                            TextColumn("{task.completed:,}/{task.total:,} steps"),
+                            TextColumn("{task.fields[loss]}"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=self._out, expand=True)
         with progress:
-            task = progress.add_task("train", total=total, completed=start, metrics="")
-
-            def update(epoch: int, metrics: Mapping[str, float]) -> None:
-                progress.update(task, completed=epoch,
-                                metrics=" ".join(_fmt(k, v) for k, v in metrics.items()))
-            yield update
+            task = progress.add_task("train", total=epochs * steps_per_epoch, completed=start * steps_per_epoch,
+                                     epoch=f"{start + 1}/{epochs}", loss="")
+            yield LiveTrainingView(epochs, steps_per_epoch, progress, task)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
         """A table: rich on a terminal, aligned plain text otherwise."""
@@ -65,6 +63,39 @@ class Console:
         print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
         for row in cells:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths)), flush=True)
+
+
+class TrainingView:
+    """Where a run reports progress; plain: one line per finished epoch."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def steps(self, epoch: int, done: int, metrics: Mapping[str, float]) -> None:
+        """`done` steps of `epoch` are trained; `metrics` are the epoch's so far."""
+
+    def epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        print(self.line(epoch, metrics), flush=True)
+
+    def line(self, epoch: int, metrics: Mapping[str, float]) -> str:
+        return f"epoch {epoch}/{self.epochs} " + " ".join(_fmt(k, v) for k, v in metrics.items())
+
+
+class LiveTrainingView(TrainingView):
+    """The rich bar: moves with each chunk of steps; each finished epoch prints its line above it."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, progress: Progress, task: int):
+        super().__init__(epochs)
+        self.steps_per_epoch, self.progress, self.task = steps_per_epoch, progress, task
+
+    def steps(self, epoch: int, done: int, metrics: Mapping[str, float]) -> None:
+        self.progress.update(self.task, completed=(epoch - 1) * self.steps_per_epoch + done,
+                             epoch=f"{epoch}/{self.epochs}", loss=f"loss {format_cell(float(metrics['loss']))}")
+
+    def epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.progress.console.print(self.line(epoch, metrics), highlight=False)
+        self.progress.update(self.task, completed=epoch * self.steps_per_epoch,
+                             epoch=f"{min(epoch + 1, self.epochs)}/{self.epochs}")
 
 
 def format_cell(value: object) -> str:

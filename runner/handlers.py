@@ -161,8 +161,13 @@ class Checkpointer:
 
     def on_epoch_end(self, end: EpochEnd) -> None:
         if end.stop or end.last or (self.every and end.epoch % self.every == 0):
-            trees = {"state": end.state}
-            if self.stopper.best_weights is not None:
-                trees["best"] = self.stopper.best_weights
-            self.checkpoints.save(end.epoch, trees, {"epoch": end.epoch, "stage": end.stage, **self.stopper.meta()})
+            self.save(end.epoch, end.stage, end.state)
 
+    def save(self, epoch: int, stage: int, state: Any) -> None:
+        """The checkpoint of the end of `epoch` (0: before training), unless it is saved already."""
+        if self.checkpoints.has(epoch):
+            return
+        trees = {"state": state}
+        if self.stopper.best_weights is not None:
+            trees["best"] = self.stopper.best_weights
+        self.checkpoints.save(epoch, trees, {"epoch": epoch, "stage": stage, **self.stopper.meta()})

@@ -1,25 +1,30 @@
-"""The host loop: over stages and their epochs, each epoch one compiled program, handlers at each end.
+"""The host loop: over stages and their epochs, each epoch compiled programs, handlers at each end.
 
-The loop only moves between compiled epochs. Per epoch it reads the epoch's metrics once; if they went
-non-finite it replays the epoch with per-layer checks and ends the run `diverged`; otherwise it hands an
-`EpochEnd` to the handlers (runner/handlers.py), which validate, write, decide and checkpoint. Entering a
-stage gives the state that stage's optimizer chain and a fresh optimizer state.
+An epoch runs as a few chunks of steps, each one call of the same compiled program (runner/train.py), sized
+to about half a second so the progress bar moves and Ctrl-C acts within an epoch; a short epoch is one
+chunk. After each chunk the loop reads a few numbers; if they went non-finite it replays the epoch with
+per-layer checks and ends the run `diverged`; otherwise, at the epoch's end, it hands an `EpochEnd` to the
+handlers (runner/handlers.py), which validate, write, decide and checkpoint. A signal that arrives before
+an epoch's last chunk drops that epoch's steps: the run stops at the previous epoch's end, which resumes
+bit for bit. Entering a stage gives the state that stage's optimizer chain and a fresh optimizer state.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 from runner.build import Parts
 from runner.diagnostics import layer_names
 from runner.handlers import EpochEnd, Handler, write_diagnostics
 from runner.optim import plateau_state
 from runner.stages import Stage, stage_at, stage_optimizer
-from runner.train import TrainState, make_train_epoch
+from runner.train import TrainState, make_epoch_programs, make_train_epoch
 
 
 @dataclasses.dataclass
@@ -33,17 +38,45 @@ class Outcome:
     train_time: float = 0.0
     timed_epochs: int = 0
     compile_time: float = 0.0
+    stage: int = 0  # the stage whose optimizer `state` carries
+    abandoned: bool = False  # interrupted mid-epoch: `state` is that of the end of `epoch`, not yet checkpointed
 
 
 class StageProgram:
-    """One stage's compiled epoch, and its checked replay (compiled only if an epoch goes non-finite)."""
+    """One stage's compiled epoch — its start and its chunk of steps — and its checked replay (compiled
+    only if an epoch goes non-finite)."""
 
     def __init__(self, parts: Parts, stage: Stage, batch_size: int, diagnostics_every: int,
                  state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
-        self.train = jax.jit(make_train_epoch(parts, batch_size, diagnostics_every, frozen=stage.frozen)).lower(
-            state, x, y, key).compile()
+        begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, frozen=stage.frozen)
+        self.begin = jax.jit(begin).lower(state, x, key).compile()
+        carry, order = jax.eval_shape(begin, state, x, key)
+        bound = jax.ShapeDtypeStruct((), jnp.int32)
+        # Donated: each chunk updates the carry in place instead of copying the train state (tens of MB).
+        self.train_steps = jax.jit(train_steps, donate_argnums=0).lower(carry, x, y, order, bound, bound).compile()
+        self.steps = order.shape[0]
         self.checked = jax.jit(make_train_epoch(parts, batch_size, diagnostics_every, checked=True,
                                                 frozen=stage.frozen))
+
+
+class Pacer:
+    """How many steps the next chunk of an epoch takes: about `seconds` of training, judged by the last chunk.
+
+    Chunks let the progress bar move and Ctrl-C act within an epoch; each costs one host read of a few
+    numbers, so on a fast epoch the whole epoch is one chunk. The first chunk of a run is `first` steps;
+    with `seconds=None` every chunk is (the benchmark's fixed chunks).
+    """
+
+    def __init__(self, seconds: float | None = 0.5, first: int = 16):
+        self.seconds, self.first, self.step_time = seconds, first, None
+
+    def size(self, remaining: int) -> int:
+        fixed = self.seconds is None or self.step_time is None
+        wanted = self.first if fixed else int(self.seconds / max(self.step_time, 1e-9))
+        return max(1, min(remaining, wanted))
+
+    def observe(self, steps: int, seconds: float) -> None:
+        self.step_time = seconds / steps
 
 
 def enter_stage(state: TrainState, parts: Parts, stage: Stage) -> TrainState:
@@ -66,6 +99,9 @@ class Loop:
     handlers: Sequence[Handler]
     diagnostics_path: Any  # where a diverged epoch's diagnostics still go
     on_compile: Any = None  # called with the state when a stage's program is built (e.g. to compile evaluation)
+    on_steps: Callable[[int, int, int, dict], None] | None = None  # (epoch, steps done, steps, metrics so far)
+    interrupt: threading.Event | None = None  # set by a signal: the epoch stops at its next chunk
+    pacer: Pacer = dataclasses.field(default_factory=Pacer)
 
     @property
     def total_epochs(self) -> int:
@@ -73,11 +109,12 @@ class Loop:
 
     def run(self, state: TrainState, state_stage: int, first_epoch: int) -> Outcome:
         """Train epochs first_epoch..total; `state_stage` is the stage whose optimizer `state` carries."""
-        outcome, programs = Outcome("completed", first_epoch - 1, state), {}
+        outcome, programs = Outcome("completed", first_epoch - 1, state, stage=state_stage), {}
         for epoch in range(first_epoch, self.total_epochs + 1):
             index = stage_at(self.stages, epoch)
             if index != state_stage:
                 outcome.state, state_stage = enter_stage(outcome.state, self.parts, self.stages[index]), index
+                outcome.stage = index
             if index not in programs:
                 programs[index] = self._compile(index, outcome)
             if self._epoch(programs[index], index, epoch, outcome):
@@ -94,11 +131,13 @@ class Loop:
         return program
 
     def _epoch(self, program: StageProgram, index: int, epoch: int, outcome: Outcome) -> bool:
-        """Train one epoch and hand it to the handlers; True when the run ends here."""
+        """Train one epoch in chunks and hand it to the handlers; True when the run ends here."""
         start, key, before = time.perf_counter(), jax.random.fold_in(self.data_key, epoch), outcome.state
-        state, raw = program.train(before, self.x, self.y, key)
-        raw = jax.device_get(raw)
+        carry, raw = self._train_steps(program, epoch, before, key)
         seconds = time.perf_counter() - start
+        if carry is None:  # interrupted mid-epoch: the epoch's steps are dropped, the run stops where it was
+            outcome.status, outcome.epoch, outcome.stage, outcome.abandoned = "interrupted", epoch - 1, index, True
+            return True
         outcome.train_time, outcome.timed_epochs = outcome.train_time + seconds, outcome.timed_epochs + 1
         if raw["first_nonfinite_step"] >= 0 or not raw["params_finite"]:
             outcome.state, raw, outcome.divergence = replay_divergence(program.checked, before, self.x, self.y, key,
@@ -106,14 +145,48 @@ class Loop:
             write_diagnostics(self.diagnostics_path, epoch, raw, layer_names(before.params))
             outcome.status, outcome.epoch = "diverged", epoch - 1
             return True
+        state = carry.state
         record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(self.parts, state),
                   "train_loss": float(raw["loss"]), "train_accuracy": float(raw["accuracy"]), "epoch_time_s": seconds}
         end = EpochEnd(epoch, index, state, record, raw, last=epoch == self.total_epochs)
         for handler in self.handlers:
             handler.on_epoch_end(end)
-        outcome.state, outcome.epoch = end.state, epoch
+        outcome.state, outcome.epoch, outcome.stage = end.state, epoch, index
         outcome.status = end.stop or "completed"
         return end.stop is not None
+
+    def _train_steps(self, program: StageProgram, epoch: int, before: TrainState,
+                     key: jax.Array) -> tuple[Any, dict]:
+        """The epoch's steps, a chunk at a time: (carry, metrics read on the host), or (None, {}) when a signal
+        arrived before the last chunk."""
+        def after_chunk(done: int, raw: dict) -> bool:
+            if self.on_steps is not None:
+                self.on_steps(epoch, done, program.steps, raw)
+            return done < program.steps and self.interrupt is not None and self.interrupt.is_set()
+
+        return train_in_chunks(program, before, self.x, self.y, key, self.pacer, after_chunk)
+
+
+def train_in_chunks(program: StageProgram, state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
+                    pacer: Pacer, after_chunk: Callable[[int, dict], bool]) -> tuple[Any, dict]:
+    """One epoch as chunks of steps sized by `pacer`: (carry, the epoch's metrics on the host).
+
+    After each chunk, `after_chunk(steps done, metrics so far)` may stop the epoch (returns (None, {})).
+    A chunk that went non-finite ends the epoch early: the caller replays it with checks.
+    """
+    carry, order = program.begin(state, x, key)
+    done = 0
+    while done < program.steps:
+        size, started = pacer.size(program.steps - done), time.perf_counter()
+        carry, raw = program.train_steps(carry, x, y, order, jnp.int32(done), jnp.int32(done + size))
+        raw = jax.device_get(raw)
+        done += size
+        pacer.observe(size, time.perf_counter() - started)
+        if raw["first_nonfinite_step"] >= 0 or not raw["params_finite"]:
+            break
+        if after_chunk(done, raw):
+            return None, {}
+    return carry, raw
 
 
 def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,

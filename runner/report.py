@@ -5,10 +5,24 @@ dir, `outputs/`): run dirs are found recursively. The report goes to `PATH/repor
 the first PATH (`PATH/../report/`) for several; `--out DIR` puts it elsewhere. It is built in a temp dir and
 renamed into place, so a reader never sees half a report.
 
-    learning_curves.png   train loss, validation loss and validation accuracy of every run against epoch
+    report.md, report.csv one row per run, sorted by best validation accuracy (also printed)
+    report_groups.csv     per config over seeds: n, and mean, sd, 95% interval of each metric (when a config
+                          has two runs or more; report.md's "Over seeds" section, also printed)
+    report_ablation.csv   per config: its difference from the baseline, paired by seed (with --baseline;
+                          report.md's "Ablation" section, also printed)
+    learning_curves.png   train loss, validation loss and validation accuracy against epoch: one line per run, or,
+                          when runs repeat a config over seeds, per config its mean and 95% interval at each epoch
+    isolation.png         best validation accuracy (mean, 95% interval) against one varying override, one line per
+                          value of the others (the rule: runner.stats.isolation_axes); when any override varies
     grad_norms.png        each layer's gradient norm against depth at the first, middle and last diagnosed step
     activations.png       per run: activation std, saturated and dead fraction of every layer against step
-    report.md, report.csv one row per run, sorted by best validation accuracy (also printed)
+
+Runs whose overrides differ only in `trainer.seed` are one config (runner.stats has every definition): its
+metrics are best_val_accuracy, test_accuracy and the final epoch's train_loss and val_loss, each as mean, sample
+sd and 95% Student-t interval of the mean over the runs that finished (completed, early stopped or diverged);
+failed, interrupted and running runs are counted, not used. `--baseline "activation=relu"` names the baseline
+config by overrides (several: space- or comma-separated); each other config's difference from it is taken seed
+by seed over the seeds both ran, `*` where its 95% interval excludes 0. The PNGs are drawn by runner.report_plots.
 
 The two diagnostics plots need runs with trainer.diagnostics_every > 0. A multirun writes its report into its
 sweep dir when it ends (runner.callbacks.MultirunReport).
@@ -34,12 +48,22 @@ import yaml
 from runner.console import Console, error, format_cell
 from runner.errors import UserError
 from runner.outputs import read_jsonl
+from runner.report_plots import draw
+from runner.stats import (COUNTED_STATUSES, Interval, config_of, exclusion_note, find_baseline, group_indices,
+                          mean_interval, paired_difference, per_seed, seed_of, short_override, sort_seeds)
 
 CSV_COLUMNS = ("run_dir", "overrides", "status", "best_val_accuracy", "test_accuracy", "epochs", "wall_time_s",
                "diverged_at_step", "diverged_layer", "grad_norm_ratio", "reason")
 OPTIONAL_COLUMNS = ("diverged_at_step", "diverged_layer", "grad_norm_ratio", "reason")  # shown when any run has one
 REPORT_FILES = (".md", ".csv", ".png")  # what a report dir holds; a dir with anything else is the user's
-MAX_ACTIVATION_ROWS = 12  # runs drawn in activations.png; more would make each row unreadable
+GROUP_METRICS = ("best_val_accuracy", "test_accuracy", "train_loss", "val_loss")
+FINAL_EPOCH_METRICS = ("train_loss", "val_loss")  # from metrics.jsonl's last line; the others from summary.json
+ABLATION_METRICS = ("best_val_accuracy", "test_accuracy")
+GROUP_COLUMNS = ("config", "overrides", "n", "runs", "left_out", "seeds",
+                 *(f"{m}_{s}" for m in GROUP_METRICS for s in ("mean", "sd", "ci_low", "ci_high", "n")))
+ABLATION_COLUMNS = ("config", "overrides", "baseline", "seeds",
+                    *(f"{m}_{s}" for m in ABLATION_METRICS for s in ("diff", "sd", "ci_low", "ci_high", "n",
+                                                                      "excludes_zero")))
 
 
 @dataclass
@@ -57,6 +81,50 @@ class Run:
     def sort_key(self) -> float:
         value = self.summary.get("best_val_accuracy")
         return -value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+    @property
+    def seed(self) -> str | None:
+        return seed_of(self.overrides, self.summary)
+
+    def value(self, metric: str) -> float | None:
+        """A metric of summary.json, or (train_loss, val_loss) of the final epoch in metrics.jsonl."""
+        if metric in FINAL_EPOCH_METRICS:
+            value = self.metrics[-1].get(metric) if self.metrics else None
+        else:
+            value = self.summary.get(metric)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class Group:
+    """The runs of one config over seeds (runner.stats.group_indices); only finished runs are counted."""
+
+    config: tuple[str, ...]
+    runs: list[Run]
+    label: str = ""
+
+    @property
+    def counted(self) -> list[Run]:
+        return [run for run in self.runs if run.summary.get("status") in COUNTED_STATUSES]
+
+    def interval(self, metric: str) -> Interval | None:
+        return mean_interval(v for v in (run.value(metric) for run in self.counted) if v is not None)
+
+    def by_seed(self, metric: str) -> dict[str, float]:
+        return per_seed((run.seed, run.value(metric)) for run in self.counted)
+
+    @property
+    def sort_key(self) -> tuple:
+        best = self.interval("best_val_accuracy")
+        return (-best.mean if best else math.inf, self.label)
+
+
+@dataclass
+class Ablation:
+    """Each other group's difference from the baseline group, paired by seed, largest effect first."""
+
+    baseline: Group
+    rows: list[tuple[Group, dict[str, tuple[list[str], Interval | None]]]]
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -84,7 +152,7 @@ def label_runs(runs: list[Run]) -> list[str]:
     """Give each run the overrides it does not share with all the others; returns the shared ones."""
     common = [o for o in runs[0].overrides if all(o in r.overrides for r in runs)] if len(runs) > 1 else []
     for run in runs:
-        run.label = " ".join(_short(o) for o in run.overrides if o not in common) or "defaults"
+        run.label = " ".join(short_override(o) for o in run.overrides if o not in common) or "defaults"
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.label] = counts.get(run.label, 0) + 1
@@ -94,30 +162,34 @@ def label_runs(runs: list[Run]) -> list[str]:
     return common
 
 
-def _short(override: str) -> str:
-    """`+experiment/vanishing_gradients=elu_he` -> `vanishing_gradients=elu_he`: a variant by its own name."""
-    key, sep, value = override.lstrip("+~").partition("=")
-    return key.rsplit("/", 1)[-1] + sep + value
-
-
 def default_out(paths: Sequence[Path]) -> Path:
     first = Path(paths[0])
     return first / "report" if len(paths) == 1 else first.resolve().parent / "report"
 
 
 def write_report(paths: Sequence[Path], out: Path | None = None, plots: bool = True,
-                 console: Console | None = None) -> Path:
-    """Find the runs under `paths`, write their report into `out` (see the module doc); returns `out`."""
+                 console: Console | None = None, baseline: str | None = None) -> Path:
+    """Find the runs under `paths`, write their report into `out` (see the module doc); returns `out`.
+    `baseline` (overrides naming one group) adds the ablation; one that names no group or several is a
+    runner.stats.BaselineError, raised before anything is written."""
     run_dirs = sorted({d.resolve() for p in paths for d in find_run_dirs(Path(p))})
     runs = sorted((load_run(d) for d in run_dirs), key=lambda r: (r.sort_key, str(r.path)))
     common = label_runs(runs)
+    groups = make_groups(runs)
+    grouped = any(len(group.runs) > 1 for group in groups)
+    ablation = ablate(groups, baseline) if baseline is not None else None
     out = Path(out) if out is not None else default_out(paths)
     rows = [table_row(run, out) for run in runs]
 
     def build(tmp: Path) -> None:
         (tmp / "report.csv").write_text(to_csv(rows))
-        figures = draw(runs, common, tmp) if plots else []
-        (tmp / "report.md").write_text(to_markdown(runs, rows, common, figures))
+        if grouped:
+            (tmp / "report_groups.csv").write_text(_csv(GROUP_COLUMNS, [group_row(g) for g in groups]))
+        if ablation is not None:
+            (tmp / "report_ablation.csv").write_text(_csv(ABLATION_COLUMNS, ablation_rows(ablation)))
+        figures = draw(runs, groups, grouped, common, tmp) if plots else []
+        sections = (groups_markdown(groups) if grouped else []) + (ablation_markdown(ablation) if ablation else [])
+        (tmp / "report.md").write_text(to_markdown(runs, rows, common, figures, sections))
 
     replace_dir(out, build)
     if console is not None:
@@ -126,8 +198,149 @@ def write_report(paths: Sequence[Path], out: Path | None = None, plots: bool = T
         console.table(f"{_runs(len(runs))}, best validation accuracy first"
                       + (f"; all with {' '.join(common)}" if common else ""), columns,
                       [[run.label] + [row[c] for c in columns[1:]] for run, row in zip(runs, rows)])
+        if grouped:
+            console.table(*groups_table(groups, GROUP_METRICS[:2]))
+        if ablation is not None:
+            console.table(*ablation_table(ablation))
         console.info(f"report in {out}")
     return out
+
+
+# ---- over seeds ----
+
+def make_groups(runs: list[Run]) -> list[Group]:
+    """The runs' groups (runner.stats), labelled by the overrides that tell them apart, best first."""
+    configs = [config_of(run.overrides) for run in runs]
+    groups = [Group(configs[ix[0]], [runs[i] for i in ix]) for ix in group_indices(configs)]
+    common = [o for o in groups[0].config if all(o in g.config for g in groups)] if len(groups) > 1 else []
+    for group in groups:
+        group.label = " ".join(short_override(o) for o in group.config if o not in common) or "defaults"
+    return sorted(groups, key=lambda g: g.sort_key)
+
+
+def ablate(groups: list[Group], baseline: str) -> Ablation:
+    base = groups[find_baseline(baseline, [g.config for g in groups], [g.label for g in groups])]
+    rows = [(g, {m: paired_difference(g.by_seed(m), base.by_seed(m)) for m in ABLATION_METRICS})
+            for g in groups if g is not base]
+
+    def effect(row) -> tuple:
+        difference = row[1]["best_val_accuracy"][1]
+        return (-difference.mean if difference else math.inf, row[0].label)
+    return Ablation(base, sorted(rows, key=effect))
+
+
+def _count(group: Group) -> str:
+    """`5`, or `4 of 5 (1 failed)` when runs are left out of the statistics."""
+    note = exclusion_note([run.summary.get("status") for run in group.runs])
+    return f"{len(group.counted)} of {len(group.runs)} ({note})" if note else str(len(group.runs))
+
+
+def _seeds(group: Group) -> str:
+    return " ".join(sort_seeds({run.seed for run in group.counted if run.seed is not None}))
+
+
+def group_row(group: Group) -> dict:
+    row = {"config": group.label, "overrides": " ".join(group.config), "n": len(group.counted),
+           "runs": len(group.runs), "left_out": exclusion_note([r.summary.get("status") for r in group.runs]),
+           "seeds": _seeds(group)}
+    for metric in GROUP_METRICS:
+        row.update(_interval_fields(metric, "mean", group.interval(metric)))
+    return row
+
+
+def _interval_fields(metric: str, name: str, interval: Interval | None) -> dict:
+    values = (interval.mean, interval.sd, interval.low, interval.high, interval.n) if interval else (None,) * 5
+    return dict(zip((f"{metric}_{s}" for s in (name, "sd", "ci_low", "ci_high", "n")), values))
+
+
+def ablation_rows(ablation: Ablation) -> list[dict]:
+    rows = []
+    for group, differences in ablation.rows:
+        row = {"config": group.label, "overrides": " ".join(group.config), "baseline": ablation.baseline.label,
+               "seeds": " ".join(differences["best_val_accuracy"][0])}
+        for metric, (_, interval) in differences.items():
+            row.update(_interval_fields(metric, "diff", interval))
+            row[f"{metric}_excludes_zero"] = interval.excludes_zero if interval else None
+        rows.append(row)
+    return rows
+
+
+def _ci(interval: Interval | None, signed: bool = False, n: int | None = None) -> str:
+    """`[0.7711, 0.8756]`, with the interval's own n when it differs from the row's."""
+    if interval is None or interval.low is None:
+        return ""
+    fmt = (lambda v: f"{v:+.4g}") if signed else format_cell
+    own_n = f" (n={interval.n})" if n not in (None, interval.n) else ""
+    return f"[{fmt(interval.low)}, {fmt(interval.high)}]{own_n}"
+
+
+def groups_table(groups: list[Group], metrics: Sequence[str]) -> tuple[str, list[str], list[list]]:
+    """Title, columns and rows of the groups' table for the given metrics (with data)."""
+    shown = [m for m in metrics if any(g.interval(m) for g in groups)]
+    columns = ["config", "n"] + [c for m in shown for c in (_metric_name(m), "sd", "95% CI")]
+    rows = []
+    for group in groups:
+        row: list = [group.label, _count(group)]
+        for metric in shown:
+            interval = group.interval(metric)
+            row += [interval.mean, interval.sd, _ci(interval, n=len(group.counted))] if interval else ["", "", ""]
+        rows.append(row)
+    title = (f"{len(groups)} configs over seeds: mean, sample sd and 95% t-interval of the mean, "
+             "best validation accuracy first")
+    return title, columns, rows
+
+
+def _metric_name(metric: str) -> str:
+    return f"final {metric}" if metric in FINAL_EPOCH_METRICS else metric
+
+
+def ablation_table(ablation: Ablation) -> tuple[str, list[str], list[list]]:
+    columns = ["config", "seeds"] + [c for m in ABLATION_METRICS for c in (f"Δ {m}", "95% CI")]
+    rows = []
+    for group, differences in ablation.rows:
+        seeds, _ = differences["best_val_accuracy"]
+        row: list = [group.label, len(seeds)]
+        for metric in ABLATION_METRICS:
+            interval = differences[metric][1]
+            row += ([f"{interval.mean:+.4g}" + (" *" if interval.excludes_zero else ""),
+                     _ci(interval, signed=True, n=len(seeds))] if interval else ["", ""])
+        rows.append(row)
+    title = (f"difference from the baseline {ablation.baseline.label}, paired by seed: mean and 95% t-interval; "
+             "* where the interval excludes 0; largest effect first")
+    return title, columns, rows
+
+
+def groups_markdown(groups: list[Group]) -> list[str]:
+    _, columns, rows = groups_table(groups, GROUP_METRICS)
+    return ["## Over seeds", "",
+            f"{len(groups)} configs; runs whose overrides differ only in `trainer.seed` are one. Per metric: the "
+            "mean, the sample standard deviation (sd) and the 95% confidence interval of the mean "
+            "(mean ± t₀.₉₇₅,ₙ₋₁ · sd/√n); failed, interrupted and running runs are left out and counted "
+            "(`4 of 5 (1 failed)`). `report_groups.csv` has every number.", "",
+            *_markdown_table(columns, [[f"`{row[0]}`", *row[1:]] for row in rows]), ""]
+
+
+def ablation_markdown(ablation: Ablation) -> list[str]:
+    _, columns, rows = ablation_table(ablation)
+    return ["## Ablation", "",
+            f"Baseline: `{ablation.baseline.label}`. For each seed both configs ran, the config's value minus "
+            "the baseline's; Δ is the mean of those differences with its 95% t-interval, `*` where the interval "
+            "excludes 0 (the difference holds beyond seed-to-seed noise at that level). Largest Δ best "
+            "validation accuracy first; `report_ablation.csv` has every number.", "",
+            *_markdown_table(columns, [[f"`{row[0]}`", *row[1:]] for row in rows]), ""]
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows])
+
+
+def _csv(columns: Sequence[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if row[k] is None else row[k] for k in columns} for row in rows)
+    return buffer.getvalue()
 
 
 def table_row(run: Run, out: Path) -> dict:
@@ -141,24 +354,19 @@ def table_row(run: Run, out: Path) -> dict:
 
 
 def to_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS} for row in rows)
-    return buffer.getvalue()
+    return _csv(CSV_COLUMNS, rows)
 
 
-def to_markdown(runs: list[Run], rows: list[dict], common: list[str], figures: list[str]) -> str:
+def to_markdown(runs: list[Run], rows: list[dict], common: list[str], figures: list[str],
+                sections: Sequence[str] = ()) -> str:
     optional = [c for c in OPTIONAL_COLUMNS if any(r[c] is not None for r in rows)]
     columns = ["run", "status", "best_val_accuracy", "test_accuracy", "epochs", "wall_time_s", *optional]
     lines = ["# Report", "", f"{_runs(len(runs))}, sorted by best validation accuracy."]
     if common:
         lines.append(f"All runs: `{' '.join(common)}`.")
-    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for run, row in zip(runs, rows):
-        cells = [f"`{run.label}`"] + [_cell(row[c]) for c in columns[1:]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    lines += ["", *_markdown_table(columns, [[f"`{run.label}`"] + [row[c] for c in columns[1:]]
+                                             for run, row in zip(runs, rows)]), ""]
+    lines += sections
     lines += [f"![{name}]({name})\n" for name in figures]
     return "\n".join(lines) + "\n"
 
@@ -193,161 +401,17 @@ def replace_dir(out: Path, build: Callable[[Path], None]) -> None:
         raise
 
 
-# ---- plots ----
-
-def draw(runs: list[Run], common: list[str], out: Path) -> list[str]:
-    """Write the PNGs that the runs have data for; returns their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display, whatever the environment says
-    figures = []
-    if any(run.metrics for run in runs):
-        figures.append(plot_learning_curves(runs, common, out / "learning_curves.png"))
-    diagnosed = [run for run in runs if run.diagnostics]
-    if diagnosed:
-        figures.append(plot_grad_norms(diagnosed, common, out / "grad_norms.png"))
-        figures.append(plot_activations(diagnosed[:MAX_ACTIVATION_ROWS], out / "activations.png"))
-    return figures
-
-
-def _values(records: list[dict], key: str) -> list[float]:
-    return [math.nan if r.get(key) is None else float(r[key]) for r in records]
-
-
-def _log_if_decades(ax, values: list[float], axis: str = "y") -> None:
-    """Log scale when the positive finite values span more than a factor of 10."""
-    positive = [v for v in values if math.isfinite(v) and v > 0]
-    if positive and max(positive) / min(positive) > 10:
-        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-
-
-def _subtitle(common: list[str]) -> str:
-    return f"all runs: {' '.join(common)}" if common else ""
-
-
-def plot_learning_curves(runs: list[Run], common: list[str], path: Path) -> str:
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
-    panels = [("train_loss", "training loss", "cross-entropy (nats)"),
-              ("val_loss", "validation loss", "cross-entropy (nats)"),
-              ("val_accuracy", "validation accuracy", "accuracy (fraction correct)")]
-    for ax, (key, title, unit) in zip(axes, panels):
-        seen = []
-        for run in runs:
-            epochs, values = [r["epoch"] for r in run.metrics], _values(run.metrics, key)
-            seen += values
-            ax.plot(epochs, values, marker="o" if len(epochs) < 3 else None, markersize=3, label=run.label)
-        if key != "val_accuracy":
-            _log_if_decades(ax, seen)
-        ax.set(title=title, xlabel="epoch", ylabel=unit)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
-    _legend_below(fig, axes[0], len(runs))
-    fig.suptitle("Learning curves" + (f"\n{_subtitle(common)}" if common else ""))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path.name
-
-
-def _legend_below(fig, ax, count: int) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(count, 3), fontsize="small",
-               title="run (overrides)")
-
-
-def plot_grad_norms(runs: list[Run], common: list[str], path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    moments = [("first", lambda d: d[0]), ("middle", lambda d: d[len(d) // 2]), ("last", lambda d: d[-1])]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=True, constrained_layout=True)
-    names: list[str] = []
-    for ax, (moment, pick) in zip(axes, moments):
-        steps = set()
-        for run in runs:
-            record = pick(run.diagnostics)
-            steps.add(record["step"])
-            layers = record["layers"]
-            names = max(names, [layer["name"] for layer in layers], key=len)
-            line, = ax.plot(range(len(layers)), _values(layers, "grad_norm"), marker="o", markersize=3,
-                            label=run.label)
-            bad = [i for i, layer in enumerate(layers) if layer["grad_norm"] is None]
-            if bad:  # not finite (NaN or inf): a cross along the top of the panel
-                ax.plot(bad, [0.96] * len(bad), "x", color=line.get_color(), transform=ax.get_xaxis_transform())
-                ax.text(0.01, 0.99, "× not finite", transform=ax.transAxes, va="top", fontsize="small")
-        ax.set_yscale("log")
-        when = f"step {steps.pop()}" if len(steps) == 1 else "per run"
-        ax.set(title=f"{moment} diagnosed step ({when})", xlabel="layer (input → output)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("‖∂loss/∂kernel‖₂ (log scale)")
-    _layer_ticks(axes, names)
-    _legend_below(fig, axes[0], len(runs))
-    fig.suptitle("Gradient norm of each layer's weights" + (f"\n{_subtitle(common)}" if common else ""))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path.name
-
-
-def _layer_ticks(axes, names: list[str]) -> None:
-    every = max(1, math.ceil(len(names) / 12))
-    ticks = list(range(0, len(names), every))
-    if names and ticks[-1] != len(names) - 1:
-        ticks.append(len(names) - 1)
-    for ax in axes:
-        ax.set_xticks(ticks, [names[i] for i in ticks], rotation=45, ha="right", fontsize="small")
-
-
-def plot_activations(runs: list[Run], path: Path) -> str:
-    import matplotlib.pyplot as plt
-    from matplotlib import cm, colors
-    from matplotlib.ticker import MaxNLocator
-
-    panels = [("act_std", "activation std", "std of activations"),
-              ("saturated_fraction", "saturated", "fraction of outputs near an asymptote"),
-              ("dead_fraction", "dead units", "fraction of units ≤ 0 on the whole batch")]
-    fig, axes = plt.subplots(len(runs), 3, figsize=(15, 3.2 * len(runs) + 0.8), squeeze=False,
-                             constrained_layout=True)
-    hidden = max(len(run.diagnostics[0]["layers"]) - 1 for run in runs)  # the head has no activation
-    norm = colors.Normalize(vmin=0, vmax=max(hidden - 1, 1))
-    cmap = plt.get_cmap("viridis")
-    for row, run in zip(axes, runs):
-        steps = [d["step"] for d in run.diagnostics]
-        for ax, (key, title, unit) in zip(row, panels):
-            values_seen = []
-            for i in range(len(run.diagnostics[0]["layers"]) - 1):
-                values = [_values([d["layers"][i]], key)[0] for d in run.diagnostics]
-                values_seen += values
-                ax.plot(steps, values, color=cmap(norm(i)), linewidth=1.2)
-            if all(math.isnan(v) for v in values_seen):
-                ax.text(0.5, 0.5, "not defined for this activation", ha="center", va="center",
-                        transform=ax.transAxes, color="grey")
-                ax.set_xlim(min(steps), max(steps) + 1)
-            if key == "act_std":
-                _log_if_decades(ax, values_seen)
-            else:
-                ax.set_ylim(-0.03, 1.03)
-            ax.set(title=f"{run.label}: {title}", xlabel="training step", ylabel=unit)
-            ax.title.set_fontsize("small")
-            ax.grid(True, alpha=0.3)
-    bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.8,
-                       label="hidden layer (0 = next to the input)")
-    bar.locator = MaxNLocator(integer=True)
-    bar.update_ticks()
-    fig.suptitle("Activations of each hidden layer during training")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path.name
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run dirs or dirs above run dirs")
     parser.add_argument("--out", type=Path, help="where to write the report (default: see module doc)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
+    parser.add_argument("--baseline", metavar="OVERRIDES",
+                        help='add an ablation against the group with these overrides, e.g. "activation=relu" '
+                             '(several: space- or comma-separated)')
     args = parser.parse_args(argv)
     try:
-        write_report(args.paths, args.out, plots=not args.no_plots, console=Console())
+        write_report(args.paths, args.out, plots=not args.no_plots, console=Console(), baseline=args.baseline)
     except UserError as e:
         error(str(e))
         return 2

@@ -7,6 +7,7 @@ Loads the data, builds the run's pieces and stages, resumes if asked, hands the 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,10 +24,12 @@ from runner.console import Console
 from runner.data import Splits, load_splits
 from runner.diagnostics import layer_names, summarize
 from runner.errors import UserError
-from runner.handlers import (Checkpointer, DiagnosticsWriter, EarlyStopping, Interrupt, MetricsWriter, Plateau,
+from runner.handlers import (Checkpointer, DiagnosticsWriter, EarlyStopping, Interrupt, Plateau,
                              Progress, Validation, weights_of)
 from runner.interrupts import Interrupted, deferred_signals
+from runner.loggers import build_loggers, close_loggers
 from runner.loop import Loop, Outcome, enter_stage
+from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.stages import Stage, stage_optimizer
 from runner.train import TrainState, create_train_state, make_evaluate
@@ -82,6 +85,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     """
     start, tc = time.perf_counter(), cfg.trainer
     splits = load_data(cfg)
+    cfg, found = resolve_auto_learning_rate(cfg, splits, run_dir, console)  # optimizer.learning_rate=auto
+    tc = cfg.trainer
     steps_per_epoch = len(splits.x_train) // tc.batch_size
     parts = build_parts(cfg, splits.num_classes, steps_per_epoch)
     devices = [str(d) for d in jax.devices()]
@@ -100,21 +105,28 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
         state, state_stage, first_epoch, missing = resume(checkpoints, state, parts, stages, stopper, files,
                                                           console)
     val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size)
-    with deferred_signals() as interrupt, console.epochs(tc.epochs, start=first_epoch - 1) as show:
-        handlers = [Validation(lambda s: val(s, eval_key)),
-                    *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
-                    MetricsWriter(files.metrics), DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
-                    Progress(show), stopper, Interrupt(interrupt),
-                    Checkpointer(checkpoints, tc.checkpoint_every, stopper)]
-        loop = Loop(parts, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,
-                    files.diagnostics, on_compile=lambda s: val.compile(s, eval_key))
-        outcome = loop.run(state, state_stage, first_epoch)
-    summary = {"status": outcome.status, "epochs": outcome.epoch, "steps": int(outcome.state.step),
-               "best_val_accuracy": best_val_accuracy(files.metrics),
-               "train_examples_per_s": steps_per_epoch * tc.batch_size * outcome.timed_epochs / outcome.train_time
-               if outcome.train_time else None, "compile_time_s": outcome.compile_time, "devices": devices,
-               "seed": tc.seed, **({"missing_metric_epochs": missing} if missing else {})}
-    return finish(cfg, splits, outcome, stopper, summary, run_dir, console, eval_key, start, interrupt.signum)
+    checkpointer = Checkpointer(checkpoints, tc.checkpoint_every, stopper)
+    # Signals wait for a chunk's end from here until summary.json is written: what training made is kept.
+    with deferred_signals() as interrupt:
+        with console.training(tc.epochs, steps_per_epoch, first_epoch - 1) as view:
+            handlers = [Validation(lambda s: val(s, eval_key)),
+                        *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
+                        *build_loggers(cfg, run_dir, first_epoch, int(state.step)),  # metrics.jsonl and the chosen tools
+                        DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
+                        Progress(view.epoch), stopper, Interrupt(interrupt), checkpointer]
+            loop = Loop(parts, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,
+                        files.diagnostics, on_compile=lambda s: val.compile(s, eval_key),
+                        on_steps=lambda epoch, done, _, metrics: view.steps(epoch, done, metrics), interrupt=interrupt)
+            outcome = loop.run(state, state_stage, first_epoch)
+        if outcome.abandoned:  # stopped mid-epoch: the run continues from the end of the epoch before
+            checkpointer.save(outcome.epoch, outcome.stage, outcome.state)
+        summary = {"status": outcome.status, "epochs": outcome.epoch, "steps": int(outcome.state.step),
+                   "best_val_accuracy": best_val_accuracy(files.metrics),
+                   "train_examples_per_s": steps_per_epoch * tc.batch_size * outcome.timed_epochs / outcome.train_time
+                   if outcome.train_time else None, "compile_time_s": outcome.compile_time, "devices": devices,
+                   "seed": tc.seed, **found,
+                   **({"missing_metric_epochs": missing} if missing else {})}
+        return finish(cfg, splits, outcome, stopper, summary, run_dir, console, eval_key, start, interrupt)
 
 
 def build_stages(cfg: DictConfig, layers: Sequence[str]) -> list[Stage]:
@@ -138,15 +150,19 @@ class RunFiles:
 
 
 def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStopping, summary: dict,
-           run_dir: Path, console: Console, eval_key: jax.Array, start: float, signum: int | None) -> dict:
-    """Write summary.json for how the loop ended: test metrics, divergence, diagnostics; returns it."""
+           run_dir: Path, console: Console, eval_key: jax.Array, start: float, interrupt: threading.Event) -> dict:
+    """Write summary.json for how the loop ended: test metrics, divergence, diagnostics; returns it.
+
+    Raises Interrupted when a signal arrived (after writing the summary of what was trained)."""
     tc, state = cfg.trainer, outcome.state
     if outcome.status == "interrupted":
         summary.update(test_loss=None, test_accuracy=None, wall_time_s=time.perf_counter() - start)
         write_json(run_dir / "summary.json", summary)
-        console.warn(f"interrupted at epoch {outcome.epoch}: checkpoint saved; continue with "
-                     f"trainer.resume=true hydra.run.dir={run_dir}")
-        raise Interrupted(signum)
+        close_loggers(run_dir, summary)
+        where = (f"during epoch {outcome.epoch + 1} (its steps so far dropped): checkpoint of epoch {outcome.epoch}"
+                 if outcome.abandoned else f"at epoch {outcome.epoch}: checkpoint")
+        console.warn(f"interrupted {where} saved; continue with trainer.resume=true hydra.run.dir={run_dir}")
+        raise Interrupted(interrupt.signum)
     if outcome.divergence is not None:
         where = outcome.divergence["diverged_layer"]
         console.warn(f"diverged: non-finite {f'gradient of {where}' if where else 'loss'} at step "
@@ -160,6 +176,10 @@ def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStop
     summary.update(final_evaluation(cfg, splits, state, eval_key))
     summary["wall_time_s"] = time.perf_counter() - start
     write_json(run_dir / "summary.json", summary)
+    close_loggers(run_dir, summary)
+    if interrupt.is_set():  # after the last epoch's end: the run is whole, but the user asked to stop
+        console.warn(f"interrupted after training ended: the run is complete, summary.json written ({run_dir})")
+        raise Interrupted(interrupt.signum)
     return summary
 
 

@@ -7,7 +7,7 @@ close over an `Parts` and return functions of arrays only, which the caller jits
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,13 +94,29 @@ def make_train_step(parts: Parts) -> Callable:
     return train_step
 
 
-def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0,
-                     checked: bool = False, frozen: frozenset = frozenset()) -> Callable:
-    """`train_epoch(state, x, y, key) -> (state, metrics)`: one pass over shuffled batches, one program.
+class EpochCarry(NamedTuple):
+    """What an epoch carries from step to step (and from one chunk of steps to the next)."""
 
-    The data stay on device; each step gathers its batch by index. The last partial batch is dropped.
-    metrics: mean loss, accuracy, `first_nonfinite_step` (the first step whose loss was not finite, -1 if
-    none) and `params_finite` (whether every parameter is finite at the end).
+    state: TrainState
+    loss_sum: jax.Array
+    correct: jax.Array
+    first_bad: jax.Array  # the first step whose loss (or, checked, a kernel gradient) was not finite; -1 if none
+    bad_layer: jax.Array  # checked: the lowest non-finite layer at that step; -1 if none
+    buffer: Any  # per-layer diagnostics (None when diagnostics are off)
+
+
+def make_epoch_programs(parts: Parts, batch_size: int, diagnostics_every: int = 0, checked: bool = False,
+                        frozen: frozenset = frozenset()) -> tuple[Callable, Callable]:
+    """`begin(state, x, key) -> (carry, order)` and `train_steps(carry, x, y, order, start, stop) -> (carry, metrics)`.
+
+    An epoch is `begin` (the shuffled batch order and empty accumulators), then `train_steps` over steps
+    [start, stop) — once over the whole epoch or in chunks, to the same bits: the chunk program is one
+    compiled loop whose bounds are arguments, so any split runs the same executable step by step. The data
+    stay on device; each step gathers its batch by index. The last partial batch is dropped.
+
+    metrics (of the steps so far): mean loss, accuracy, `first_nonfinite_step` (the first step whose loss
+    was not finite, -1 if none) and `params_finite` (whether every parameter is finite at the epoch's end;
+    true before it).
 
     `checked` (for replaying an epoch that went non-finite): each step also checks every kernel gradient;
     `first_nonfinite_step` is the first step whose loss or a kernel gradient was not finite,
@@ -116,14 +132,31 @@ def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0,
     """
     step_with_trace = make_train_step_with_trace(parts, frozen)
 
-    def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+    def diagnoser(state: TrainState, x: jax.Array, y: jax.Array) -> Callable:
+        names = layer_names(state.params)
+        return _make_diagnoser(step_with_trace, make_layer_stats(parts.model.activation, names, frozen),
+                               diagnostics_every, x, y)
+
+    def begin(state: TrainState, x: jax.Array, key: jax.Array) -> tuple[EpochCarry, jax.Array]:
         steps = x.shape[0] // batch_size
         order = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
-        names = layer_names(state.params)
-        diagnose_next = (_make_diagnoser(step_with_trace, make_layer_stats(parts.model.activation, names, frozen),
-                                         diagnostics_every, x, y) if diagnostics_every else None)
+        buffer = (empty_buffer(capacity(steps, diagnostics_every), len(layer_names(state.params)))
+                  if diagnostics_every else None)
+        minus_one = jnp.asarray(-1, jnp.int32)
+        # A copy: the chunks update the carry in place (their caller donates it), and `state` must survive
+        # them (an epoch stopped mid-way or replayed starts again from it).
+        state = jax.tree_util.tree_map(jnp.copy, state)
+        return EpochCarry(state, jnp.zeros(()), jnp.zeros((), jnp.int32), minus_one, minus_one, buffer), order
 
-        def body(carry, i):
+    def train_steps(carry: EpochCarry, x: jax.Array, y: jax.Array, order: jax.Array, start: jax.Array,
+                    stop: jax.Array) -> tuple[EpochCarry, dict]:
+        steps = order.shape[0]
+        names = layer_names(carry.state.params)
+        diagnose_next = diagnoser(carry.state, x, y) if diagnostics_every else None
+        if diagnostics_every:  # the epoch's first step; every later one is diagnosed by the step before it
+            carry = carry._replace(buffer=diagnose_next(start == 0, carry.state, order[start], carry.buffer))
+
+        def body(i, carry: EpochCarry) -> EpochCarry:
             state, loss_sum, correct, first_bad, bad_layer, buffer = carry
             step, healthy = state.step, first_bad < 0
             new_state, m, trace = step_with_trace(state, x[order[i]], y[order[i]])
@@ -139,22 +172,35 @@ def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0,
             if diagnostics_every:
                 buffer = diagnose_next((first_bad < 0) & (i + 1 < steps), new_state,
                                        order[jnp.minimum(i + 1, steps - 1)], buffer)
-            return (new_state, loss_sum + m["loss"], correct + m["correct"], first_bad, bad_layer, buffer), None
+            return EpochCarry(new_state, loss_sum + m["loss"], correct + m["correct"], first_bad, bad_layer, buffer)
 
-        buffer = None
-        if diagnostics_every:
-            buffer = diagnose_next(True, state, order[0], empty_buffer(capacity(steps, diagnostics_every),
-                                                                        len(names)))
-        minus_one = jnp.asarray(-1, jnp.int32)
-        init = (state, jnp.zeros(()), jnp.zeros((), jnp.int32), minus_one, minus_one, buffer)
-        (state, loss_sum, correct, first_bad, bad_layer, buffer), _ = jax.lax.scan(body, init, jnp.arange(steps))
-        metrics = {"loss": loss_sum / steps, "accuracy": correct / (steps * batch_size),
-                   "first_nonfinite_step": first_bad, "params_finite": _all_finite(state.params)}
+        carry = jax.lax.fori_loop(start, stop, body, carry)
+        metrics = {"loss": carry.loss_sum / stop, "accuracy": carry.correct / (stop * batch_size),
+                   "first_nonfinite_step": carry.first_bad,
+                   # at the epoch's end only: a reduction over every parameter would cost each chunk a pass
+                   "params_finite": jax.lax.cond(stop == steps, _all_finite, lambda _: jnp.asarray(True),
+                                                 carry.state.params)}
         if checked:
-            metrics["nonfinite_layer"] = bad_layer
+            metrics["nonfinite_layer"] = carry.bad_layer
         if diagnostics_every:
-            metrics["diagnostics"] = buffer
-        return state, metrics
+            metrics["diagnostics"] = carry.buffer
+        return carry, metrics
+
+    return begin, train_steps
+
+
+def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0,
+                     checked: bool = False, frozen: frozenset = frozenset()) -> Callable:
+    """`train_epoch(state, x, y, key) -> (state, metrics)`: one pass over shuffled batches, one program.
+
+    The epoch of `make_epoch_programs` (see there for the metrics and options) run whole.
+    """
+    begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, checked, frozen)
+
+    def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+        carry, order = begin(state, x, key)
+        carry, metrics = train_steps(carry, x, y, order, 0, order.shape[0])
+        return carry.state, metrics
 
     return train_epoch
 

@@ -43,6 +43,8 @@ def _bad_values(spec: str) -> list[str]:
     """Override values outside a range: a word, null, infinity, and a number just outside a bound."""
     if spec.startswith("null or "):
         return [v for v in _bad_values(spec[len("null or "):]) if v != "null"]
+    if spec.startswith("auto or "):
+        return _bad_values(spec[len("auto or "):])  # none of them is the word auto
     if spec.startswith("each "):
         return ["[" + v + "]" for v in _bad_values(spec[len("each "):]) if v not in ("null",)]
     if spec in ("bool",):

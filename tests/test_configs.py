@@ -24,8 +24,8 @@ from runner.techniques.schedules import Schedule
 from tests.conftest import compose_config
 
 STEPS_PER_EPOCH = 10
-# Every config group; experiment/ holds presets, composed with `+experiment=` below.
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "experiment")
+# Every config group; experiment/ holds presets, composed with `+experiment=` below; hydra/ configures Hydra.
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))
 # Groups whose files need one value the user must supply (their YAML comments say so).
 REQUIRED = {("dataset", "tfds"): ("dataset.name=kmnist",), ("dataset", "npz"): ("dataset.path=/data/my.npz",)}
 

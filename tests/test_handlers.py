@@ -106,6 +106,9 @@ class FakeCheckpoints:
     def save(self, epoch, trees, meta):
         self.saved.append((epoch, sorted(trees), meta))
 
+    def has(self, epoch):
+        return any(saved[0] == epoch for saved in self.saved)
+
 
 @pytest.mark.parametrize("every, ends, saved", [
     (0, [end(1), end(2), end(3, last=True)], [3]),        # only at the end
@@ -129,3 +132,13 @@ def test_checkpointer_saves_when_the_run_stops_with_the_stage_and_best_weights()
     [(epoch, trees, meta)] = checkpoints.saved
     assert epoch == 2 and trees == ["best", "state"]
     assert meta == {"epoch": 2, "stage": 1, "best": -1.0, "best_epoch": 1}
+
+
+def test_checkpointer_saves_an_epoch_once():
+    """An interrupt mid-epoch saves the previous epoch's end, which a periodic checkpoint may have saved already."""
+    checkpoints = FakeCheckpoints()
+    handler = Checkpointer(checkpoints, 1, EarlyStopping(0, "val_loss"))
+    handler.on_epoch_end(end(1))
+    handler.save(1, 0, end(1).state)
+    handler.save(0, 0, end(1).state)
+    assert [epoch for epoch, _, _ in checkpoints.saved] == [1, 0]

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import jax
 
-from runner.bench.harness import (EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_evaluation,
+from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_evaluation,
                                   measure_first_step, measure_mistake_answer, own_peak_memory_mib)
 from runner.console import Console
 from runner.outputs import write_json
@@ -29,11 +29,11 @@ MLP20X100 = ("model.depth=20", "model.width=100", "activation=elu", "initializer
 
 CASES = [
     Case("mlp20x100_b32", MLP20X100, 32, per_step_loop=True),
-    Case("mlp20x100_b128", MLP20X100, 128),
+    Case("mlp20x100_b128", MLP20X100, 128, chunked=True),
     # The cost of per-layer diagnostics: compare this row's ratio with mlp20x100_b32's (same limit loop).
     Case("mlp20x100_b32_diagnostics100", MLP20X100 + ("trainer.diagnostics_every=100",), 32),
     Case("mlp5x300_bn_dropout", ("model.depth=5", "model.width=300"), 128),
-    Case("cnn", ("model=cnn",), 128, max_examples=1024),
+    Case("cnn", ("model=cnn",), 128, max_examples=1024, chunked=True),
 ]
 
 # Tiny sizes for tests: small nets (compiling is most of a smoke run), batches shrunk to fit the examples.
@@ -117,9 +117,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
 def show(console: Console, results: dict[str, Any]) -> None:
     """The throughput table, then the single measurements."""
     console.table("training throughput (examples/s, median epoch)",
-                  ["case", "batch", "runner", "limit", "runner/limit", "per-step loop"],
+                  ["case", "batch", "runner", "limit", "runner/limit", "per-step loop", f"{CHUNKS} chunks/whole"],
                   [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
-                    c["ratio"], c.get("per_step_examples_per_s")] for c in results["cases"]])
+                    c["ratio"], c.get("per_step_examples_per_s"), c.get("chunked_over_whole")]
+                   for c in results["cases"]])
     labels = {"time_to_answer_mistake_s": f"time to answer a mistake, python -m runner {' '.join(MISTAKE)} (s)",
               "time_to_first_step_s": "time to first step (s)", "compile_time_s": "compile time (s)",
               "time_to_first_step_cached_s": "time to first step, compilation cached (s)",

@@ -30,6 +30,8 @@ from omegaconf import DictConfig
 
 from runner.bench.reference import NUM_CLASSES, init_limit, limit_spec, make_limit_epoch, make_per_step_epoch
 from runner.build import build_parts
+from runner.loop import Pacer, StageProgram, train_in_chunks
+from runner.stages import Stage
 from runner.config import compose_config, validate
 from runner.train import create_train_state, make_evaluate, make_train_epoch
 
@@ -47,6 +49,7 @@ class Case:
     batch_size: int
     input_shape: tuple[int, ...] = IMAGE_SHAPE
     per_step_loop: bool = False  # also time a loop that dispatches one jitted step at a time
+    chunked: bool = False  # also time the runner's epoch as the run loop runs it, in CHUNKS chunks
     max_examples: int | None = None  # caps --examples for a case whose epochs are slow
 
 
@@ -77,6 +80,24 @@ class Loop:
         self.count += 1
         self.state, metrics = self.epoch(self.state, self.x, self.y, jax.random.fold_in(self.key, self.count))
         return jax.block_until_ready((self.state, metrics))[1]
+
+
+CHUNKS = 8  # chunks per bench epoch: a run's are ~0.5 s each, so this is many more per second than a run has
+
+
+class ChunkedLoop(Loop):
+    """The runner's epoch as `runner.loop` runs it: chunks of steps, a host read of the metrics after each."""
+
+    def __init__(self, program: StageProgram, state: Any, x: jax.Array, y: jax.Array, key: jax.Array):
+        super().__init__(None, state, x, y, key)
+        self.program, self.pacer = program, Pacer(seconds=None, first=max(1, program.steps // CHUNKS))
+
+    def __call__(self) -> Any:
+        self.count += 1
+        carry, metrics = train_in_chunks(self.program, self.state, self.x, self.y,
+                                         jax.random.fold_in(self.key, self.count), self.pacer, lambda *_: False)
+        self.state = carry.state
+        return metrics
 
 
 def time_alternately(loops: dict[str, Loop], epochs: int) -> dict[str, float]:
@@ -120,6 +141,10 @@ def measure_case(case: Case, examples: int, epochs: int) -> dict[str, Any]:
     limit_epoch, limit_compile_s = compiled(make_limit_epoch(spec, case.batch_size), state, x, y,
                                             jax.random.PRNGKey(1))
     loops = {"runner": runner, "limit": Loop(limit_epoch, state, x, y, jax.random.PRNGKey(1))}
+    if case.chunked:
+        program = StageProgram(build_parts(cfg, NUM_CLASSES, len(x) // case.batch_size), Stage("train", 1), case.batch_size,
+                               cfg.trainer.diagnostics_every, runner.state, x, y, runner.key)
+        loops["chunked"] = ChunkedLoop(program, runner.state, x, y, runner.key)
     if case.per_step_loop:
         loops["per_step"] = Loop(make_per_step_epoch(spec, state, x, y, case.batch_size), state, x, y,
                                  jax.random.PRNGKey(1))
@@ -132,6 +157,8 @@ def measure_case(case: Case, examples: int, epochs: int) -> dict[str, Any]:
            "runner_compile_s": runner_compile_s, "limit_compile_s": limit_compile_s}
     if "per_step" in speed:
         row["per_step_examples_per_s"] = speed["per_step"]
+    if "chunked" in speed:  # the cost of chunked epochs: the same program, CHUNKS calls and host reads an epoch
+        row.update(chunked_examples_per_s=speed["chunked"], chunked_over_whole=speed["chunked"] / speed["runner"])
     return row
 
 

@@ -91,8 +91,13 @@ class MnistNp(tfds.core.GeneratorBasedBuilder):
             citation=self.CITATION,
         )
 
+    @property
+    def download_urls(self) -> dict[str, str]:
+        """What preparing downloads (runner/data/catalogue.py checks the first is reachable before starting)."""
+        return {key: urllib.parse.urljoin(self.URL, name) for key, name in _MNIST_FILES.items()}
+
     def _split_generators(self, dl_manager):
-        paths = dl_manager.download({key: urllib.parse.urljoin(self.URL, name) for key, name in _MNIST_FILES.items()})
+        paths = dl_manager.download(self.download_urls)
         return {
             split: self._generate_examples(read_idx(paths[f"{split}_images"], 3), read_idx(paths[f"{split}_labels"], 1))
             for split in ("train", "test")
@@ -145,10 +150,12 @@ class Cifar10Np(tfds.core.GeneratorBasedBuilder):
             citation=cifar._CITATION,
         )
 
+    download_urls = {"archive": _CIFAR10.url}  # what preparing downloads
+
     def _split_generators(self, dl_manager):
         files = {"train": _CIFAR10.train_files, "test": _CIFAR10.test_files}
         members = _read_tar_members(
-            dl_manager.download(_CIFAR10.url), [_CIFAR10.prefix + name for names in files.values() for name in names]
+            dl_manager.download(self.download_urls["archive"]), [_CIFAR10.prefix + name for names in files.values() for name in names]
         )
         splits = {}
         for split, names in files.items():

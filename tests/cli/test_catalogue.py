@@ -8,6 +8,7 @@ sweep takes about half a minute on two cores.
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import yaml
@@ -38,3 +39,22 @@ def test_every_choice_of_the_group_trains_one_epoch_in_a_multirun(cli, group):
     ran = [yaml.safe_load((d / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"][group]
            for d in run_dirs]
     assert sorted(ran) == names  # one job per choice
+
+
+def test_a_catalogue_dataset_offline_fails_fast_in_one_line_and_writes_nothing(cli, tmp_path):
+    """The download blocked (every request goes to a proxy that refuses it): one line, exit 2, in seconds.
+
+    Without the reachability check tfds retries ten times with exponential backoff: 3 min 27 s of silence.
+    """
+    data_dir = tmp_path / "tfds_offline"
+    blocked = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    cli.env = {**cli.env, **blocked, "http_proxy": blocked["HTTP_PROXY"], "https_proxy": blocked["HTTPS_PROXY"]}
+    before = time.perf_counter()
+    result = cli("dataset=mnist", f"dataset.data_dir={data_dir}", "trainer.epochs=1", timeout=120)
+    seconds = time.perf_counter() - before
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: tfds dataset mnist_np is not prepared in") and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "dataset.data_dir" in result.stderr
+    assert not (cli.cwd / "outputs").exists() or cli.run_dirs() == []
+    # A behaviour, not a speed: the backoff alone would take over 200 s; starting Python and JAX takes a few.
+    assert seconds < 60, seconds

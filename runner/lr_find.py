@@ -1,0 +1,501 @@
+"""`python -m runner.lr_find [FLAGS] [OVERRIDES]`: the learning-rate range test (Smith 2017; fast.ai's lr_find).
+
+    python -m runner.lr_find                                   # the default config
+    python -m runner.lr_find --steps 300 optimizer=sgd model.depth=5
+    python -m runner.lr_find --min-lr 1e-5 --max-lr 1 --out my_dir dataset=mnist1d
+
+Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, section 3.3. The overrides are those
+of `python -m runner`, checked the same way before anything runs (a mistake is one line and exit code 2, and
+nothing is written). The run's own model, optimizer (its other hyperparameters), clipping, regularizers, data,
+batch size and seed are used; the sweep replaces the schedule (one_cycle's momentum cycle too: the optimizer's
+own momentum is used) and trains every layer (a stages=freeze_lower run's frozen stage is not replayed).
+
+Finder settings are flags, never config keys, so they cannot collide with a group: `--min-lr` (1e-7) and
+`--max-lr` (10) bound the sweep, `--steps` (250) is its length, `--beta` (0.98) the smoothing, `--divergence-factor`
+(4) the stop. `--out DIR` (default `outputs/lr_find/<date>_<time>`) must be new or empty: the finder never writes
+among other files, and on failure removes only what it created.
+
+The test. Step t (0-based) of `steps` trains one batch at lr_t = min_lr * (max_lr / min_lr)^(t / (steps - 1)), an
+exact geometric sequence from min_lr to max_lr; batches are drawn from shuffled epochs in the run's order (the
+same key and epoch numbering as the run's), cycling through as many epochs as `steps` needs. The loss of each step
+(the training loss of its batch, before its update) is recorded and smoothed by a bias-corrected exponential
+moving average, avg_t = beta avg_{t-1} + (1 - beta) loss_t, avg_{-1} = 0, smoothed_t = avg_t / (1 - beta^(t+1)).
+The test stops at the first step whose loss is not finite or whose smoothed loss exceeds `divergence_factor` times
+the lowest smoothed loss before it; that step is the last one recorded.
+
+One compiled program: the sweep is a `lax.scan` over the steps; the rates are a table on the device, given to the
+optimizer as its learning-rate schedule (`lr(count) = table[count]`), so the optimizer's own step count picks lr_t.
+That is the path every schedule of the runner takes (runner/optim.py), so lr_t enters each optimizer exactly where
+its rate does: Adam's final scale, AdamW's decay, FTRL's sigma and closed form. Scaling the updates by lr_t / lr0
+instead would be exact only where the rate is a last multiplier, not for FTRL; `inject_hyperparams` would be
+exact too, but needs the chain assembled outside runner/optim.py. After the stop, a `lax.cond` skips the remaining
+steps (their losses are NaN and are dropped); the host reads the losses once, at the end.
+
+The suggestion: the rate of the lowest smoothed loss, divided by 10 (fast.ai's `lr_min`), to 3 significant digits.
+The lowest point is the largest rate at which the loss still fell as far as it would; a run trains for many epochs
+at one rate, in sharper regions than the test's few hundred steps see, so a decade below it is the margin. The
+rate of a smoothed loss is that of its window, not of its last step: smoothed_t is a weighted mean of the losses
+of steps t - k with weights proportional to beta^k, so it describes the weighted geometric mean of their rates,
+which (log lr being linear in t) is exactly lr at step t - lag_t, lag_t = beta / (1 - beta) - (t + 1) beta^(t+1) /
+(1 - beta^(t+1)), the window's centre of mass (`smoothed_rates`). At beta = 0.98 that lag is 49 steps, 1.6 decades
+of a 250-step test from 1e-7 to 10: read at its own step's rate, the smoothed minimum sits where the raw loss has
+long since turned up, and on digits a tenth of it trained worse than the default rate (README, "Finding a learning
+rate"). The steepest descent of the smoothed loss, the other common rule, reads a derivative of a noisy curve:
+on digits, with seeds 1-5 it fell on the first steps, where bias correction leaves the most noise.
+
+Outputs: `lr_find.png` (the smoothed loss against the rate of its window, log x, the raw loss of each step faint
+against its own rate, the suggestion a labelled vertical line) and `lr_find.json` (lrs: each step's rate, losses,
+smoothed, smoothed_lrs: each smoothed value's rate, suggestion, lowest_loss_lr, stop_step, stop_reason, settings,
+overrides, seed). The suggestion is printed in one line.
+
+`python -m runner optimizer.learning_rate=auto` runs this test first with the default settings and the run's seed
+(`resolve_auto_learning_rate`) and trains at the suggestion (for schedule=one_cycle, the peak rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from runner.build import Parts, build_model, build_regularizer, instantiate
+from runner.checks import check_value, reserved_override
+from runner.console import Console, error
+from runner.errors import UserError, first_line
+from runner.optim import build_optimizer
+from runner.outputs import FILE_MODE, write_atomic, write_json
+from runner.resumed import override_key
+from runner.techniques.schedules import Schedule
+from runner.train import TrainState, create_train_state, make_train_step
+
+AUTO = "auto"
+PNG, JSON = "lr_find.png", "lr_find.json"
+SUGGESTION_RULE = "lowest smoothed loss / 10"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinderSettings:
+    """The range test's own settings (the flags of `python -m runner.lr_find`)."""
+
+    min_lr: float = 1e-7
+    max_lr: float = 10.0
+    steps: int = 250
+    beta: float = 0.98
+    divergence_factor: float = 4.0
+
+    def check(self) -> None:
+        """UserError naming the flag of the first setting out of range."""
+        check_value("--min-lr", self.min_lr, "> 0")
+        check_value("--max-lr", self.max_lr, "> 0")
+        if self.max_lr <= self.min_lr:
+            raise UserError(f"--max-lr: must be above --min-lr ({self.min_lr:g}), got {self.max_lr:g}")
+        check_value("--steps", self.steps, "int >= 2")
+        check_value("--beta", self.beta, "[0, 1)")
+        check_value("--divergence-factor", self.divergence_factor, "> 1")
+
+
+def lr_sequence(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
+    """The rate of each step: min_lr * (max_lr / min_lr)^(t / (steps - 1)), t = 0 .. steps - 1 (float64)."""
+    return min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
+
+
+def smoothed_rates(lrs: np.ndarray, beta: float) -> np.ndarray:
+    """The rate each smoothed loss describes: lrs[t - lag_t], the weighted geometric mean of its window's rates
+    (module doc), for a geometric `lrs`."""
+    t = np.arange(len(lrs))
+    lag = beta / (1 - beta) - (t + 1) * beta ** (t + 1) / (1 - beta ** (t + 1))
+    ratio = lrs[-1] / lrs[0] if len(lrs) > 1 else 1.0
+    return lrs * ratio ** (-lag / max(len(lrs) - 1, 1))
+
+
+class Track(NamedTuple):
+    """The smoothing and the stop rule, carried from step to step inside the compiled sweep."""
+
+    avg: jax.Array  # the moving average before bias correction
+    best: jax.Array  # the lowest smoothed loss so far (inf before the first step)
+    seen: jax.Array  # steps taken
+    stopped: jax.Array  # whether the test has stopped
+    stop_step: jax.Array  # the step that stopped it; -1 while running
+
+
+def start_track() -> Track:
+    return Track(jnp.zeros(()), jnp.full((), jnp.inf), jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+                 jnp.full((), -1, jnp.int32))
+
+
+def track_step(track: Track, loss: jax.Array, beta: float, divergence_factor: float) -> tuple[Track, jax.Array]:
+    """One step of the bias-corrected moving average and the stop rule: (track, smoothed loss; NaN once stopped)."""
+    seen = track.seen + 1
+    avg = beta * track.avg + (1.0 - beta) * loss
+    smoothed = avg / (1.0 - beta ** seen.astype(avg.dtype))
+    diverged = ~jnp.isfinite(loss) | (smoothed > divergence_factor * track.best)
+    new = Track(avg, jnp.minimum(track.best, smoothed), seen, diverged, jnp.where(diverged, track.seen, -1))
+    # Once stopped, nothing moves: later steps are skipped and their losses are not part of the test.
+    kept = jax.tree_util.tree_map(lambda old, now: jnp.where(track.stopped, old, now), track, new)
+    return kept, jnp.where(track.stopped, jnp.nan, smoothed)
+
+
+def track_losses(losses: jax.Array, beta: float, divergence_factor: float) -> tuple[jax.Array, jax.Array]:
+    """(smoothed losses, stop step or -1) of a loss sequence: the sweep's own rule, on given losses."""
+    def body(track, loss):
+        return track_step(track, loss, beta, divergence_factor)
+
+    track, smoothed = jax.lax.scan(body, start_track(), jnp.asarray(losses, jnp.float32))
+    return smoothed, track.stop_step
+
+
+def suggest(rates: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
+    """(suggestion, rate of the lowest smoothed loss): that rate / 10, to 3 significant digits (module doc).
+
+    `rates`: the rate each smoothed value describes (`smoothed_rates`)."""
+    smoothed = np.asarray(smoothed, np.float64)
+    if not np.isfinite(smoothed).any():
+        raise UserError("lr_find: the loss was not finite at the first step, so no rate can be judged; "
+                        "valid: a config whose first step trains (try python -m runner with it)")
+    lowest = float(rates[int(np.nanargmin(np.where(np.isfinite(smoothed), smoothed, np.nan)))])
+    return float(f"{lowest / 10:.3g}"), lowest
+
+
+def finder_parts(cfg: DictConfig, num_classes: int, lrs: np.ndarray) -> Parts:
+    """The run's model, regularizers and optimizer chain, its rate at step t being lrs[t] (the schedule is ours)."""
+    regularizer = build_regularizer(cfg)
+    table = jnp.asarray(lrs, jnp.float32)
+    schedule = Schedule(lambda count: table[count])
+    optimizer = build_optimizer(cfg.optimizer, schedule, instantiate(cfg.clip, "clip"), regularizer.transform)
+    return Parts(build_model(cfg, num_classes, regularizer), optimizer, regularizer, schedule)
+
+
+def make_sweep(parts: Parts, batch_size: int, steps: int, beta: float, divergence_factor: float) -> Callable:
+    """`sweep(state, x, y, key) -> (losses, smoothed, stop_step)`: the whole test as one program (jit it)."""
+    train_step = make_train_step(parts)
+
+    def sweep(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+        per_epoch = x.shape[0] // batch_size
+        epochs = -(-steps // per_epoch)
+        # Epoch e (1-based) is shuffled with fold_in(key, e), as the run's loop does (runner/loop.py).
+        orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), x.shape[0]))(
+            jnp.arange(1, epochs + 1))
+        batches = orders[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)[:steps]
+
+        def body(carry, batch):
+            state, track = carry
+
+            def train(state):
+                state, metrics = train_step(state, x[batch], y[batch])
+                return state, metrics["loss"].astype(jnp.float32)
+
+            state, loss = jax.lax.cond(track.stopped, lambda s: (s, jnp.full((), jnp.nan, jnp.float32)), train,
+                                       state)
+            track, smoothed = track_step(track, loss, beta, divergence_factor)
+            return (state, track), (loss, smoothed)
+
+        (_, track), (losses, smoothed) = jax.lax.scan(body, (state, start_track()), batches)
+        return losses, smoothed, track.stop_step
+
+    return sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeTest:
+    """A finished range test: every recorded step (up to and including the one that stopped it)."""
+
+    lrs: np.ndarray  # the rate of each step
+    losses: np.ndarray
+    smoothed: np.ndarray
+    smoothed_lrs: np.ndarray  # the rate each smoothed loss describes (`smoothed_rates`)
+    stop_step: int | None  # None: it ran every step
+    stop_reason: str | None  # "non-finite loss" or "diverged"
+    suggestion: float
+    lowest_loss_lr: float
+    settings: FinderSettings
+
+    def record(self, overrides: Sequence[str], seed: int) -> dict[str, Any]:
+        """What lr_find.json holds."""
+        return {"suggestion": self.suggestion, "rule": SUGGESTION_RULE, "lowest_loss_lr": self.lowest_loss_lr,
+                "stop_step": self.stop_step, "stop_reason": self.stop_reason,
+                "settings": dataclasses.asdict(self.settings), "overrides": list(overrides), "seed": seed,
+                "lrs": self.lrs.tolist(), "losses": self.losses.tolist(), "smoothed": self.smoothed.tolist(),
+                "smoothed_lrs": self.smoothed_lrs.tolist()}
+
+
+def run_range_test(cfg: DictConfig, splits: Any, settings: FinderSettings = FinderSettings()) -> RangeTest:
+    """The range test of this config on these splits (runner/data `Splits`), from the run's initial weights."""
+    settings.check()
+    lrs = lr_sequence(settings.min_lr, settings.max_lr, settings.steps)
+    parts = finder_parts(cfg, splits.num_classes, lrs)
+    batch_size = cfg.trainer.batch_size
+    # The run's keys (runner/run.py): the test starts from the run's initial weights and sees its first batches.
+    init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3)
+    x, y = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
+    state = create_train_state(init_key, parts, x[:batch_size])
+    sweep = jax.jit(make_sweep(parts, batch_size, settings.steps, settings.beta, settings.divergence_factor))
+    losses, smoothed, stop_step = jax.device_get(sweep(state, x, y, data_key))
+    stop = int(stop_step)
+    kept = settings.steps if stop < 0 else stop + 1
+    losses, smoothed = np.asarray(losses[:kept], np.float64), np.asarray(smoothed[:kept], np.float64)
+    reason = None if stop < 0 else "non-finite loss" if not math.isfinite(losses[stop]) else "diverged"
+    # The stopping step itself is shown, not judged: its smoothed loss is past the divergence line or not finite.
+    judged = kept if stop < 0 else stop
+    rates = smoothed_rates(lrs, settings.beta)[:kept]
+    suggestion, lowest = suggest(rates[:judged], smoothed[:judged])
+    return RangeTest(lrs[:kept], losses, smoothed, rates, None if stop < 0 else stop, reason, suggestion, lowest,
+                     settings)
+
+
+def describe_result(test: RangeTest) -> str:
+    """The one line that reports a test."""
+    ended = (f"stopped at step {test.stop_step} (lr {test.lrs[test.stop_step]:.3g}, {test.stop_reason})"
+             if test.stop_step is not None else f"no divergence up to --max-lr {test.settings.max_lr:g}")
+    return (f"suggested learning rate {test.suggestion:g} (lowest smoothed loss at lr {test.lowest_loss_lr:.3g}, "
+            f"divided by 10; {ended})")
+
+
+# ---- files ----
+
+def write_results(test: RangeTest, out: Path, overrides: Sequence[str], seed: int) -> None:
+    """lr_find.json and lr_find.png in `out` (an existing dir), each written whole or not at all."""
+    write_json(out / JSON, test.record(overrides, seed))
+    plot(test, out / PNG, " ".join(overrides) or "default config")
+
+
+def plot(test: RangeTest, path: Path, subtitle: str) -> None:
+    """Smoothed loss against the rate (log x), the raw loss faint, the suggestion a labelled vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, whatever the environment says
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.4), constrained_layout=True)
+    ax.plot(test.lrs, test.losses, color="C0", alpha=0.25, linewidth=0.8, label="loss of each step")
+    ax.plot(test.smoothed_lrs, test.smoothed, color="C0", linewidth=2,
+            label=f"smoothed (bias-corrected EMA, beta={test.settings.beta:g}), at its window's rate")
+    lowest = int(np.nanargmin(np.where(np.isfinite(test.smoothed), test.smoothed, np.nan)))
+    ax.plot(test.smoothed_lrs[lowest], test.smoothed[lowest], "o", color="C0",
+            label=f"lowest smoothed loss, lr {test.lowest_loss_lr:.3g}")
+    ax.axvline(test.suggestion, color="C3", linestyle="--", linewidth=1.5,
+               label=f"suggestion {test.suggestion:g} ({SUGGESTION_RULE})")
+    ax.text(test.suggestion, 0.97, f" suggestion {test.suggestion:g}", transform=ax.get_xaxis_transform(),
+            color="C3", rotation=90, va="top", ha="right")
+    shown = np.concatenate([test.losses, test.smoothed])
+    shown = shown[np.isfinite(shown)]
+    top = np.nanmax(np.where(np.isfinite(test.smoothed), test.smoothed, np.nan))
+    if shown.size and math.isfinite(top):  # the raw blow-up at the end would otherwise flatten the curve
+        ax.set_ylim(max(0.0, shown.min() - 0.05 * (top - shown.min())), top * 1.05)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss (cross-entropy, nats)",
+           title=f"Learning-rate range test\n{subtitle}")
+    ax.title.set_fontsize("medium")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")  # below: the curves fill the axes
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+# ---- optimizer.learning_rate=auto ----
+
+def resolve_auto_learning_rate(cfg: DictConfig, splits: Any, run_dir: Path,
+                               console: Console) -> tuple[DictConfig, dict[str, Any]]:
+    """(config to train with, summary entries): with optimizer.learning_rate=auto, the range test's suggestion.
+
+    Runs the test with the default settings and the run's seed, writes lr_find.png and lr_find.json into the run
+    dir, and records the rate in the run's saved config (`record_found_rate`). Any other config comes back as it
+    is, with no summary entries.
+    """
+    if not _is_auto(cfg.optimizer.get("learning_rate")):
+        return cfg, {}
+    earlier = run_dir / JSON
+    if cfg.trainer.resume and earlier.exists():  # a resumed multirun job recomposes `auto`: its checkpoint
+        found = json.loads(earlier.read_text())["suggestion"]  # was trained at the rate found then
+        console.info(f"optimizer.learning_rate=auto: {found:g}, found when this run started ({earlier})")
+    else:
+        test = run_range_test(cfg, splits)
+        write_results(test, run_dir, _hydra_task_overrides(), cfg.trainer.seed)
+        found = test.suggestion
+        console.info(f"optimizer.learning_rate=auto: {describe_result(test)}; {PNG} in {run_dir}")
+    record_found_rate(run_dir, found)
+    return with_learning_rate(cfg, found), {"learning_rate_found": found}
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == AUTO
+
+
+def with_learning_rate(cfg: DictConfig, value: float) -> DictConfig:
+    """A copy of the config with optimizer.learning_rate set (the original, Hydra's, is left as it is)."""
+    cfg = copy.deepcopy(cfg)
+    with read_write(cfg), open_dict(cfg):
+        cfg.optimizer.learning_rate = value
+    return cfg
+
+
+def record_found_rate(run_dir: Path, value: float) -> None:
+    """Put the found rate where `auto` stood in the run dir's .hydra/config.yaml and overrides.yaml.
+
+    Hydra wrote both before the job ran. With the number in both, the run dir records the run as it trained,
+    and `trainer.resume=true` recomposes exactly that config (runner/resumed.py compares the two), so a resumed
+    run continues at the found rate instead of running the test again.
+    """
+    saved = _saved_config_dir(run_dir)
+    if saved is None or not (saved / "config.yaml").exists():
+        return
+    config = OmegaConf.load(saved / "config.yaml")
+    config.optimizer.learning_rate = value
+    write_atomic(saved / "config.yaml", OmegaConf.to_yaml(config))
+    overrides_file = saved / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
+    kept = [o for o in overrides if override_key(o) != "optimizer.learning_rate"]
+    write_atomic(overrides_file, OmegaConf.to_yaml(OmegaConf.create(kept + [f"optimizer.learning_rate={value}"])))
+
+
+def _saved_config_dir(run_dir: Path) -> Path | None:
+    """Where Hydra saved this job's config (hydra.output_subdir, `.hydra` unless set; None if not saved)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return run_dir / ".hydra"
+    subdir = HydraConfig.get().output_subdir
+    return None if subdir is None else run_dir / subdir
+
+
+def _hydra_task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# ---- the command line ----
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every other mistake (argparse prints usage too)
+        raise UserError(message)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    defaults = FinderSettings()
+    parser = _Parser(prog="python -m runner.lr_find", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                        help="config overrides, as for python -m runner (group=choice, group.key=value)")
+    parser.add_argument("--min-lr", type=float, default=defaults.min_lr, help="first rate (default %(default)g)")
+    parser.add_argument("--max-lr", type=float, default=defaults.max_lr, help="last rate (default %(default)g)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="steps of the test (default %(default)s)")
+    parser.add_argument("--beta", type=float, default=defaults.beta,
+                        help="smoothing of the moving average, in [0, 1) (default %(default)g)")
+    parser.add_argument("--divergence-factor", type=float, default=defaults.divergence_factor,
+                        help="stop when the smoothed loss exceeds this times its lowest (default %(default)g)")
+    parser.add_argument("--out", type=Path, help="a new or empty dir for the results "
+                        "(default outputs/lr_find/<date>_<time>)")
+    return parser.parse_intermixed_args(argv)
+
+
+def checked_config(overrides: Sequence[str]) -> DictConfig:
+    """The config `python -m runner` would run with these overrides, after the same checks (one line each)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from runner.config import validate
+    from runner.preflight import Composer
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise UserError(f"cannot parse overrides: {first_line(e)}") from None
+    for override in parsed:
+        key = override.get_key_element()
+        if reserved := reserved_override(key):
+            raise UserError(f"{override_key(key)}: {reserved} cannot be set on the command line; "
+                            "choices come from conf files: valid: group=choice (python -m runner --help)")
+        if override.is_hydra_override():
+            raise UserError(f"{override.input_line}: lr_find does not start Hydra; valid: config overrides, "
+                            "and --out DIR for where the results go")
+        if override.is_sweep_override():
+            raise UserError(f"{override.input_line}: lr_find tests one config, not a sweep; "
+                            "valid: one value per key (run it once per config)")
+    composer = Composer("config")
+    cfg = composer(list(overrides))
+    validate(cfg, composer.top_level)
+    if cfg.dataset.check is not None:
+        from runner.data import check_dataset
+
+        check_dataset(cfg.dataset)
+    return cfg
+
+
+def check_out_dir(out: Path) -> None:
+    """UserError unless `out` is new or an empty dir that can be made or written."""
+    from runner.rundir import RunDirClaim
+
+    RunDirClaim(out, "--out")  # a file, or a parent that cannot be written, is refused here
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out: {out} already holds files; valid: a new or empty directory "
+                        "(the finder never writes among other files)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Check, run the test, write its files; 0, or 2 after one line for a mistake."""
+    console = Console()
+    try:
+        args = parse_args(argv)
+        settings = FinderSettings(args.min_lr, args.max_lr, args.steps, args.beta, args.divergence_factor)
+        settings.check()
+        cfg = checked_config(args.overrides)
+        out = args.out if args.out is not None else \
+            Path("outputs/lr_find") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        check_out_dir(out)
+        from runner.__main__ import use_compilation_cache
+        from runner.run import load_data  # run.py imports this module (the auto hook): imported here, not above
+
+        use_compilation_cache()
+        splits = load_data(cfg)
+        console.info(f"lr_find: {settings.steps} steps, lr {settings.min_lr:g} to {settings.max_lr:g}, on "
+                     f"{splits.name} ({len(splits.x_train)} training examples, batch {cfg.trainer.batch_size})")
+        test = run_range_test(cfg, splits, settings)
+        write_new_dir(out, lambda d: write_results(test, d, args.overrides, cfg.trainer.seed))
+    except UserError as e:
+        error(str(e))
+        return 2
+    except KeyboardInterrupt:
+        error("interrupted; nothing was written")
+        return 130
+    console.info(f"{describe_result(test)}; {PNG} and {JSON} in {out}")
+    return 0
+
+
+def write_new_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """Create or claim `out` (new or empty), run `write` into it; on any failure take back what was added."""
+    from runner.rundir import RunDirClaim
+
+    check_out_dir(out)
+    claim = RunDirClaim(out, "--out")
+    claim.lock()
+    try:
+        write(claim.path)
+    except BaseException:
+        claim.undo()
+        raise
+    claim.release()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The host loop: an epoch run in chunks is the epoch run whole, bit for bit; a signal mid-epoch drops only
+that epoch's steps, and continuing from there is the uninterrupted run."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from runner.build import build_parts
+from runner.loop import Loop, Pacer
+from runner.stages import Stage, stage_optimizer
+from runner.train import create_train_state, make_train_epoch
+from tests.conftest import compose_config
+
+N, BATCH = 112, 16  # 7 steps an epoch
+
+
+class Recorder:
+    """A handler that keeps each epoch's record (without its time) and state."""
+
+    def __init__(self):
+        self.records, self.states = [], []
+
+    def on_epoch_end(self, end):
+        self.records.append({k: v for k, v in end.record.items() if k != "epoch_time_s"})
+        self.states.append(end.state)
+
+
+class FixedPacer(Pacer):
+    """Chunks of the given sizes in turn (the last one repeated)."""
+
+    def __init__(self, *sizes):
+        super().__init__()
+        self.sizes, self.calls = sizes, 0
+
+    def size(self, remaining):
+        size = self.sizes[min(self.calls, len(self.sizes) - 1)]
+        self.calls += 1
+        return max(1, min(remaining, size))
+
+
+def _loop(pacer, *overrides, epochs=3, interrupt=None, on_steps=None, diagnostics_every=0):
+    cfg = compose_config(f"trainer.batch_size={BATCH}", "model.depth=2", "model.width=16", *overrides)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(N, 8, 8, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, N).astype(np.int32))
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=N // BATCH)
+    stages = [Stage("train", epochs)]
+    state = create_train_state(jax.random.PRNGKey(0), parts, x[:BATCH], tx=stage_optimizer(parts.optimizer, stages[0]))
+    recorder = Recorder()
+    loop = Loop(parts, stages, BATCH, diagnostics_every, x, y, jax.random.PRNGKey(1), [recorder], None,
+                on_steps=on_steps, interrupt=interrupt, pacer=pacer)
+    return loop, state, recorder
+
+
+def _assert_same_trees(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("overrides, diagnostics_every", [((), 0), (("regularizer=[dropout,l2]",), 2)])
+def test_chunked_epochs_are_bit_identical_to_whole_epochs(overrides, diagnostics_every):
+    whole_loop, state, whole = _loop(FixedPacer(10**6), *overrides, diagnostics_every=diagnostics_every)
+    whole_loop.run(state, 0, 1)
+    chunked_loop, state, chunked = _loop(FixedPacer(1, 3, 2), *overrides, diagnostics_every=diagnostics_every)
+    chunked_loop.run(state, 0, 1)
+    assert chunked.records == whole.records
+    for a, b in zip(chunked.states, whole.states, strict=True):
+        _assert_same_trees(a.params, b.params)
+        _assert_same_trees(a.opt_state, b.opt_state)
+    # ... and to the epoch compiled as one program (what the benchmark times).
+    epoch = jax.jit(make_train_epoch(whole_loop.parts, BATCH, diagnostics_every))
+    one, _ = epoch(state, whole_loop.x, whole_loop.y, jax.random.fold_in(whole_loop.data_key, 1))
+    _assert_same_trees(one.params, whole.states[0].params)
+
+
+def test_a_signal_mid_epoch_drops_that_epochs_steps_and_continuing_equals_the_uninterrupted_run():
+    reference_loop, state, reference = _loop(FixedPacer(2))
+    reference_loop.run(state, 0, 1)
+
+    interrupt, signals = threading.Event(), []
+
+    def signal_in_epoch_2(epoch, done, steps, metrics):
+        if epoch == 2 and done == 2 and not signals:
+            signals.append(epoch)
+            interrupt.set()
+
+    loop, state, recorder = _loop(FixedPacer(2), interrupt=interrupt, on_steps=signal_in_epoch_2)
+    outcome = loop.run(state, 0, 1)
+    assert (outcome.status, outcome.epoch, outcome.abandoned) == ("interrupted", 1, True)
+    assert len(recorder.records) == 1
+    _assert_same_trees(outcome.state.params, reference.states[0].params)  # the end of epoch 1, not mid-2
+    assert int(outcome.state.step) == N // BATCH
+
+    interrupt.clear()
+    loop.run(outcome.state, outcome.stage, outcome.epoch + 1)
+    assert recorder.records == reference.records
+    _assert_same_trees(recorder.states[-1].params, reference.states[-1].params)
+
+
+def test_a_signal_in_the_last_chunk_finishes_the_epoch():
+    interrupt = threading.Event()
+    loop, state, recorder = _loop(FixedPacer(7), interrupt=interrupt,
+                                  on_steps=lambda epoch, done, steps, metrics: interrupt.set())
+    outcome = loop.run(state, 0, 1)
+    # Nothing of epoch 1 is dropped; ending the run after it is the Interrupt handler's job (runner/handlers.py).
+    assert (outcome.epoch, outcome.abandoned, len(recorder.records)) == (3, False, 3)
+
+
+def test_the_pacer_sizes_chunks_to_its_time_budget():
+    pacer = Pacer(seconds=0.5, first=16)
+    assert pacer.size(1000) == 16 and pacer.size(5) == 5
+    pacer.observe(16, 0.16)  # 10 ms a step
+    assert pacer.size(1000) == 50 and pacer.size(20) == 20
+    pacer.observe(50, 5.0)  # 100 ms a step: one step is the least
+    assert pacer.size(1000) == 5
+    pacer.observe(1, 10.0)
+    assert pacer.size(1000) == 1
