@@ -4,7 +4,9 @@ Before Hydra creates anything, every job's config (each combination of a `-m` sw
 checked without importing jax, and the output dir is claimed (runner/rundir.py); a user error prints one
 line on stderr and exits with code 2. Inside Hydra, a job that fails ends as status `failed` with its reason
 in summary.json and the sweep goes on; a single run that fails on the user's mistake takes back what it
-wrote and exits 2.
+wrote and exits 2. A sweep job first looks at what its dir holds from an earlier launch of the same sweep
+(runner/relaunch.py): a job that ended for good is skipped, an interrupted one continues, a failed one
+runs again.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from runner import relaunch
 from runner.config import CONF_DIR, register_schemas, validate
 from runner.console import Console, error
 from runner.errors import UserError, first_line
 from runner.interrupts import Interrupted
 from runner.outputs import write_json
 from runner.preflight import Invocation, preflight
+from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver
 
 register_schemas()
+register_job_dir_resolver()  # hydra.sweep.subdir: a job's dir is named by its overrides
 _invocation = Invocation([])  # what cli() checked and claimed; main() takes back a failed run's files
 
 
@@ -36,14 +41,43 @@ def main(cfg: DictConfig) -> float | None:
     """Train one job; the return value (best validation accuracy, None if the job failed) is what
     Hydra sweepers optimize: Optuna records a trial that returns None as failed."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     console = Console()
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return train_job(cfg, run_dir, console, multirun=False)
+    claim = RunDirClaim(run_dir, "hydra.sweep.subdir")
+    claim.lock(wait=True)  # two jobs of a sweep with the same overrides share a dir: one after the other
+    try:
+        return sweep_job(cfg, run_dir, console)
+    finally:
+        claim.release()
+
+
+def sweep_job(cfg: DictConfig, run_dir: Path, console: Console) -> float | None:
+    """One job of a sweep, after what its dir holds from an earlier launch (runner/relaunch.py): skip a job
+    that ended for good, continue one from its checkpoint, run any other afresh."""
+    plan = relaunch.plan(run_dir, cfg.trainer.epochs)
+    if plan.line:
+        console.info(plan.line)
+    if plan.action == "skip":
+        return plan.best_val_accuracy
+    if plan.action == "fresh":
+        clear_run_outputs(run_dir)  # a failed attempt's files would be appended to; the user's stay
+    cfg.trainer.resume = plan.action == "resume"
+    return train_job(cfg, run_dir, console, multirun=True)
+
+
+def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) -> float | None:
+    """Train and evaluate; a failure ends the job as `failed` (a sweep goes on) or, in a single run that
+    failed on the user's mistake, takes back what it wrote and exits 2."""
     try:
         validate(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
         from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
 
         use_compilation_cache()
         summary = train_and_evaluate(cfg, run_dir, console)
+    except relaunch.NothingToTrain as e:  # resumed from the checkpoint of a run that had ended
+        console.info(str(e))
+        return relaunch.best_val_accuracy(run_dir)
     except UserError as e:
         if not multirun:
             if _invocation.claim is not None:
@@ -110,6 +144,9 @@ def cli() -> None:
     global _invocation
     try:
         _invocation = preflight(sys.argv[1:])
+        if _invocation.finished is not None:  # trainer.resume=true on a run that ended for good: nothing to do
+            Console().info(_invocation.finished)
+            return
         if _invocation.claim is not None:
             _invocation.claim.lock()
     except UserError as e:

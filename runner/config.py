@@ -44,6 +44,10 @@ class DatasetConfig:
     val_fraction: float = _field(0.1, "[0, 1)")
     data_dir: str | None = _field(None, on_resume="free")  # tfds data dir; null means tfds's default (~/tensorflow_datasets)
     train_subset: int | None = _field(None, "null or int >= 1")  # keep only this many training examples
+    # only this many training examples keep their labels; the rest are inputs for pretraining (splits.x_unlabeled)
+    labeled_examples: int | None = _field(None, "null or int >= 1")
+    classes: Any = _field(None, "null or each int >= 0")  # keep these classes, relabelled 0..n-1 (task B of one dataset)
+    resize: Any = _field(None, "null or each int >= 1")  # [H, W]: images resized once, at load
     source: Any = MISSING  # `_target_`: the callable that reads the data, given data_dir (runner/data/load.py)
     check: Any = None  # `_target_`: an optional callable that preflight runs, raising where `source` would
 
@@ -73,6 +77,22 @@ class TrainerConfig:
     keep_checkpoints: int = _field(2, "int >= 1", on_resume="free")
     resume: bool = _field(False, on_resume="free")  # continue from the newest checkpoint in the run dir (hydra.run.dir=...)
     sparsify_threshold: float = _field(0.0, ">= 0")  # after training, connection weights with |w| below it become 0
+    # Data parallel over this many local devices per process (runner/distributed.py); auto: all of them. Free on
+    # resume: a resumed run may land on another allocation; the numbers then differ by float summation order only.
+    devices: Any = _field("auto", "auto or int >= 1", on_resume="free")
+
+
+@dataclasses.dataclass
+class TransferConfig:
+    """Reuse the lower layers of another net (runner/transfer.py): a run dir of this runner, or a .safetensors file."""
+
+    source: str | None = None  # a run dir (its .hydra/config.yaml and model.safetensors) or a .safetensors file
+    reuse_layers: int | None = _field(None, "null or int >= 1")  # the lowest K hidden layers; null: all the source has
+    layout: str = _field("flax", "one of flax, torch, keras")  # how a .safetensors file from elsewhere stores weights
+    freeze: bool = True  # reused layers in inference mode, their parameters held (after the whole optax chain)
+    unfreeze_after: int | None = _field(None, "null or int >= 1")  # epochs frozen, then a stage that trains them too
+    reused_lr_scale: float = _field(0.1, "(0, 1]")  # the reused layers' learning rate, as a share, once unfrozen
+    cache: bool = False  # frozen layers' outputs computed once per example; the upper layers train on them
 
 
 def compose_config(*overrides: str, config_name: str = "config", hydra: bool = False) -> DictConfig:
@@ -92,10 +112,11 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(name="dataset_schema", node=DatasetConfig)
     store.store(name="trainer_schema", node=TrainerConfig)
+    store.store(name="transfer_schema", node=TransferConfig)
 
 
 def validate(cfg: DictConfig, top_level: TopLevel | None = None) -> None:
     """Check the composed config: every range, then the schemas' cross-field rules. Raises UserError."""
     check_config(cfg, top_level)
-    for group in ("dataset", "trainer"):
+    for group in ("dataset", "trainer", "transfer"):
         OmegaConf.to_object(cfg[group])  # runs the schema's __post_init__ checks

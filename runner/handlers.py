@@ -122,8 +122,16 @@ class EarlyStopping:
         if value is not None and np.isfinite(value) and self.sign * value > self.best:
             self.best, self.best_epoch = self.sign * value, end.epoch
             self.best_weights = weights_of(end.state) if self.patience > 0 else None
-        if self.patience > 0 and end.epoch - self.best_epoch >= self.patience:
+        if self.stopped(end.epoch):
             end.stop = end.stop or "early_stopped"
+
+    def stopped(self, epoch: int) -> bool:
+        """Whether the run ends at `epoch`'s end: `patience` epochs have passed without improvement.
+
+        The decision is taken at an epoch's end, after the epoch trained; a resumed run asks it of its
+        checkpoint's epoch before training, or it would train one epoch more than the run it continues.
+        """
+        return self.patience > 0 and epoch - self.best_epoch >= self.patience
 
     def meta(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

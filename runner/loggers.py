@@ -18,8 +18,10 @@ when chosen.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import importlib
 import io
 import json
@@ -27,7 +29,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import flax
 import numpy as np
@@ -247,7 +249,8 @@ class MlflowLogger:
     """An MLflow run through MLflow's client: params, per-epoch metrics (step = epoch), artifacts, status.
 
     The default store is SQLite (MLflow 3 refuses its old file store unless told to allow it); its file's dir is
-    made, and artifacts go to mlruns/ beside it. A resumed run continues the MLflow run tagged with its run dir.
+    made, artifacts go to mlruns/ beside it, and <store>.lock lets one job at a time of a parallel sweep open it.
+    A resumed run continues the MLflow run tagged with its run dir.
     """
 
     def __init__(self, run: RunStart, tracking_uri: str, experiment: str, artifact_location: str | None = None,
@@ -266,8 +269,9 @@ class MlflowLogger:
         if artifact_location is not None and "://" not in artifact_location:
             artifact_location = Path(artifact_location).resolve().as_uri()  # found from any working dir
         try:
-            self.client = tracking.MlflowClient(tracking_uri=tracking_uri)
-            experiment_id = self._experiment(experiment, artifact_location)
+            with store_lock(database):
+                self.client = tracking.MlflowClient(tracking_uri=tracking_uri)
+                experiment_id = self._experiment(experiment, artifact_location)
             self.run_id = self._start(experiment_id, run, run_name)
         except (OSError, ImportError, self.errors) as e:  # an unknown scheme, an unreachable server, a bad file
             raise UserError(f"{self.key}.tracking_uri: cannot record to {tracking_uri}: {first_line(e)}") from None
@@ -339,6 +343,18 @@ class MlflowLogger:
     def _artifact(self, path: Path, artifact_path: str | None) -> None:
         if path.exists():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def store_lock(database: str | None) -> Iterator[None]:
+    """Hold `<database>.lock` (the kernel's flock): the parallel jobs of a sweep would otherwise each create a new
+    SQLite store's tables at once, and all but one fail. A server (database None) needs no lock."""
+    if database is None:
+        yield
+        return
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 _OPEN: dict[Path, list[Logger]] = {}  # the loggers of each run dir this process started and has not closed

@@ -18,9 +18,11 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from runner.build import Parts
 from runner.diagnostics import layer_names
+from runner.distributed import DataParallel
 from runner.handlers import EpochEnd, Handler, write_diagnostics
 from runner.optim import plateau_state
 from runner.stages import Stage, stage_at, stage_optimizer
@@ -44,19 +46,29 @@ class Outcome:
 
 class StageProgram:
     """One stage's compiled epoch — its start and its chunk of steps — and its checked replay (compiled
-    only if an epoch goes non-finite)."""
+    only if an epoch goes non-finite).
+
+    With `data_parallel` (several devices, runner/distributed.py) the same programs take and return
+    everything replicated over the devices and split each step's batch over them; without, one device.
+    """
 
     def __init__(self, parts: Parts, stage: Stage, batch_size: int, diagnostics_every: int,
-                 state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
-        begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, frozen=stage.frozen)
-        self.begin = jax.jit(begin).lower(state, x, key).compile()
+                 state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
+                 data_parallel: DataParallel | None = None):
+        split = None if data_parallel is None else data_parallel.batch
+        placed = {} if data_parallel is None else {"in_shardings": data_parallel.replicated,
+                                                   "out_shardings": data_parallel.replicated}
+        begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, frozen=stage.frozen,
+                                                 batch_sharding=split)
+        self.begin = jax.jit(begin, **placed).lower(state, x, key).compile()
         carry, order = jax.eval_shape(begin, state, x, key)
         bound = jax.ShapeDtypeStruct((), jnp.int32)
         # Donated: each chunk updates the carry in place instead of copying the train state (tens of MB).
-        self.train_steps = jax.jit(train_steps, donate_argnums=0).lower(carry, x, y, order, bound, bound).compile()
+        self.train_steps = jax.jit(train_steps, donate_argnums=0, **placed).lower(
+            carry, x, y, order, bound, bound).compile()
         self.steps = order.shape[0]
         self.checked = jax.jit(make_train_epoch(parts, batch_size, diagnostics_every, checked=True,
-                                                frozen=stage.frozen))
+                                                frozen=stage.frozen, batch_sharding=split), **placed)
 
 
 class Pacer:
@@ -77,6 +89,18 @@ class Pacer:
 
     def observe(self, steps: int, seconds: float) -> None:
         self.step_time = seconds / steps
+
+
+class AgreedPacer(Pacer):
+    """A pacer for a run of several processes: every process takes the chunk size process 0 chose.
+
+    Each chunk is a collective program, so all processes must split the epoch alike; their own timings differ.
+    """
+
+    def size(self, remaining: int) -> int:
+        from jax.experimental import multihost_utils
+
+        return int(multihost_utils.broadcast_one_to_all(np.int32(super().size(remaining))))
 
 
 def enter_stage(state: TrainState, parts: Parts, stage: Stage) -> TrainState:
@@ -102,6 +126,7 @@ class Loop:
     on_steps: Callable[[int, int, int, dict], None] | None = None  # (epoch, steps done, steps, metrics so far)
     interrupt: threading.Event | None = None  # set by a signal: the epoch stops at its next chunk
     pacer: Pacer = dataclasses.field(default_factory=Pacer)
+    data_parallel: DataParallel | None = None  # the run's devices; None: one device, arrays where JAX puts them
 
     @property
     def total_epochs(self) -> int:
@@ -124,7 +149,8 @@ class Loop:
     def _compile(self, index: int, outcome: Outcome) -> StageProgram:
         start = time.perf_counter()
         program = StageProgram(self.parts, self.stages[index], self.batch_size, self.diagnostics_every,
-                               outcome.state, self.x, self.y, self.data_key)
+                               self._placed(outcome.state), self.x, self.y, self._placed(self.data_key),
+                               self.data_parallel)
         if self.on_compile is not None:
             self.on_compile(outcome.state)
         outcome.compile_time += time.perf_counter() - start
@@ -132,7 +158,8 @@ class Loop:
 
     def _epoch(self, program: StageProgram, index: int, epoch: int, outcome: Outcome) -> bool:
         """Train one epoch in chunks and hand it to the handlers; True when the run ends here."""
-        start, key, before = time.perf_counter(), jax.random.fold_in(self.data_key, epoch), outcome.state
+        start, key = time.perf_counter(), self._placed(jax.random.fold_in(self.data_key, epoch))
+        before = self._placed(outcome.state)  # handlers and a new stage may hand back arrays placed elsewhere
         carry, raw = self._train_steps(program, epoch, before, key)
         seconds = time.perf_counter() - start
         if carry is None:  # interrupted mid-epoch: the epoch's steps are dropped, the run stops where it was
@@ -154,6 +181,9 @@ class Loop:
         outcome.state, outcome.epoch, outcome.stage = end.state, epoch, index
         outcome.status = end.stop or "completed"
         return end.stop is not None
+
+    def _placed(self, tree: Any) -> Any:
+        return tree if self.data_parallel is None else self.data_parallel.put(tree)
 
     def _train_steps(self, program: StageProgram, epoch: int, before: TrainState,
                      key: jax.Array) -> tuple[Any, dict]:
@@ -178,7 +208,7 @@ def train_in_chunks(program: StageProgram, state: TrainState, x: jax.Array, y: j
     done = 0
     while done < program.steps:
         size, started = pacer.size(program.steps - done), time.perf_counter()
-        carry, raw = program.train_steps(carry, x, y, order, jnp.int32(done), jnp.int32(done + size))
+        carry, raw = program.train_steps(carry, x, y, order, np.int32(done), np.int32(done + size))
         raw = jax.device_get(raw)
         done += size
         pacer.observe(size, time.perf_counter() - started)

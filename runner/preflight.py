@@ -4,7 +4,8 @@ Hydra reports a bad override with several lines and exit code 1 after it has mad
 same composition happens first, through Hydra's compose API, so a mistake costs nothing on disk. Nothing
 here imports jax, flax, optax or orbax, and nothing is instantiated: a mistyped override is answered fast
 and a `_target_` can run no code. The result is the command line Hydra will run (a resumed run's saved
-overrides first, the output dir pinned) and the claim on the dir it writes.
+overrides first, the output dir pinned) and the claim on the dir it writes; or, for a resumed run that
+had ended for good, the one line that says there is nothing to train.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from runner.checks import TopLevel, reserved_override
 from runner.config import CONF_DIR, compose_config, validate
 from runner.errors import UserError, first_line
-from runner.resumed import override_key, resumed_overrides
-from runner.rundir import RunDirClaim, has_checkpoint, holds_run
+from runner import relaunch
+from runner.resumed import check_same_job, override_key, resumed_overrides
+from runner.rundir import RunDirClaim, has_checkpoint, holds_run, register_job_dir_resolver
 
 FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg",
                     "-p", "--package", "--info", "--experimental-rerun"}
@@ -40,6 +42,7 @@ class Invocation:
     argv: list[str]
     multirun: bool = False
     claim: RunDirClaim | None = None  # the run dir (single run) or sweep dir (multirun); None for --help
+    finished: str | None = None  # a resumed single run that had ended for good: why there is nothing to train
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -95,8 +98,11 @@ def preflight(argv: list[str]) -> Invocation:
     composer = Composer(_flag(flags, "-cn", "--config-name") or "config", _flag(flags, "-cd", "--config-dir"))
     dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     hydra_cfg = composer.hydra(overrides)
-    if not multirun and OmegaConf.select(hydra_cfg, "trainer.resume") is True:
+    resume = OmegaConf.select(hydra_cfg, "trainer.resume") is True
+    if resume and not multirun:
         overrides = _resumed(overrides, composer)
+    if resume and multirun:
+        _check_sweep_given(overrides)
     out_dir, overrides = _pin_dir(dir_key, hydra_cfg, overrides)
     for job in expand_sweep(overrides):
         cfg = composer(job)
@@ -105,11 +111,21 @@ def preflight(argv: list[str]) -> Invocation:
             from runner.data import check_dataset  # only now: imports the check's module, no more
 
             check_dataset(cfg.dataset)
+        if resume and multirun:
+            _check_same_job(job, overrides, out_dir, cfg, composer)
     claim = RunDirClaim(out_dir, dir_key)
     found = _earlier_run(claim.path, multirun)
     if found and not cfg.trainer.resume:  # its files would be appended to and its .hydra/ rewritten
         raise UserError(f"{dir_key}: {claim.path} already holds a run ({found}); continue with "
                         f"trainer.resume=true {dir_key}={claim.path}, or choose a new dir")
+    if resume and multirun and not _earlier_jobs(claim.path):
+        raise UserError(f"trainer.resume: {claim.path} holds no sweep to continue; valid: the hydra.sweep.dir "
+                        "of an earlier multirun (its job dirs hold .hydra/)")
+    if resume and not multirun:
+        plan = relaunch.plan(claim.path, cfg.trainer.epochs)
+        if plan.action == "skip":
+            return Invocation(flags + overrides, multirun, claim, finished=plan.line)
+        _check_checkpoint(claim.path)
     return Invocation(flags + overrides, multirun, claim)
 
 
@@ -122,18 +138,48 @@ def _earlier_run(path: Path, multirun: bool) -> str | None:
     """What shows that a run dir (or a sweep dir's job dirs) already holds a run, or None."""
     if not multirun:
         return holds_run(path)
-    return next((str(job.relative_to(path)) for job in sorted(path.glob("*/summary.json"))), None)
+    return next((f"{job.name}/{found}" for job in _earlier_jobs(path) if (found := holds_run(job))), None)
+
+
+def _earlier_jobs(sweep_dir: Path) -> list[Path]:
+    """The job dirs an earlier launch left in a sweep dir (Hydra saved a config in each)."""
+    return sorted(p.parent for p in sweep_dir.glob("*/.hydra")) if sweep_dir.is_dir() else []
+
+
+def _check_sweep_given(overrides: list[str]) -> None:
+    if not any(override_key(o) == "hydra.sweep.dir" for o in overrides):
+        raise UserError("trainer.resume=true with -m needs hydra.sweep.dir=<the sweep dir of the sweep to continue>")
+
+
+def _check_same_job(job: list[str], overrides: list[str], sweep_dir: Path, cfg: DictConfig,
+                    composer: "Composer") -> None:
+    """A re-launched sweep's job whose dir holds a run must be the job that ran there (runner/resumed.py)."""
+    register_job_dir_resolver()
+    hydra_cfg = composer.hydra(job + [o for o in overrides if _is_hydra(o)])
+    try:
+        subdir = OmegaConf.select(hydra_cfg, "hydra.sweep.subdir")
+    except OmegaConfBaseException:  # named by what only a running sweep knows (${hydra.job.num}): not checked
+        return
+    job_dir = sweep_dir / str(subdir)
+    if subdir and (job_dir / ".hydra" / "config.yaml").exists():
+        check_same_job(job_dir, cfg)
+
+
+def _check_checkpoint(run_dir: Path) -> None:
+    if not has_checkpoint(run_dir):
+        raise UserError(f"trainer.resume: no checkpoint in {run_dir}/checkpoints; "
+                        "valid: the run dir of a run that saved one (see its summary.json)")
 
 
 def _resumed(overrides: list[str], composer: "Composer") -> list[str]:
-    """A single run with trainer.resume=true: its saved overrides, then these; the dir must hold a checkpoint."""
+    """A single run with trainer.resume=true: its saved overrides, then these; the dir must hold a checkpoint
+    (or the summary of a run that ended for good, which the resumed run only reports)."""
     given = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "hydra.run.dir"), None)
     if not given:
         raise UserError("trainer.resume=true needs hydra.run.dir=<the run dir of the run to continue>")
     run_dir = Path(given)
-    if not has_checkpoint(run_dir):
-        raise UserError(f"trainer.resume: no checkpoint in {run_dir}/checkpoints; "
-                        "valid: the run dir of a run that saved one (see its summary.json)")
+    if relaunch.read_summary(run_dir).get("status") not in relaunch.FINAL:  # else checked once the config is known
+        _check_checkpoint(run_dir)
     hydra_overrides = [o for o in overrides if _is_hydra(o)]
     task = [o for o in overrides if not _is_hydra(o)]
     return resumed_overrides(run_dir, task, composer) + hydra_overrides

@@ -27,14 +27,24 @@ def resumed_overrides(run_dir: Path, overrides: list[str], compose: Callable[[li
     saved_cfg, saved_overrides = _saved(run_dir)
     new_keys = {override_key(o) for o in overrides}
     merged = [o for o in saved_overrides if override_key(o) not in new_keys | {"trainer.resume"}] + overrides
-    cfg = compose(merged)
+    _refuse_changes(saved_cfg, compose(merged), f"these overrides change what {run_dir} was trained with")
+    return merged
+
+
+def check_same_job(run_dir: Path, cfg: DictConfig) -> None:
+    """UserError if the run saved in `run_dir` (a re-launched sweep's job dir) was trained with another config
+    than `cfg`, beyond what a resumed run may change: the conf files changed since, or the dir is another job's."""
+    saved_cfg, _ = _saved(run_dir)
+    _refuse_changes(saved_cfg, cfg, f"{run_dir} holds a run trained with another config")
+
+
+def _refuse_changes(saved_cfg: DictConfig, cfg: DictConfig, what: str) -> None:
     changed = _differences(OmegaConf.to_container(saved_cfg), OmegaConf.to_container(cfg))
-    refused = [(key, old, new) for key, old, new in changed if not _may_change(cfg, key, old, new)]
+    refused = [(key, old, new) for key, old, new in changed
+               if not _may_change(cfg, key, old, new) and not _found_at_start(key, old, new)]
     if refused:
         shown = ", ".join(f"{key} ({_show(old)} -> {_show(new)})" for key, old, new in refused)
-        raise UserError(f"trainer.resume: these overrides change what {run_dir} was trained with: {shown}; "
-                        f"valid on resume: {', '.join(_resume_keys(cfg))}")
-    return merged
+        raise UserError(f"trainer.resume: {what}: {shown}; valid on resume: {', '.join(_resume_keys(cfg))}")
 
 
 def _saved(run_dir: Path) -> tuple[DictConfig, list[str]]:
@@ -65,6 +75,8 @@ def _schema_field(cfg: DictConfig, key: str) -> dataclasses.Field | None:
 
 
 def _may_change(cfg: DictConfig, key: str, old: Any, new: Any) -> bool:
+    if key.split(".", 1)[0] == "logger":  # where a run is recorded to does not change its training
+        return True
     field = _schema_field(cfg, key)
     rule = field.metadata.get("on_resume") if field else None
     if rule == "free":
@@ -75,6 +87,12 @@ def _may_change(cfg: DictConfig, key: str, old: Any, new: Any) -> bool:
                             "so raising epochs would change the steps already trained; start a new run instead")
         return True
     return False
+
+
+def _found_at_start(key: str, old: Any, new: Any) -> bool:
+    """`optimizer.learning_rate=auto` on a re-launched sweep's command line, where the job's saved config holds the
+    rate the range test found when it started (runner/lr_find.py records it there; the resumed job reuses it)."""
+    return key == "optimizer.learning_rate" and new == "auto" and isinstance(old, (int, float))
 
 
 def _schedule_uses_run_length(cfg: DictConfig) -> bool:
@@ -91,7 +109,7 @@ def _resume_keys(cfg: DictConfig) -> list[str]:
             rule = f.metadata.get("on_resume")
             if rule:
                 keys.append(f"{group}.{f.name}" + (" (raise only)" if rule == "raise" else ""))
-    return keys
+    return keys + ["logger"]
 
 
 def _show(value: Any) -> str:

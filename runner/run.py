@@ -7,6 +7,7 @@ Loads the data, builds the run's pieces and stages, resumes if asked, hands the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from pathlib import Path
@@ -18,26 +19,31 @@ import flax
 import numpy as np
 from omegaconf import DictConfig
 
+from runner import weights
 from runner.build import Parts, build_parts, instantiate
 from runner.checkpoint import Checkpoints
 from runner.console import Console
 from runner.data import Splits, load_splits
+from runner.data.splits import Scaling
 from runner.diagnostics import layer_names, summarize
+from runner.distributed import AgreedEvent, DataParallel, initialize_processes, is_writer
 from runner.errors import UserError
 from runner.handlers import (Checkpointer, DiagnosticsWriter, EarlyStopping, Interrupt, Plateau,
                              Progress, Validation, weights_of)
 from runner.interrupts import Interrupted, deferred_signals
 from runner.loggers import build_loggers, close_loggers
-from runner.loop import Loop, Outcome, enter_stage
+from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.stages import Stage, stage_optimizer
+from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
+                             transfer_stages, with_cached_inputs)
 from runner.train import TrainState, create_train_state, make_evaluate
 
 
-def load_data(cfg: DictConfig) -> Splits:
-    """The dataset's splits, checked against the batch size."""
-    splits = load_splits(cfg.dataset, seed=cfg.trainer.seed)
+def load_data(cfg: DictConfig, scaling: Scaling | None = None) -> Splits:
+    """The dataset's splits (scaled by `scaling`, a reused net's, if given), checked against the batch size."""
+    splits = load_splits(cfg.dataset, seed=cfg.trainer.seed, scaling=scaling)
     n = len(splits.x_train)
     if cfg.trainer.batch_size > n:
         raise UserError(f"trainer.batch_size: {cfg.trainer.batch_size} is larger than the training set "
@@ -45,78 +51,110 @@ def load_data(cfg: DictConfig) -> Splits:
     return splits
 
 
-def padded(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Inputs, labels and a mask of real examples, padded to a whole number of batches, on device."""
+def padded(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, labels and a mask of real examples, padded to a whole number of batches."""
     n = len(x)
-    batch_size = max(1, min(batch_size, n))
     total = -(-n // batch_size) * batch_size
     pad = total - n
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros((pad,), y.dtype)])
     mask = np.arange(total) < n
-    return jax.device_put(x), jax.device_put(y), jax.device_put(mask)
+    return x, y, mask
 
 
 class Evaluator:
-    """A compiled evaluation of one split (padded once, kept on device)."""
+    """A compiled evaluation of one split (padded once, kept on device).
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mc_samples: int = 0):
-        self.size = len(x)
+    With `data_parallel`, the split is replicated on the run's devices and each batch split over them, as in
+    training; a split smaller than a batch is one batch padded to a multiple of the device count.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mc_samples: int = 0,
+                 data_parallel: DataParallel | None = None):
+        self.size, self.data_parallel = len(x), data_parallel
         if self.size:
-            batch = max(1, min(batch_size, self.size))
-            self.arrays = padded(x, y, batch)
-            self._jitted = self._fn = jax.jit(make_evaluate(batch, mc_samples))
+            devices = 1 if data_parallel is None else data_parallel.size
+            batch = max(1, min(batch_size, -(-self.size // devices) * devices))
+            self.arrays = self._placed(padded(x, y, batch))
+            split, placed = None, {}
+            if data_parallel is not None:
+                split = data_parallel.batch
+                placed = {"in_shardings": data_parallel.replicated, "out_shardings": data_parallel.replicated}
+            self._jitted = self._fn = jax.jit(make_evaluate(batch, mc_samples, split), **placed)
+
+    def _placed(self, tree: Any) -> Any:
+        return jax.device_put(tree) if self.data_parallel is None else self.data_parallel.put(tree)
 
     def compile(self, state: TrainState, key: jax.Array) -> None:
         """Compile for this state's structure now (each stage's optimizer state has its own)."""
         if self.size:
-            self._fn = self._jitted.lower(state, *self.arrays, key).compile()
+            self._fn = self._jitted.lower(self._placed(state), *self.arrays, self._placed(key)).compile()
 
     def __call__(self, state: TrainState, key: jax.Array) -> dict[str, float]:
         if not self.size:
             return {"loss": float("nan"), "accuracy": float("nan")}
-        return {k: float(v) for k, v in jax.device_get(self._fn(state, *self.arrays, key)).items()}
+        metrics = self._fn(self._placed(state), *self.arrays, self._placed(key))
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str, Any]:
     """Train per the config, writing metrics.jsonl, checkpoints and summary.json in `run_dir`.
 
     Returns the summary; raises Interrupted (after saving) on SIGTERM/SIGINT.
+    With several processes (runner/distributed.py) every process trains; only process 0 writes files.
     """
     start, tc = time.perf_counter(), cfg.trainer
-    splits = load_data(cfg)
+    initialize_processes()  # several processes (SLURM, JAX_COORDINATOR_ADDRESS): join them before any JAX work
+    data_parallel = DataParallel.over(tc.devices)
+    for key in ("batch_size", "eval_batch_size"):  # before anything is written: the run dir is taken back
+        data_parallel.check_batch_size(f"trainer.{key}", tc[key])
+    several, writer = jax.process_count() > 1, is_writer()
+    if several and str(cfg.optimizer.get("learning_rate")) == "auto":
+        raise UserError("optimizer.learning_rate: auto runs the range test in one process; valid with several "
+                        "processes: a number (find it first with python -m runner.lr_find)")
+    source = read_source(cfg.transfer) if cfg.transfer.source else None
+    splits = load_data(cfg, source.scaling if source else None)
     cfg, found = resolve_auto_learning_rate(cfg, splits, run_dir, console)  # optimizer.learning_rate=auto
     tc = cfg.trainer
     steps_per_epoch = len(splits.x_train) // tc.batch_size
     parts = build_parts(cfg, splits.num_classes, steps_per_epoch)
-    devices = [str(d) for d in jax.devices()]
+    devices = data_parallel.devices
     console.info(f"dataset {splits.name}: {len(splits.x_train)} train / {len(splits.x_val)} val / "
-                 f"{len(splits.x_test)} test; devices: {', '.join(devices)}")
-    init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(tc.seed), 3)
-    x_train, y_train = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
-    stages = build_stages(cfg, parts.model.hidden_layers)
-    state = create_train_state(init_key, parts, x_train[: tc.batch_size],
-                               tx=stage_optimizer(parts.optimizer, stages[0]))
+                 f"{len(splits.x_test)} test; devices: {', '.join(devices)}"
+                 + (f" ({jax.process_count()} processes, this is {jax.process_index()})" if several else ""))
+    init_key, data_key, eval_key = data_parallel.put(jax.random.split(jax.random.PRNGKey(tc.seed), 3))
+    reused = reused_layers(cfg.transfer, source, parts.model.hidden_layers) if source else ()
+    stages = transfer_stages(cfg.transfer, tc.epochs, reused) if source else build_stages(cfg, parts.model.hidden_layers)
+    state = create_train_state(init_key, parts, data_parallel.put(splits.x_train[: tc.batch_size]),
+                               tx=stage_optimizer(parts.optimizer, stages[0]), sharding=data_parallel.replicated)
+    if source:
+        state, splits = start_from_source(cfg, source, reused, state, parts, splits, console)
+    save_scaling(run_dir, splits.scaling)
+    x_train, y_train = data_parallel.put((splits.x_train, splits.y_train))  # on every device (small)
     files = RunFiles(run_dir)
     stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
     checkpoints = Checkpoints(run_dir / "checkpoints", tc.keep_checkpoints)
     state_stage, first_epoch, missing = 0, 1, []
     if tc.resume:
         state, state_stage, first_epoch, missing = resume(checkpoints, state, parts, stages, stopper, files,
-                                                          console)
-    val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size)
+                                                          console, writer)
+    val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size, data_parallel=data_parallel)
     checkpointer = Checkpointer(checkpoints, tc.checkpoint_every, stopper)
     # Signals wait for a chunk's end from here until summary.json is written: what training made is kept.
     with deferred_signals() as interrupt:
+        interrupt = AgreedEvent(interrupt, data_parallel) if several else interrupt
         with console.training(tc.epochs, steps_per_epoch, first_epoch - 1) as view:
+            # Every process validates, decides and checkpoints (collectively); process 0 alone writes and shows.
+            writers = [*build_loggers(cfg, run_dir, first_epoch, int(state.step)),  # metrics.jsonl and the chosen tools
+                       DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
+                       Progress(view.epoch)] if writer else []
             handlers = [Validation(lambda s: val(s, eval_key)),
                         *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
-                        *build_loggers(cfg, run_dir, first_epoch, int(state.step)),  # metrics.jsonl and the chosen tools
-                        DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
-                        Progress(view.epoch), stopper, Interrupt(interrupt), checkpointer]
+                        *writers, stopper, Interrupt(interrupt), checkpointer]
             loop = Loop(parts, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,
                         files.diagnostics, on_compile=lambda s: val.compile(s, eval_key),
-                        on_steps=lambda epoch, done, _, metrics: view.steps(epoch, done, metrics), interrupt=interrupt)
+                        on_steps=lambda epoch, done, _, metrics: view.steps(epoch, done, metrics), interrupt=interrupt,
+                        pacer=AgreedPacer() if several else Pacer(), data_parallel=data_parallel)
             outcome = loop.run(state, state_stage, first_epoch)
         if outcome.abandoned:  # stopped mid-epoch: the run continues from the end of the epoch before
             checkpointer.save(outcome.epoch, outcome.stage, outcome.state)
@@ -126,7 +164,23 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
                    if outcome.train_time else None, "compile_time_s": outcome.compile_time, "devices": devices,
                    "seed": tc.seed, **found,
                    **({"missing_metric_epochs": missing} if missing else {})}
-        return finish(cfg, splits, outcome, stopper, summary, run_dir, console, eval_key, start, interrupt)
+        return finish(cfg, splits, outcome, stopper, summary, run_dir, console, eval_key, start, interrupt,
+                      data_parallel, writer)
+
+
+def start_from_source(cfg: DictConfig, source: Source, reused: Sequence[str], state: TrainState, parts: Parts,
+                      splits: Splits, console: Console) -> tuple[TrainState, Splits]:
+    """The state with the source's layers grafted in; with transfer.cache, also the splits as their outputs and a
+    model applied from the cut up."""
+    params, batch_stats = graft(state.params, state.batch_stats, source, reused)
+    state = state.replace(params=params, batch_stats=batch_stats, opt_state=state.tx.init(params))
+    console.info(f"transfer: {', '.join(reused)} from {source.path}"
+                 f"{' (frozen)' if cfg.transfer.freeze else ''}{', cached' if cfg.transfer.cache else ''}")
+    if cfg.transfer.cache:
+        check_cache(cfg.transfer, parts.regularizer, cfg.trainer.diagnostics_every)
+        splits = with_cached_inputs(splits, parts.model, {"params": params, "batch_stats": batch_stats}, len(reused))
+        state = state.replace(apply_fn=functools.partial(parts.model.apply, start=len(reused)))
+    return state, splits
 
 
 def build_stages(cfg: DictConfig, layers: Sequence[str]) -> list[Stage]:
@@ -150,15 +204,18 @@ class RunFiles:
 
 
 def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStopping, summary: dict,
-           run_dir: Path, console: Console, eval_key: jax.Array, start: float, interrupt: threading.Event) -> dict:
+           run_dir: Path, console: Console, eval_key: jax.Array, start: float, interrupt: threading.Event,
+           data_parallel: DataParallel | None = None, writer: bool = True) -> dict:
     """Write summary.json for how the loop ended: test metrics, divergence, diagnostics; returns it.
 
-    Raises Interrupted when a signal arrived (after writing the summary of what was trained)."""
+    Raises Interrupted when a signal arrived (after writing the summary of what was trained).
+    `writer`: whether this process writes (process 0); the others evaluate with it and write nothing."""
     tc, state = cfg.trainer, outcome.state
     if outcome.status == "interrupted":
         summary.update(test_loss=None, test_accuracy=None, wall_time_s=time.perf_counter() - start)
-        write_json(run_dir / "summary.json", summary)
-        close_loggers(run_dir, summary)
+        if writer:
+            write_json(run_dir / "summary.json", summary)
+            close_loggers(run_dir, summary)
         where = (f"during epoch {outcome.epoch + 1} (its steps so far dropped): checkpoint of epoch {outcome.epoch}"
                  if outcome.abandoned else f"at epoch {outcome.epoch}: checkpoint")
         console.warn(f"interrupted {where} saved; continue with trainer.resume=true hydra.run.dir={run_dir}")
@@ -173,26 +230,30 @@ def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStop
     if outcome.status == "early_stopped" and tc.early_stopping.restore_best and stopper.best_weights is not None:
         state = state.replace(**stopper.best_weights)
         console.info(f"early stopping: restored the weights of epoch {stopper.best_epoch}")
-    summary.update(final_evaluation(cfg, splits, state, eval_key))
+    if tc.sparsify_threshold > 0:
+        state = state.replace(params=sparsify(state.params, tc.sparsify_threshold))
+    weights.save(run_dir / WEIGHTS_FILE, state.params, state.batch_stats)  # the weights the test metrics are of
+    summary.update(final_evaluation(cfg, splits, state, eval_key, data_parallel))
     summary["wall_time_s"] = time.perf_counter() - start
-    write_json(run_dir / "summary.json", summary)
-    close_loggers(run_dir, summary)
+    if writer:
+        write_json(run_dir / "summary.json", summary)
+        close_loggers(run_dir, summary)
     if interrupt.is_set():  # after the last epoch's end: the run is whole, but the user asked to stop
         console.warn(f"interrupted after training ended: the run is complete, summary.json written ({run_dir})")
         raise Interrupted(interrupt.signum)
     return summary
 
 
-def final_evaluation(cfg: DictConfig, splits: Splits, state: TrainState, key: jax.Array) -> dict[str, Any]:
+def final_evaluation(cfg: DictConfig, splits: Splits, state: TrainState, key: jax.Array,
+                     data_parallel: DataParallel | None = None) -> dict[str, Any]:
     """Test metrics (and MC dropout's, when asked) of the final weights, with their sparsity."""
     tc = cfg.trainer
-    if tc.sparsify_threshold > 0:
-        state = state.replace(params=sparsify(state.params, tc.sparsify_threshold))
-    test = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size)(state, key)
+    test = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, data_parallel=data_parallel)(state, key)
     result = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
               "weight_sparsity": weight_sparsity(state.params)}
     if tc.mc_dropout_samples:
-        mc = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, tc.mc_dropout_samples)(state, key)
+        mc = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, tc.mc_dropout_samples,
+                       data_parallel)(state, key)
         result.update(mc_dropout_test_accuracy=mc["accuracy"], mc_dropout_test_loss=mc["loss"])
     return result
 
@@ -211,8 +272,9 @@ def weight_sparsity(params: Any) -> float:
 
 
 def resume(checkpoints: Checkpoints, state: TrainState, parts: Parts, stages: Sequence[Stage],
-           stopper: EarlyStopping, files: RunFiles, console: Console) -> tuple[TrainState, int, int, list[int]]:
-    """Restore the newest usable checkpoint; drop metrics and diagnostics of epochs after it.
+           stopper: EarlyStopping, files: RunFiles, console: Console,
+           writer: bool = True) -> tuple[TrainState, int, int, list[int]]:
+    """Restore the newest usable checkpoint; drop metrics and diagnostics of epochs after it (`writer` only).
 
     Returns (state, the stage whose optimizer it carries, next epoch, epochs up to the checkpoint that
     metrics.jsonl lacks).
@@ -225,7 +287,13 @@ def resume(checkpoints: Checkpoints, state: TrainState, parts: Parts, stages: Se
     trees, meta = checkpoints.restore_latest(templates, console.warn)
     epoch = int(meta["epoch"])
     stopper.restore(meta, trees.get("best"))
-    for path in (files.metrics, files.diagnostics):
+    if stopper.stopped(epoch):  # early stopping ended the run at this epoch: the loop would train one more
+        from runner.relaunch import NothingToTrain
+
+        checkpoints.close()
+        raise NothingToTrain("early_stopped", f"early stopping ended the run at epoch {epoch} (best epoch "
+                             f"{stopper.best_epoch}), as its checkpoint records; nothing to train in {files.run_dir}")
+    for path in (files.metrics, files.diagnostics) if writer else ():
         if path.exists():
             rewrite_jsonl(path, [r for r in read_jsonl(path) if r["epoch"] <= epoch])
     missing = sorted(set(range(1, epoch + 1)) - {r["epoch"] for r in read_jsonl(files.metrics)})

@@ -5,24 +5,80 @@ starts, `RunDirClaim` records which of the dir and its parents exist and what th
 it (an advisory `flock`, which the kernel drops when the process dies, so a killed run never leaves the
 dir locked). If the run fails on the user's mistake, `undo` removes exactly the entries this invocation
 added and puts back the `.hydra/` files Hydra rewrote; a dir that existed before is never removed.
+
+A sweep job's dir is named by what the job is, its overrides (`job_dir_name`), not by its position in the
+sweep, so a re-launched sweep finds each job's earlier results; a job that failed is re-run afresh after
+`clear_run_outputs` takes away the files the runner wrote there, and nothing else.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from runner.errors import UserError
 
 LOCK_NAME = ".runner.lock"
 RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints")  # what makes a dir hold a run
+# Everything a run writes into its run dir besides Hydra's .hydra/: run.py, transfer.py (the final weights and the
+# input scaling), loggers.py (csv, tensorboard; mlflow's store is elsewhere), lr_find.py. tests/test_relaunch.py
+# checks that a run writing all of them writes nothing else.
+RUN_OUTPUTS = (*RUN_FILES, "diagnostics.jsonl", "model.safetensors", "input_scaling.json", "metrics.csv",
+               "tensorboard", "lr_find.json", "lr_find.png")
+JOB_NAME_LIMIT = 120  # characters: readable in a listing, well below the file systems' 255 bytes a name
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._=,+\-\[\]@%]")  # '/' nests dirs; spaces, quotes, '*' trip shells
 
 
 def holds_run(path: Path) -> str | None:
     """The first file that shows `path` holds an earlier run, or None."""
     return next((name for name in RUN_FILES if (path / name).exists()), None)
+
+
+def job_dir_name(override_dirname: str) -> str:
+    """A sweep job's dir name: its overrides as Hydra's `override_dirname` gives them (sorted, so independent of
+    the order they were typed in and of the job's position in the sweep), `defaults` for none.
+
+    Where the name had to change (a character unsafe in a dir name, or longer than JOB_NAME_LIMIT), an 8-digit
+    hash of the exact overrides is appended, so two different jobs never share a dir.
+    """
+    if not override_dirname:
+        return "defaults"
+    safe = _UNSAFE_IN_NAME.sub("_", override_dirname)
+    if safe == override_dirname and len(safe) <= JOB_NAME_LIMIT:
+        return safe
+    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:8]
+    return f"{safe[:JOB_NAME_LIMIT - 9]}-{digest}"
+
+
+def register_job_dir_resolver() -> None:
+    """`${runner.job_dir:${hydra.job.override_dirname}}` in conf/config.yaml's hydra.sweep.subdir.
+
+    Hydra hands registered resolvers to the processes of parallel launchers (joblib, submitit) with its own state.
+    """
+    if not OmegaConf.has_resolver("runner.job_dir"):
+        OmegaConf.register_new_resolver("runner.job_dir", job_dir_name)
+
+
+def clear_run_outputs(run_dir: Path) -> list[str]:
+    """Remove the files an earlier run wrote in `run_dir` (RUN_OUTPUTS), so a re-run starts afresh; anything
+    else there (a user's notes, .hydra/, which Hydra rewrites) stays. Returns the names removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        target = Path(run_dir) / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -47,26 +103,39 @@ class RunDirClaim:
         self.created_parents: list[Path] = []
         self._lock_fd: int | None = None
 
-    def lock(self) -> None:
-        """Create the dir if needed and take its lock; UserError if another runner process holds it."""
+    def lock(self, wait: bool = False) -> None:
+        """Create the dir if needed and take its lock; UserError if another runner process holds it, or with
+        `wait`, wait until it is released (two jobs of one sweep with the same overrides share a dir)."""
         missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.created_parents = [p for p in missing if p != self.path]
+        except OSError as e:
+            raise UserError(f"{self.key}: cannot write {self.path} ({e.strerror}); "
+                            "valid: a directory you can write to") from None
+        while (fd := self._take_lock(wait)) is None:  # the holder removed the file as it let go: the lock
+            continue  # taken was on a file no one else opens any more; take the current one
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _take_lock(self, wait: bool) -> int | None:
+        try:
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise UserError(f"{self.key}: cannot write {self.path} ({e.strerror}); "
                             "valid: a directory you can write to") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             owner = os.read(fd, 32).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise UserError(f"{self.key}: {self.path} is in use by another runner process (pid {owner}); "
                             "wait for it to end, or choose another dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        if wait and not _same_file(fd, self.path / LOCK_NAME):
+            os.close(fd)
+            return None
+        return fd
 
     def release(self) -> None:
         """Drop the lock and its file (the run's own files stay)."""
@@ -99,6 +168,13 @@ class RunDirClaim:
                     p.unlink()
             for name, data in self.hydra_before.items():
                 (hydra_dir / name).write_bytes(data)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _check_usable(path: Path, key: str) -> None:

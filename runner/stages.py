@@ -27,7 +27,9 @@ class Stage:
 
     name: str
     epochs: int
-    frozen: frozenset[str] = frozenset()  # hidden layers (`dense_0`, `conv_1`, ...) kept as they are
+    frozen: frozenset[str] = frozenset()  # hidden layers (`dense_0`, `conv_1`, ...) kept as they are, blocks too
+    scaled: frozenset[str] = frozenset()  # hidden layers whose steps are scaled by `scale` (reused layers' lower lr)
+    scale: float = 1.0
 
 
 def single(epochs: int, layers: Sequence[str]) -> list[Stage]:
@@ -48,14 +50,25 @@ def freeze_lower(epochs: int, layers: Sequence[str], frozen_layers: int = 1, fro
 
 
 def stage_optimizer(chain: optax.GradientTransformation, stage: Stage) -> optax.GradientTransformation:
-    """The run's chain, then zero updates for the stage's frozen layers (the last transform, on purpose)."""
-    if not stage.frozen:
-        return chain
+    """The run's chain, then the scaled layers' steps scaled, then zero updates for the stage's frozen layers (the
+    last transform, on purpose: nothing in the chain can move them). A layer's block (`block_i` of `dense_i`)
+    goes with it."""
+    transforms = [chain]
+    if stage.scaled and stage.scale != 1.0:
+        transforms.append(optax.masked(optax.scale(stage.scale), _leaves_of(stage.scaled)))
+    if stage.frozen:
+        transforms.append(optax.masked(optax.set_to_zero(), _leaves_of(stage.frozen)))
+    return chain if len(transforms) == 1 else optax.chain(*transforms)
 
-    def frozen_leaves(params: Any) -> Any:
-        return traverse_util.path_aware_map(lambda path, _: path[0] in stage.frozen, params)
 
-    return optax.chain(chain, optax.masked(optax.set_to_zero(), frozen_leaves))
+def _leaves_of(layers: frozenset[str]):
+    """A mask function: True at the parameters of `layers` and of their blocks."""
+    keys = layers | {f"block_{name.rsplit('_', 1)[1]}" for name in layers}
+
+    def mask(params: Any) -> Any:
+        return traverse_util.path_aware_map(lambda path, _: path[0] in keys, params)
+
+    return mask
 
 
 def stage_at(stages: Sequence[Stage], epoch: int) -> int:

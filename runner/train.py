@@ -27,12 +27,17 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(rng: jax.Array, parts: Parts, example_x: jax.Array,
-                       tx: optax.GradientTransformation | None = None) -> TrainState:
-    """Initialize the model on one example batch and the optimizer (`tx`, default the run's chain) on its params."""
+                       tx: optax.GradientTransformation | None = None,
+                       sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    """Initialize the model on one example batch and the optimizer (`tx`, default the run's chain) on its params.
+
+    `sharding`: where the state is placed (replicated over a run's devices); default, where JAX puts it.
+    """
+    placed = {} if sharding is None else {"out_shardings": sharding}
 
     # One compiled program: run eagerly, every initializer op would compile on its own (seconds at start-up).
     # It runs once, so XLA's optimizations cost more than they save (2.3 s -> 0.4 s to compile on 2 CPU cores).
-    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0}, **placed)
     def create(rng, example_x):
         init_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
         variables = parts.model.init({"params": init_rng, "dropout": dropout_rng}, example_x, train=False)
@@ -106,7 +111,8 @@ class EpochCarry(NamedTuple):
 
 
 def make_epoch_programs(parts: Parts, batch_size: int, diagnostics_every: int = 0, checked: bool = False,
-                        frozen: frozenset = frozenset()) -> tuple[Callable, Callable]:
+                        frozen: frozenset = frozenset(),
+                        batch_sharding: jax.sharding.Sharding | None = None) -> tuple[Callable, Callable]:
     """`begin(state, x, key) -> (carry, order)` and `train_steps(carry, x, y, order, start, stop) -> (carry, metrics)`.
 
     An epoch is `begin` (the shuffled batch order and empty accumulators), then `train_steps` over steps
@@ -129,13 +135,17 @@ def make_epoch_programs(parts: Parts, batch_size: int, diagnostics_every: int = 
 
     `frozen`: the stage's frozen layers, which run in inference mode (their parameters are held by the
     stage's optimizer chain, runner/stages.py).
+
+    `batch_sharding` (data parallel, runner/distributed.py): each step's gathered batch is constrained to it,
+    split over the devices, while the dataset and the state stay replicated; None on one device.
     """
     step_with_trace = make_train_step_with_trace(parts, frozen)
+    batch_of = _batch_gatherer(batch_sharding)
 
     def diagnoser(state: TrainState, x: jax.Array, y: jax.Array) -> Callable:
         names = layer_names(state.params)
         return _make_diagnoser(step_with_trace, make_layer_stats(parts.model.activation, names, frozen),
-                               diagnostics_every, x, y)
+                               diagnostics_every, x, y, batch_of)
 
     def begin(state: TrainState, x: jax.Array, key: jax.Array) -> tuple[EpochCarry, jax.Array]:
         steps = x.shape[0] // batch_size
@@ -159,7 +169,7 @@ def make_epoch_programs(parts: Parts, batch_size: int, diagnostics_every: int = 
         def body(i, carry: EpochCarry) -> EpochCarry:
             state, loss_sum, correct, first_bad, bad_layer, buffer = carry
             step, healthy = state.step, first_bad < 0
-            new_state, m, trace = step_with_trace(state, x[order[i]], y[order[i]])
+            new_state, m, trace = step_with_trace(state, *batch_of(x, y, order[i]))
             ok = jnp.isfinite(m["loss"])
             if checked:
                 finite = kernel_grads_finite(trace.grads, names)
@@ -189,13 +199,13 @@ def make_epoch_programs(parts: Parts, batch_size: int, diagnostics_every: int = 
     return begin, train_steps
 
 
-def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0,
-                     checked: bool = False, frozen: frozenset = frozenset()) -> Callable:
+def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0, checked: bool = False,
+                     frozen: frozenset = frozenset(), batch_sharding: jax.sharding.Sharding | None = None) -> Callable:
     """`train_epoch(state, x, y, key) -> (state, metrics)`: one pass over shuffled batches, one program.
 
     The epoch of `make_epoch_programs` (see there for the metrics and options) run whole.
     """
-    begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, checked, frozen)
+    begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, checked, frozen, batch_sharding)
 
     def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
         carry, order = begin(state, x, key)
@@ -205,8 +215,23 @@ def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0,
     return train_epoch
 
 
+def _batch_gatherer(sharding: jax.sharding.Sharding | None) -> Callable:
+    """`batch_of(x, y, indices) -> (x[indices], y[indices])`, constrained to `sharding` when there is one.
+
+    The dataset is replicated, so each device gathers its own share of the batch: nothing crosses devices
+    until the loss and gradients are reduced.
+    """
+    def batch_of(x: jax.Array, y: jax.Array, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+        batch = x[indices], y[indices]
+        if sharding is None:
+            return batch
+        return tuple(jax.lax.with_sharding_constraint(a, sharding) for a in batch)
+
+    return batch_of
+
+
 def _make_diagnoser(step_with_trace: Callable, layer_stats: Callable, every: int, x: jax.Array,
-                    y: jax.Array) -> Callable:
+                    y: jax.Array, batch_of: Callable) -> Callable:
     """`diagnose_next(due, state, indices, buffer) -> buffer`: diagnose the step `state` is about to take on
     batch `indices` by redoing it without applying it, when `due` and the step is a multiple of `every`.
 
@@ -217,7 +242,7 @@ def _make_diagnoser(step_with_trace: Callable, layer_stats: Callable, every: int
 
     def diagnose_next(due, state, indices, buffer):
         def measure(buffer):
-            _, _, trace = step_with_trace(state, x[indices], y[indices])
+            _, _, trace = step_with_trace(state, *batch_of(x, y, indices))
             return record(buffer, state.step, layer_stats(state, trace))
 
         return jax.lax.cond(due & (state.step % every == 0), measure, lambda b: b, buffer)
@@ -229,13 +254,17 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(tree)]))
 
 
-def make_evaluate(batch_size: int, mc_samples: int = 0) -> Callable:
+def make_evaluate(batch_size: int, mc_samples: int = 0,
+                  batch_sharding: jax.sharding.Sharding | None = None) -> Callable:
     """`evaluate(state, x, y, mask, key) -> metrics`: loss and accuracy over padded batches, one program.
 
     `mask` marks real examples (inputs are padded to a whole number of batches). With `mc_samples` > 0
     the prediction is MC dropout (Gal & Ghahramani 2016): the mean class probabilities of that many passes
     with dropout active (seeded by `key`), normalization still on its running statistics.
+    `batch_sharding`: each batch is split over the devices as in training (runner/distributed.py).
     """
+    split = (lambda a: a) if batch_sharding is None else (  # noqa: E731
+        lambda a: jax.lax.with_sharding_constraint(a, batch_sharding))
 
     def log_probs(state: TrainState, x: jax.Array, key: jax.Array) -> jax.Array:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -251,6 +280,7 @@ def make_evaluate(batch_size: int, mc_samples: int = 0) -> Callable:
         def body(carry, batch):
             loss_sum, correct = carry
             bx, by, bm, i = batch
+            bx, by, bm = split(bx), split(by), split(bm)
             logp = log_probs(state, bx, jax.random.fold_in(key, i))
             losses = -jnp.take_along_axis(logp, by[:, None], axis=-1)[:, 0]
             hits = (jnp.argmax(logp, -1) == by) & bm

@@ -66,14 +66,20 @@ def _bad_values(spec: str) -> list[str]:
     return values
 
 
+# Groups chosen as a list (regularizer=[l2,dropout], logger=[jsonl,csv]): each choice's file puts its keys under
+# its own name (`# @package <group>.<choice>`).
+LIST_GROUPS = {group for entry in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+               if isinstance(entry, dict) for group, choice in entry.items() if isinstance(choice, list)}
+
+
 def _declared():
     for path in sorted(CONF_DIR.glob("*/*.yaml")):
         if path.parent.name == "experiment":
             continue
         text = yaml.safe_load(path.read_text()) or {}
         group, choice = path.parent.name, path.stem
-        prefix = f"regularizer.{choice}" if group == "regularizer" else group
-        select = f"regularizer=[{choice}]" if group == "regularizer" else f"{group}={choice}"
+        prefix = f"{group}.{choice}" if group in LIST_GROUPS else group
+        select = f"{group}=[{choice}]" if group in LIST_GROUPS else f"{group}={choice}"
         nodes = [(prefix, text)] + [(f"{prefix}.{k}", v) for k, v in text.items()
                                     if isinstance(v, dict) and SPEC_KEY in v]
         for where, node in nodes:

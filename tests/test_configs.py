@@ -35,9 +35,14 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+# Groups chosen as a list (regularizer=[l2,dropout], logger=[jsonl,csv]), from the defaults list.
+LIST_GROUPS = {group for entry in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+               if isinstance(entry, dict) for group, choice in entry.items() if isinstance(choice, list)}
+
+
 def select(group: str, name: str) -> str:
-    """The override that selects one choice; regularizer is a list group."""
-    return f"regularizer=[{name}]" if group == "regularizer" else f"{group}={name}"
+    """The override that selects one choice: `group=[name]` for a list group."""
+    return f"{group}=[{name}]" if group in LIST_GROUPS else f"{group}={name}"
 
 
 def group_cases(*groups: str) -> list:
@@ -77,8 +82,8 @@ def test_every_group_of_the_defaults_list_has_a_choice():
 def test_every_choice_composes_and_passes_validation(group, name):
     cfg = _compose(group, name)
     validate(cfg)
-    if group == "regularizer":
-        assert list(cfg.regularizer) == [name]  # the `# @package regularizer.<name>` line puts it under its name
+    if group in LIST_GROUPS:
+        assert list(cfg[group]) == [name]  # the `# @package <group>.<name>` line puts it under its name
     elif group == "dataset" and (group, name) not in REQUIRED:
         assert cfg[group].name == name
 

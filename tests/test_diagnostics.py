@@ -9,7 +9,9 @@ import optax
 import pytest
 
 from runner.build import build_parts
-from runner.diagnostics import capacity, layer_names, lowest_nonfinite, summarize, to_records
+from runner.data import load_splits
+from runner.diagnostics import (capacity, empty_buffer, fan_in, layer_names, lowest_nonfinite, make_layer_stats,
+                                record, summarize, to_records)
 from runner.train import create_train_state, make_train_epoch, make_train_step, make_train_step_with_trace
 from tests.conftest import compose_config
 
@@ -215,12 +217,111 @@ def test_the_buffer_holds_the_most_multiples_of_n_any_epoch_can_contain(steps_pe
     assert capacity(steps_per_epoch, every) == most
 
 
-def test_grad_norm_ratio_is_the_lowest_layers_gradient_norm_over_the_heads():
-    def record(low, top):
-        return {"layers": [{"name": "dense_0", "grad_norm": low}, {"name": "dense_1", "grad_norm": 1.0},
-                           {"name": "head", "grad_norm": top}]}
+def _hand_kernel_grads(params, x, y, activation, derivative):
+    """Each layer's kernel gradient of the mean cross-entropy, backpropagated by hand in NumPy (float64), for an
+    MLP without normalization, dropout or penalty."""
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    names = layer_names(params)
+    inputs, outputs, h = {}, {}, np.asarray(x, np.float64).reshape(len(x), -1)
+    for name in names:
+        inputs[name] = h
+        z = h @ params[name]["kernel"] + params[name]["bias"]
+        h = outputs[name] = activation(z) if name != "head" else z
+    probs = np.exp(h - h.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    dz = (probs - np.eye(h.shape[1])[np.asarray(y)]) / len(x)  # d mean-CE / d logits
+    grads = {}
+    for name in reversed(names):
+        grads[name] = inputs[name].T @ dz
+        dz = (dz @ params[name]["kernel"].T) * derivative(inputs[name])  # through the activation below
+    return grads
 
-    summary = summarize([record(1.0, 10.0), record(3.0, 1.0), record(2.0, 1.0)])
+
+def test_grad_norm_per_input_is_the_kernel_gradient_norm_over_root_fan_in_and_the_ratio_is_first_over_head():
+    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=tanh")
+    [record, *_] = _records(parts, state, x, y, every=4)
+    indices = _batches(x)[0]
+    grads = _hand_kernel_grads(state.params, x[indices], y[indices], np.tanh, lambda a: 1 - a**2)
+    fan_in = {"dense_0": 64, "dense_1": 8, "head": 8}  # 8x8x1 inputs, width 8
+    per_input = {name: np.linalg.norm(g) / np.sqrt(fan_in[name]) for name, g in grads.items()}
+    for name in fan_in:
+        assert _layer(record, name)["grad_norm"] == pytest.approx(np.linalg.norm(grads[name]), rel=1e-4)
+        assert _layer(record, name)["grad_norm_per_input"] == pytest.approx(per_input[name], rel=1e-4)
+    expected = per_input["dense_0"] / per_input["head"]
+    assert summarize([record])["grad_norm_ratio"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_grad_norm_ratio_is_the_first_diagnosed_steps_and_its_median_over_steps():
+    def record(low, top):
+        return {"layers": [{"name": "dense_0", "grad_norm_per_input": low, "grad_norm": 99.0},
+                           {"name": "dense_1", "grad_norm_per_input": 1.0, "grad_norm": 99.0},
+                           {"name": "head", "grad_norm_per_input": top, "grad_norm": 1.0}]}
+
+    summary = summarize([record(1.0, 10.0), record(3.0, 1.0), record(2.0, 1.0), record(None, 1.0)])
     assert summary["grad_norm_ratio"] == pytest.approx(0.1)  # the first diagnosed step
-    assert summary["grad_norm_ratio_median"] == pytest.approx(2.0)
+    assert summary["grad_norm_ratio_median"] == pytest.approx(2.0)  # steps with a non-finite norm left out
+    assert summarize([record(1.0, 0.0)])["grad_norm_ratio"] is None
+    # A diagnostics.jsonl written before grad_norm_per_input existed has no ratio (not the old one).
+    assert summarize([{"layers": [{"name": "dense_0", "grad_norm": 1.0}, {"name": "head", "grad_norm": 2.0}]}]) \
+        == {"grad_norm_ratio": None, "grad_norm_ratio_median": None}
     assert summarize([]) == {"grad_norm_ratio": None, "grad_norm_ratio_median": None}
+
+
+def test_fan_in_is_what_each_output_unit_sums_over():
+    assert fan_in(np.zeros((784, 100))) == 784
+    assert fan_in(np.zeros((3, 3, 16, 32))) == 3 * 3 * 16  # a 2-D convolution: window x in-channels
+    assert fan_in(np.zeros((5, 4, 8))) == 5 * 4  # a 1-D convolution
+
+
+def _write_learnable_images(path, side, n=600, classes=10, seed=0):
+    """An .npz of side x side images in [0, 1]: a fixed random pattern per class plus noise, so labels are
+    learnable from the pixels (the Keras convention runner/data/npz.py reads)."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.uniform(0, 1, (classes, side, side))
+
+    def split(count):
+        labels = rng.integers(0, classes, count)
+        return np.clip(patterns[labels] + rng.normal(0, 0.5, (count, side, side)), 0, 1).astype(np.float32), labels
+
+    (x_train, y_train), (x_test, y_test) = split(n), split(n // 4)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def _first_step_ratio(*overrides):
+    """summary.json's grad_norm_ratio for this config when its first step (step 0) is diagnosed, on a batch of
+    its dataset's first 32 training examples, loaded and scaled as a run loads them."""
+    cfg = compose_config("trainer.batch_size=32", *overrides)
+    splits = load_splits(cfg.dataset, seed=0)
+    x, y = jnp.asarray(splits.x_train[:32]), jnp.asarray(splits.y_train[:32])
+    parts = build_parts(cfg, num_classes=splits.num_classes, steps_per_epoch=1)
+    state = create_train_state(jax.random.PRNGKey(0), parts, x)
+    names = layer_names(state.params)
+    step, layer_stats = make_train_step_with_trace(parts), make_layer_stats(parts.model.activation, names)
+    values = jax.jit(lambda s: layer_stats(s, step(s, x, y)[2]))(state)  # what the compiled epoch measures
+    buffer = record(empty_buffer(1, len(names)), state.step, values)
+    return summarize(to_records(1, jax.device_get(buffer), names))["grad_norm_ratio"]
+
+
+@pytest.fixture(scope="module")
+def images_28x28(tmp_path_factory):
+    path = tmp_path_factory.mktemp("npz") / "images_28x28.npz"
+    _write_learnable_images(path, 28)
+    return f"dataset.path={path}"
+
+
+@pytest.mark.parametrize("dataset", ["digits", "npz_28x28"])
+def test_a_healthy_default_net_reads_a_ratio_near_1_whatever_its_input_width(dataset, tfds_dir, images_28x28):
+    # The whole-kernel norm ratio read 1.0 on 8x8 digits and 3.6 here on 28x28 inputs: the first layer's width.
+    data = ("dataset=digits",) if dataset == "digits" else ("dataset=npz", images_28x28)
+    assert 0.5 <= _first_step_ratio(*data) <= 2
+
+
+@pytest.mark.slow
+def test_vanishing_gradients_presets_keep_their_order_on_8x8_and_28x28_inputs(tfds_dir, images_28x28):
+    for data in [("dataset=digits",), ("dataset=npz", images_28x28)]:
+        ratio = {variant: _first_step_ratio("+experiment=vanishing_gradients",
+                                            f"experiment/vanishing_gradients={variant}", *data)
+                 for variant in ("sigmoid_normal", "sigmoid_glorot", "elu_he")}
+        assert 0.5 <= ratio["elu_he"] <= 2, (data, ratio)  # He + ELU: healthy
+        assert ratio["sigmoid_normal"] < 0.05, (data, ratio)  # sigmoid with N(0, 1): vanishes
+        assert ratio["sigmoid_glorot"] < 1e-6, (data, ratio)  # sigmoid with Glorot: vanishes by orders more

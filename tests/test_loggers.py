@@ -319,6 +319,29 @@ def test_a_logger_added_on_resume_starts_with_the_history_of_metrics_jsonl(tmp_p
     assert series(accumulate(tmp_path / "tensorboard"), "lr") == {r["step"]: np.float32(r["lr"]) for r in RECORDS}
 
 
+PARALLEL_JOB = """
+import sys
+from pathlib import Path
+from runner.loggers import MlflowLogger, RunStart
+run_dir = Path(sys.argv[1])
+run_dir.mkdir()
+MlflowLogger(RunStart(run_dir, {"job": run_dir.name}, 1, 0), tracking_uri=sys.argv[2], experiment="sweep").close(
+    {"status": "completed"})
+"""
+
+
+@pytest.mark.slow  # three processes importing jax and mlflow: ~17 s on two cores
+def test_parallel_sweep_jobs_share_a_new_sqlite_store(tmp_path):
+    store = f"sqlite:///{tmp_path}/outputs/mlflow.db"  # new: the jobs race to create its tables
+    jobs = [subprocess.Popen([sys.executable, "-c", PARALLEL_JOB, str(tmp_path / f"job{i}"), store],
+                             stderr=subprocess.PIPE, text=True) for i in range(3)]
+    assert [(job.wait(timeout=120), job.stderr.read()) for job in jobs] == [(0, "")] * 3
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert sorted(r.data.params["job"] for r in runs) == ["job0", "job1", "job2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
 def test_an_unusable_tracking_uri_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(UserError) as refused:
         MlflowLogger(run_start(tmp_path), tracking_uri="nosuchscheme://x", experiment="e")

@@ -21,17 +21,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from runner.checks import strip_specs
-from runner.data.splits import Splits, split_and_scale
+from runner.data.splits import Scaling, Splits, keep_classes, resize_images, split_and_scale
 from runner.errors import UserError, first_line
 
 
-def load_splits(dataset: DictConfig, *, seed: int) -> Splits:
+def load_splits(dataset: DictConfig, *, seed: int, scaling: Scaling | None = None) -> Splits:
     """Reads the dataset's source and returns its scaled train, validation and test splits.
 
     Args:
       dataset: the config's `dataset` node (runner/config.py, DatasetConfig): `source` reads the data from
-        `data_dir`; `val_fraction` and `train_subset` shape the splits; `name` names them.
+        `data_dir`; `val_fraction`, `train_subset` and `labeled_examples` shape the splits; `name` names them.
       seed: seeds the permutation that picks the validation examples.
+      scaling: input statistics to scale by (a reused net's); None: the training split's.
 
     Returns:
       float32 inputs with a trailing channel axis and int32 labels, every split scaled per channel by the
@@ -39,9 +40,13 @@ def load_splits(dataset: DictConfig, *, seed: int) -> Splits:
     """
     source = _build(dataset.source, "dataset.source")
     data = source(data_dir=dataset.data_dir)
-    return split_and_scale(
-        data, name=dataset.name, val_fraction=dataset.val_fraction, seed=seed, train_subset=dataset.train_subset
-    )
+    if dataset.classes is not None:
+        data = keep_classes(data, list(dataset.classes), dataset.name)
+    if dataset.resize is not None:
+        data = resize_images(data, list(dataset.resize), dataset.name)
+    return split_and_scale(data, name=dataset.name, val_fraction=dataset.val_fraction, seed=seed,
+                           train_subset=dataset.train_subset, scaling=scaling,
+                           labeled_examples=dataset.labeled_examples)
 
 
 def check_dataset(dataset: DictConfig) -> None:

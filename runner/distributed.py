@@ -1,0 +1,181 @@
+"""Devices and processes: the run's mesh, where its arrays live, and which process writes the run's files.
+
+Data parallel, the standard layout for nets this size (parameters of megabytes, not gigabytes): one mesh axis,
+`data`, over the run's devices; parameters, optimizer state and the dataset (small: it stays on every device)
+replicated; each step's batch, gathered by index from the replicated dataset, constrained to `P('data')`. The
+compiled programs are the one-device programs with shardings on their inputs and outputs: XLA's SPMD
+partitioner gives each device its share of the batch and inserts the all-reduces, so the loss, the gradients
+and batch-norm statistics are of the global batch, as on one device, up to the order of float sums. Random
+draws (dropout, augmentation) are the same numbers on any number of devices: under jit a value never depends
+on its sharding, and with `jax_threefry_partitionable` (on by default since jax 0.5) each device draws only
+its own share instead of the whole array.
+
+Several processes (hosts, or one process per GPU under SLURM): `initialize_processes` calls
+`jax.distributed.initialize()` when the launcher says the run has several; the mesh then spans every
+process's devices, every process runs the same steps, and only process 0 writes the run's files, except
+checkpoints, which orbax saves collectively (every process calls save).
+
+Nothing here imports jax at module level: preflight reads `process_index_from_env` before JAX starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from runner.errors import UserError
+
+AXIS = "data"  # the one mesh axis: the batch is split along it
+# The runner's own variables for a launch that is not SLURM's: jax.distributed.initialize reads
+# JAX_COORDINATOR_ADDRESS itself, but takes the process count and index only from a cluster it detects.
+NUM_PROCESSES, PROCESS_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+
+
+def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
+    """How many processes the launcher started for this run: SLURM's task count, JAX_NUM_PROCESSES, or 1."""
+    if "JAX_COORDINATOR_ADDRESS" in environ:
+        return int(environ.get(NUM_PROCESSES) or environ.get("SLURM_NTASKS") or 1)
+    if "SLURM_PROCID" in environ:
+        return int(environ.get("SLURM_NTASKS", 1))
+    return 1
+
+
+def process_index_from_env(environ: Mapping[str, str] = os.environ) -> int:
+    """This process's index among the launched ones, read without JAX (0 for a run of one process)."""
+    if launched_processes(environ) == 1:
+        return 0
+    return int(environ.get(PROCESS_ID) or environ.get("SLURM_PROCID") or 0)
+
+
+def shared_run_dir(environ: Mapping[str, str] = os.environ) -> str | None:
+    """A run dir every process of a SLURM job step names alike (None outside SLURM).
+
+    `${now:}` differs between processes started microseconds apart; the job and step ids do not.
+    """
+    if "SLURM_JOB_ID" not in environ:
+        return None
+    return f"outputs/slurm/{environ['SLURM_JOB_ID']}.{environ.get('SLURM_STEP_ID', '0')}"
+
+
+def initialize_processes(environ: Mapping[str, str] = os.environ) -> None:
+    """Join the run's other processes (`jax.distributed.initialize`) when it has several; before any JAX work."""
+    import jax
+
+    if launched_processes(environ) == 1 or jax.distributed.is_initialized():
+        return
+    given = {"num_processes": environ.get(NUM_PROCESSES), "process_id": environ.get(PROCESS_ID)}
+    # None lets jax detect the value (SLURM: SLURM_NTASKS, SLURM_PROCID, the first node of the step).
+    jax.distributed.initialize(**{k: int(v) for k, v in given.items() if v is not None})
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files: process 0 of the run."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """The run's devices as a one-axis mesh, with the two placements a run uses: replicated and batch-split."""
+
+    mesh: Any  # jax.sharding.Mesh
+    setting: Any = "auto"  # trainer.devices, for messages
+
+    @classmethod
+    def over(cls, setting: Any) -> "DataParallel":
+        """The mesh of `trainer.devices`: `auto` (every local device) or the first N local devices of each process."""
+        import jax
+
+        local = jax.local_devices()
+        count = len(local) if setting == "auto" else int(setting)
+        if count > len(local):
+            raise UserError(f"trainer.devices: {count}, but this process has {len(local)} device(s) "
+                            f"({', '.join(map(str, local))}); valid: auto or an integer in [1, {len(local)}]")
+        by_process = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+        chosen = [d for p in range(jax.process_count())
+                  for d in [d for d in by_process if d.process_index == p][:count]]
+        return cls(jax.sharding.Mesh(np.array(chosen), (AXIS,)), setting)
+
+    @property
+    def size(self) -> int:
+        return self.mesh.size
+
+    @property
+    def devices(self) -> list[str]:
+        return [str(d) for d in self.mesh.devices.flat]
+
+    @property
+    def replicated(self) -> Any:
+        import jax
+
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+    @property
+    def batch(self) -> Any:
+        """A batch split along its first axis over the devices (the sharding the step constrains its batch to)."""
+        import jax
+
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(AXIS))
+
+    def check_batch_size(self, key: str, batch_size: int) -> None:
+        """UserError unless `batch_size` splits evenly over the devices (each step's batch is split)."""
+        if batch_size % self.size:
+            below, above = batch_size // self.size * self.size, -(-batch_size // self.size) * self.size
+            multiples = " or ".join(str(m) for m in (below, above) if m > 0)
+            raise UserError(f"{key}: {batch_size} does not divide over the {self.size} devices of "
+                            f"trainer.devices={self.setting}; valid: a multiple of {self.size} (e.g. {multiples}), "
+                            f"or trainer.devices=N for an N that divides {batch_size}")
+
+    def put(self, tree: Any) -> Any:
+        """Host arrays (NumPy, or JAX arrays of any placement) as arrays replicated on every device of the mesh.
+
+        An array already replicated on the mesh is returned as it is, so this is cheap before every call.
+        """
+        import jax
+
+        replicated = self.replicated
+
+        def put_one(a):
+            if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(replicated, a.ndim):
+                return a
+            if isinstance(a, jax.Array) and not a.is_fully_addressable:  # another global placement: reshard
+                return jax.jit(lambda v: v, out_shardings=replicated)(a)
+            host = np.asarray(a)  # every process holds the same values: each fills its own devices from them
+            return jax.make_array_from_callback(host.shape, replicated, lambda index: host[index])
+
+        return jax.tree_util.tree_map(put_one, tree)
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether `flag` is true in any process (one tiny collective when there are several; else `flag`)."""
+        import jax
+
+        if jax.process_count() == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+class AgreedEvent:
+    """A signal's event as every process of a run reads it: set once any process received SIGTERM or Ctrl-C.
+
+    SLURM signals every task, but not within the same chunk; a process that stopped alone would leave the
+    others waiting in a collective. Each read is itself a collective, so every process reads it at the same
+    points (a chunk's end, an epoch's end), which the run's fixed control flow guarantees.
+    """
+
+    def __init__(self, event: Any, data_parallel: DataParallel):
+        self.event, self.data_parallel = event, data_parallel
+
+    def is_set(self) -> bool:
+        return self.data_parallel.any_process(self.event.is_set())
+
+    @property
+    def signum(self) -> int:
+        import signal
+
+        return self.event.signum or signal.SIGTERM  # a process told by another: SLURM's signal is on its way

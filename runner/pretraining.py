@@ -1,0 +1,407 @@
+"""Pretraining: the lower layers learn first, then the run's own task (fine-tuning) reuses them.
+
+The `pretraining` conf group names one function here. `pretrain(cfg, run_dir, console)` calls it with the run's
+config; it returns a `runner.transfer.Source` held in memory (the pretrained hidden layers with their blocks, and
+the input scaling they were trained with), or None for `pretraining=none`. The run grafts it exactly as it grafts
+`transfer.source`, with the same `transfer.reuse_layers`, `freeze`, `unfreeze_after`, `reused_lr_scale`, `cache`.
+
+  supervised   the whole net trains on other classes of the same dataset (`pretraining.classes`, every label
+               of them) with the run's own recipe (optimizer, schedule, regularizers) and compiled epoch.
+  autoencoder  greedy layer-wise (Bengio et al. 2007): hidden layer k (its weights and block, dropout off) is the
+               encoder, a dense layer back to its input the decoder; it minimizes the mean squared reconstruction
+               error of the outputs of the frozen layers below (inference mode), for `epochs` epochs, with Adam.
+  rbm          greedy layer-wise (Hinton et al. 2006): hidden layer k is a restricted Boltzmann machine with
+               sigmoid units, trained by CD-k (`cd_update`); the next one learns from its p(h|v).
+  auxiliary    the whole net learns a task whose labels are generated (`generated_task`): which rotation of an
+               image was applied, with the run's own recipe and compiled epoch.
+
+Unsupervised and generated-label pretraining use every training input of the run's dataset, also those whose
+labels `dataset.labeled_examples` set aside (`Splits.x_unlabeled`); never validation or test inputs. Greedy
+methods pretrain dense layers only (a conv layer is refused) and only the lowest `transfer.reuse_layers`.
+Every pretraining epoch is one compiled program; each epoch's loss goes to `pretraining.jsonl` in the run dir.
+Pretraining runs on one device and, on `trainer.resume=true`, runs again (deterministic), before the checkpoint's
+weights replace the grafted ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from omegaconf import DictConfig, OmegaConf
+
+from runner.build import build_parts, build_regularizer, instantiate
+from runner.console import Console
+from runner.data import load_splits
+from runner.distributed import is_writer
+from runner.errors import UserError
+from runner.outputs import append_jsonl, rewrite_jsonl
+from runner.train import create_train_state, make_train_epoch
+from runner.transfer import Source, SourceLayer
+
+LOG_FILE = "pretraining.jsonl"
+# Pretraining draws its own random numbers: the same seed as the run, folded with a constant, so its initial
+# weights and batch orders are not the fine-tuning run's.
+_KEY_SALT = 0x70726574
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every pretraining function is called with: the run's config, its dir and its console."""
+
+    cfg: DictConfig
+    run_dir: Path
+    console: Console
+
+    @property
+    def method(self) -> str:
+        return self.cfg.pretraining._target_.rsplit(".", 1)[-1]
+
+    @property
+    def key(self) -> jax.Array:
+        return jax.random.fold_in(jax.random.PRNGKey(self.cfg.trainer.seed), _KEY_SALT)
+
+
+def pretrain(cfg: DictConfig, run_dir: Path, console: Console) -> Source | None:
+    """The source the run reuses, pretrained as `pretraining` says; None for pretraining=none."""
+    node = cfg.get("pretraining")
+    if node is None:
+        return None
+    method = instantiate(node, "pretraining", _partial_=True)
+    if method.func is none:
+        return None
+    context = Context(cfg, run_dir, console)
+    if cfg.transfer.source:
+        raise UserError(f"pretraining={context.method}: reuses its own pretrained layers, and transfer.source names "
+                        "another net's; valid: one of them (pretraining=none, or transfer.source=null)")
+    if is_writer():
+        rewrite_jsonl(run_dir / LOG_FILE, [])  # a resumed run pretrains again, to the same numbers
+    return method(context)
+
+
+def none(context: Context) -> None:
+    """No pretraining: the run starts from fresh weights (or from `transfer.source`)."""
+    del context
+
+
+# Supervised pretraining and the generated-label task: the whole net, with the run's recipe.
+
+
+def supervised(context: Context, classes: list[int], epochs: int = 10) -> Source:
+    """The net trained on `classes` of the run's dataset (task A, every label), its hidden layers the source.
+
+    The run's task B is `dataset.classes`, which must not share a class with task A. Task A's inputs are scaled
+    by their own statistics, and so are task B's (the source's scaling), as for any transfer source.
+    """
+    cfg = context.cfg
+    task_b = list(cfg.dataset.classes or [])
+    if not task_b:
+        raise UserError("pretraining=supervised: needs the run's task to be some classes, dataset.classes=[...], so "
+                        "that pretraining.classes are others; valid: e.g. dataset.classes=[5,6,7,8,9] "
+                        "pretraining.classes=[0,1,2,3,4]")
+    shared = sorted(set(task_b) & set(classes))
+    if shared:
+        raise UserError(f"pretraining.classes: {list(classes)} shares class {shared[0]} with dataset.classes "
+                        f"{task_b}; valid: classes of the dataset that the run's task does not have")
+    # Task A: its classes with every training label; no validation split (its test examples stay untouched).
+    dataset = OmegaConf.merge(cfg.dataset, {"classes": list(classes), "val_fraction": 0.0, "train_subset": None,
+                                            "labeled_examples": None})
+    splits = load_splits(dataset, seed=cfg.trainer.seed)
+    context.console.info(f"pretraining=supervised: {len(splits.x_train)} examples of classes {list(classes)}")
+    params, batch_stats = _train_body(context, splits.x_train, splits.y_train, splits.num_classes, epochs)
+    return _source(context, params, batch_stats, splits.scaling)
+
+
+def auxiliary(context: Context, epochs: int = 10) -> Source:
+    """The net trained to tell which transformation of `generated_task` each training input went through."""
+    cfg = context.cfg
+    if build_regularizer(cfg).augment is not None:
+        raise UserError("pretraining=auxiliary: regularizer augmentation flips, shifts and rotates the inputs, which "
+                        "changes the generated labels; valid: a regularizer list without augmentation")
+    splits = load_splits(cfg.dataset, seed=cfg.trainer.seed)
+    x, y, views = generated_task(splits.all_train_inputs)
+    context.console.info(f"pretraining=auxiliary: {len(x)} inputs, {views} transformations of "
+                         f"{len(splits.all_train_inputs)} training inputs")
+    params, batch_stats = _train_body(context, x, y, views, epochs)
+    return _source(context, params, batch_stats, splits.scaling)
+
+
+def generated_task(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(inputs, labels, how many labels): every input under each transformation, labelled by which.
+
+    Square images (N, H, H, C): label r is a rotation by r * 90 degrees counter-clockwise (np.rot90 from H to W),
+    r = 0..3 (Gidaris et al. 2018). Other images: 0 or 180 degrees. 1-D signals (N, L, C): as they are (0) or
+    reversed in time (1). Inputs are grouped by label: all of label 0, then all of label 1, ...
+    """
+    if x.ndim == 4:
+        turns = range(4) if x.shape[1] == x.shape[2] else (0, 2)
+        views = [np.rot90(x, r, axes=(1, 2)) for r in turns]
+    else:
+        views = [x, x[:, ::-1]]
+    labels = np.repeat(np.arange(len(views), dtype=np.int32), len(x))
+    return np.ascontiguousarray(np.concatenate(views)), labels, len(views)
+
+
+def _train_body(context: Context, x: np.ndarray, y: np.ndarray, num_classes: int,
+                epochs: int) -> tuple[dict, dict]:
+    """(params, batch_stats) of the run's net (with a head of `num_classes`) after `epochs` of the run's epoch."""
+    cfg = OmegaConf.merge(context.cfg, {"trainer": {"epochs": epochs}})  # the schedule spans the pretraining
+    batch_size = _batch_size(cfg, len(x), context.method)
+    parts = build_parts(cfg, num_classes, len(x) // batch_size)
+    init_key, data_key = jax.random.split(context.key)
+    state = create_train_state(init_key, parts, jnp.asarray(x[:batch_size]))
+    train_epoch = jax.jit(make_train_epoch(parts, batch_size))
+    x, y = jax.device_put((x, y))
+    log = _Log(context, "body")
+    for epoch in range(1, epochs + 1):
+        state, metrics = train_epoch(state, x, y, jax.random.fold_in(data_key, epoch))
+        log.epoch(epoch, float(metrics["loss"]), accuracy=float(metrics["accuracy"]))
+    log.done(epochs, "loss")
+    return state.params, state.batch_stats
+
+
+# Greedy layer-wise pretraining: each hidden layer on the outputs of the frozen ones below.
+
+
+def autoencoder(context: Context, epochs: int = 10, learning_rate: float = 1e-3) -> Source:
+    """Each dense layer an autoencoder on the outputs of the ones below, from the input up; the stack the source.
+
+    Encoder: the layer and its block (normalization, activation; batch statistics updated, dropout off).
+    Decoder: a dense layer from its output back to its input (linear), dropped afterwards. Loss: the mean
+    squared error between the decoder's output and the layer's input, over batches of `trainer.batch_size`.
+    """
+    model, params, batch_stats, splits, layers = _greedy_start(context)
+    body = _with_top_cut(model)
+    x = splits.all_train_inputs
+    batch_size = _batch_size(context.cfg, len(x), context.method)
+    optimizer = optax.adam(learning_rate)
+    for k, name in enumerate(layers):
+        block = f"block_{k}"
+        key = jax.random.fold_in(context.key, k)
+        inputs = x.reshape(len(x), -1)
+        decoder = {"kernel": model.kernel_init(key, (model.dense_widths[k], inputs.shape[1]), jnp.float32),
+                   "bias": jnp.zeros(inputs.shape[1], jnp.float32)}
+        trainable = {name: params[name], **({block: params[block]} if block in params else {}), "decoder": decoder}
+        stats = {block: batch_stats[block]} if block in batch_stats else {}
+
+        def loss_fn(trainable, stats, batch, step_key, k=k):
+            encoder = {n: p for n, p in trainable.items() if n != "decoder"}
+            code, updates = body.apply({"params": encoder, "batch_stats": stats}, batch, train=True, dropout=False,
+                                       start=k, stop=k + 1, mutable=["batch_stats"], rngs={"dropout": step_key})
+            flat = batch.reshape(batch.shape[0], -1)
+            reconstruction = code @ trainable["decoder"]["kernel"] + trainable["decoder"]["bias"]
+            return jnp.mean((reconstruction - flat) ** 2), updates.get("batch_stats", {})
+
+        def step(carry, batch, step_key, loss_fn=loss_fn):
+            trainable, stats, opt_state = carry
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, stats, batch, step_key)
+            updates, opt_state = optimizer.update(grads, opt_state, trainable)
+            return (optax.apply_updates(trainable, updates), stats, opt_state), loss
+
+        carry = _train_layer(context, name, step, (trainable, stats, optimizer.init(trainable)), x, batch_size,
+                             epochs, key, "reconstruction loss")
+        trainable, stats, _ = carry
+        params = {**params, **{n: p for n, p in trainable.items() if n != "decoder"}}
+        batch_stats = {**batch_stats, **stats}
+        variables = {"params": {n: params[n] for n in (name, block) if n in params}, "batch_stats": stats}
+        x = _batched(lambda v, xb, k=k: body.apply(v, xb, train=False, start=k, stop=k + 1), variables, x)
+    return _source(context, params, batch_stats, splits.scaling, layers)
+
+
+class RBM(NamedTuple):
+    """A restricted Boltzmann machine with sigmoid units: weights (visible, hidden) and both biases."""
+
+    weights: jax.Array
+    visible_bias: jax.Array
+    hidden_bias: jax.Array
+
+
+def cd_update(rbm: RBM, v0: jax.Array, uniforms: jax.Array, learning_rate: float) -> tuple[RBM, jax.Array]:
+    """One contrastive-divergence update, CD-k with k = len(uniforms) (Hinton 2002; Hinton 2010, "A practical
+    guide to training restricted Boltzmann machines", sections 3-4).
+
+    p(h|v) = sigmoid(v W + c); p(v|h) = sigmoid(h W^T + b). From the data v0: h is sampled, h = [u < p(h|v)]
+    with `uniforms[i]` (batch, hidden) at Gibbs step i; each reconstruction v_i = p(v|h) is a probability, not
+    a sample (Hinton 2010, 3.2). After k steps, with p0 = p(h|v0), pk = p(h|vk):
+
+        W += lr (v0^T p0 - vk^T pk) / batch,  b += lr mean(v0 - vk),  c += lr mean(p0 - pk).
+
+    Returns the updated RBM and the squared reconstruction error of the first Gibbs step, mean((v0 - v1)^2).
+    """
+    w, b, c = rbm
+    p0 = jax.nn.sigmoid(v0 @ w + c)
+    p, v, first = p0, v0, None
+    for u in uniforms:
+        h = (u < p).astype(v0.dtype)
+        v = jax.nn.sigmoid(h @ w.T + b)
+        p = jax.nn.sigmoid(v @ w + c)
+        first = v if first is None else first
+    n = v0.shape[0]
+    updated = RBM(w + learning_rate * (v0.T @ p0 - v.T @ p) / n,
+                  b + learning_rate * jnp.mean(v0 - v, axis=0),
+                  c + learning_rate * jnp.mean(p0 - p, axis=0))
+    return updated, jnp.mean((v0 - first) ** 2)
+
+
+def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int = 1) -> Source:
+    """Each dense layer an RBM on the outputs of the ones below (CD-k, `cd_update`); the stack the source.
+
+    The first RBM's visible units take the standardized inputs mapped to [0, 1] by a min-max per channel over the
+    training inputs, v = (x - lo) / (hi - lo); that map is then folded into the first layer's weights and bias,
+    so the grafted layer computes the same sigmoid(v W + c) from the standardized inputs the run trains on.
+    Needs activation=sigmoid and normalization=none: an RBM layer is a weight layer and a sigmoid, nothing else.
+    Weights start as the run's initializer draws them, hidden biases at 0, visible biases at log(p / (1 - p)) of
+    the mean input p (Hinton 2010, 8.1); the visible biases are dropped afterwards.
+    """
+    cfg = context.cfg
+    activation = cfg.activation._target_
+    if activation != "jax.nn.sigmoid":
+        raise UserError(f"pretraining=rbm: needs activation=sigmoid (an RBM's hidden units are sigmoid), got "
+                        f"{activation.rsplit('.', 1)[-1].lower()}")
+    if cfg.normalization.layer is not None:
+        raise UserError(f"pretraining=rbm: needs normalization=none (an RBM layer is weights then a sigmoid), got "
+                        f"{cfg.normalization.layer._target_}")
+    model, params, batch_stats, splits, layers = _greedy_start(context)
+    x = splits.all_train_inputs
+    batch_size = _batch_size(cfg, len(x), context.method)
+    lo, scale = _min_max(x)
+    channel = np.arange(int(np.prod(x.shape[1:]))) % x.shape[-1]  # each flattened input's channel
+    v = (x.reshape(len(x), -1) - lo[channel]) / scale[channel]
+    for index, name in enumerate(layers):
+        key = jax.random.fold_in(context.key, index)
+        mean = np.clip(v.mean(axis=0), 1e-3, 1 - 1e-3)
+        machine = RBM(params[name]["kernel"], jnp.asarray(np.log(mean / (1 - mean)), jnp.float32),
+                      params[name]["bias"])
+        hidden = machine.hidden_bias.shape[0]
+
+        def step(machine, batch, step_key, hidden=hidden):
+            uniforms = jax.random.uniform(step_key, (k, batch.shape[0], hidden))
+            return cd_update(machine, batch, uniforms, learning_rate)
+
+        machine = _train_layer(context, name, step, machine, v, batch_size, epochs, key, "reconstruction error")
+        v = np.asarray(_batched(lambda m, vb: jax.nn.sigmoid(vb @ m.weights + m.hidden_bias), machine, v))
+        kernel, bias = np.asarray(machine.weights), np.asarray(machine.hidden_bias)
+        if index == 0:  # v W + c = x (W / s) + (c - (lo / s) W) for each input's channel
+            kernel, bias = kernel / scale[channel][:, None], bias - (lo / scale)[channel] @ kernel
+        params = {**params, name: {"kernel": kernel, "bias": bias}}
+    return _source(context, params, batch_stats, splits.scaling, layers)
+
+
+def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel minimum and range (max - min, at least 1e-6) over every axis but the channel's."""
+    axes = tuple(range(x.ndim - 1))
+    lo = x.min(axis=axes)
+    return lo, np.maximum(x.max(axis=axes) - lo, 1e-6)
+
+
+def _greedy_start(context: Context):
+    """(model, its initial params and batch stats, the run's splits, the layers to pretrain) for a greedy method."""
+    cfg = context.cfg
+    splits = load_splits(cfg.dataset, seed=cfg.trainer.seed)
+    model = build_parts(cfg, splits.num_classes, 1).model
+    if model.channels:
+        raise UserError(f"pretraining={context.method}: greedy layer-wise pretraining trains dense layers, and "
+                        f"model.channels={list(model.channels)} adds conv layers; valid: model.channels=[] "
+                        "(model=mlp), or pretraining=supervised or auxiliary")
+    layers = model.hidden_layers[: cfg.transfer.reuse_layers or len(model.hidden_layers)]
+    if not layers:
+        raise UserError(f"pretraining={context.method}: the model has no hidden layer to pretrain; valid: "
+                        "model.depth >= 1")
+    x = splits.all_train_inputs
+    variables = model.init({"params": context.key, "dropout": context.key}, jnp.asarray(x[:2]), train=False)
+    return model, dict(variables["params"]), dict(variables.get("batch_stats", {})), splits, layers
+
+
+def _with_top_cut(model: Any) -> Any:
+    """The net with one more dense layer on top: `stop` then cuts below every real hidden layer, the top one too
+    (at `stop` = the number of hidden layers, `Net` returns the head's logits instead)."""
+    return model.clone(widths=tuple(model.dense_widths) + (1,))
+
+
+def _train_layer(context: Context, name: str, step: Callable, carry: Any, x: np.ndarray, batch_size: int,
+                 epochs: int, key: jax.Array, what: str) -> Any:
+    """`carry` after `epochs` epochs of `step(carry, batch, key) -> (carry, loss)` over shuffled batches of `x`."""
+    train_epoch = jax.jit(_epoch_program(step, batch_size))
+    x = jax.device_put(x)
+    log = _Log(context, name)
+    for epoch in range(1, epochs + 1):
+        carry, loss = train_epoch(carry, x, jax.random.fold_in(key, epoch))
+        log.epoch(epoch, float(loss))
+    log.done(epochs, what)
+    return carry
+
+
+def _epoch_program(step: Callable, batch_size: int) -> Callable:
+    """`epoch(carry, x, key) -> (carry, mean loss)`: `step` over the shuffled batches of `x`, one `lax.scan`.
+
+    The last partial batch is dropped, as in the run's epoch."""
+    def epoch(carry, x, key):
+        steps = x.shape[0] // batch_size
+        order = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+
+        def body(carry, i):
+            return step(carry, x[order[i]], jax.random.fold_in(key, i))
+
+        carry, losses = jax.lax.scan(body, carry, jnp.arange(steps))
+        return carry, losses.mean()
+
+    return epoch
+
+
+def _batched(fn: Callable, variables: Any, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """`fn(variables, x)` in batches of `batch_size`, compiled once per batch shape."""
+    apply = jax.jit(fn)
+    return np.concatenate([np.asarray(apply(variables, x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def _batch_size(cfg: DictConfig, examples: int, method: str) -> int:
+    batch_size = cfg.trainer.batch_size
+    if batch_size > examples:
+        raise UserError(f"trainer.batch_size: {batch_size} is larger than pretraining={method}'s training set "
+                        f"({examples} examples); use at most {examples}")
+    return batch_size
+
+
+def _source(context: Context, params: dict, batch_stats: dict, scaling: Any,
+            layers: tuple[str, ...] | None = None) -> Source:
+    """The pretrained hidden layers (all of the net's, or `layers`), each with its block, as a transfer source."""
+    def flat(tree: Any) -> dict[str, np.ndarray]:
+        return {".".join(path): np.asarray(v) for path, v in traverse_util.flatten_dict(dict(tree)).items()}
+
+    names = layers or sorted((n for n in params if n.split("_")[0] in ("conv", "dense")),
+                             key=lambda n: int(n.split("_")[1]))
+    source_layers = [SourceLayer(f"{name} (pretraining={context.method})", name.split("_")[0],
+                                 {k: np.asarray(v) for k, v in params[name].items()},
+                                 flat(params.get(f"block_{name.split('_')[1]}", {})),
+                                 flat(batch_stats.get(f"block_{name.split('_')[1]}", {})))
+                     for name in names]
+    return Source(Path(f"pretraining={context.method}"), source_layers, scaling)
+
+
+class _Log:
+    """Each pretraining epoch's loss: a line of pretraining.jsonl, and one console line per layer or body."""
+
+    def __init__(self, context: Context, layer: str):
+        self.context, self.layer, self.losses, self.start = context, layer, [], time.perf_counter()
+
+    def epoch(self, epoch: int, loss: float, **extra: float) -> None:
+        if not math.isfinite(loss):
+            raise UserError(f"pretraining={self.context.method}: the loss of {self.layer} went non-finite in epoch "
+                            f"{epoch}; valid: a smaller learning rate (pretraining.learning_rate or "
+                            "optimizer.learning_rate)")
+        self.losses.append(loss)
+        if is_writer():
+            append_jsonl(self.context.run_dir / LOG_FILE, {"method": self.context.method, "layer": self.layer,
+                                                            "epoch": epoch, "loss": loss, **extra})
+
+    def done(self, epochs: int, what: str) -> None:
+        self.context.console.info(f"pretraining={self.context.method} {self.layer}: {what} {self.losses[0]:.4g} -> "
+                                  f"{self.losses[-1]:.4g} in {epochs} epochs ({time.perf_counter() - self.start:.1f} s)")

@@ -1,0 +1,92 @@
+"""What a re-launched run does with what its dir already holds.
+
+`trainer.resume=true` continues one run (`hydra.run.dir=DIR`) or re-launches a whole sweep into its sweep dir
+(`-m ... hydra.sweep.dir=DIR`). Each job's dir says what is left to do (`plan`):
+
+- summary.json says the run ended for good (`completed` with all its epochs, `early_stopped`, `diverged`):
+  nothing; the job is skipped with one line and reports its result as it stands;
+- a checkpoint of a run that did not end (interrupted, killed): continue from it;
+- anything else (a failed job, one stopped before its first checkpoint, a job new to the sweep): run afresh.
+
+A checkpoint can also be of a run early stopping had already ended (the signal that interrupted it came in the
+epoch that stopped it): restoring it raises `NothingToTrain`. Nothing here imports jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.outputs import read_jsonl
+from runner.rundir import has_checkpoint, holds_run
+
+FINAL = ("completed", "early_stopped", "diverged")  # statuses after which training on would change nothing
+
+
+class NothingToTrain(Exception):
+    """A resumed run's checkpoint is of a run that had already ended: `skipped (STATUS): why`, one line."""
+
+    def __init__(self, status: str, why: str):
+        super().__init__(f"skipped ({status}): {why}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a job does with its dir: `skip`, `resume` (from its checkpoint) or `fresh`."""
+
+    action: str
+    line: str | None  # what to tell the user; None for a job that simply runs for the first time
+    best_val_accuracy: float | None = None  # a skipped job's result, as its summary.json has it
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json of a run dir; {} when there is none (or it is not a JSON object)."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def finished(summary: dict[str, Any], epochs: int) -> bool:
+    """Whether a run with this summary has nothing left to train when it is configured for `epochs` epochs
+    (a completed run continues when `epochs` was raised)."""
+    status = summary.get("status")
+    return status in FINAL and not (status == "completed" and (summary.get("epochs") or 0) < epochs)
+
+
+def plan(run_dir: Path, epochs: int) -> Plan:
+    """What the job whose dir is `run_dir`, configured for `epochs` epochs, does now."""
+    summary = read_summary(run_dir)
+    status = summary.get("status")
+    if finished(summary, epochs):
+        return Plan("skip", f"skipped ({status}): {_ended(summary)}; nothing to train in {run_dir}",
+                    summary.get("best_val_accuracy"))
+    if status != "failed" and has_checkpoint(run_dir):
+        return Plan("resume", f"resuming ({status or 'no summary'}): {run_dir}")
+    if status == "failed":
+        return Plan("fresh", f"re-running afresh (failed: {summary.get('reason', 'no reason recorded')}): {run_dir}")
+    if holds_run(run_dir):
+        return Plan("fresh", f"re-running afresh (stopped before its first checkpoint): {run_dir}")
+    return Plan("fresh", None)
+
+
+def _ended(summary: dict[str, Any]) -> str:
+    status, epochs = summary.get("status"), summary.get("epochs")
+    if status == "early_stopped":
+        return f"early stopping ended the run at epoch {epochs}"
+    if status == "diverged":
+        return f"the run diverged at step {summary.get('diverged_at_step')}, so training on would diverge again"
+    return f"all {epochs} epochs trained"
+
+
+def best_val_accuracy(run_dir: Path) -> float | None:
+    """The run's best validation accuracy so far: its summary's, else the best of metrics.jsonl."""
+    summary = read_summary(run_dir)
+    if summary.get("best_val_accuracy") is not None:
+        return summary["best_val_accuracy"]
+    values = [r["val_accuracy"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl")
+              if r.get("val_accuracy") is not None]
+    return max(values) if values else None

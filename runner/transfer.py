@@ -1,0 +1,204 @@
+"""Transfer: a new net that starts from the lowest K hidden layers of another, with a fresh head.
+
+`transfer.source` is either a run dir of this runner (its `model.safetensors`, written at the end of every run
+with the final or restored best weights, and its `input_scaling.json`) or a `.safetensors` file from any
+framework (`transfer.layout` says how it stores weights, runner/weights.py). From a run dir each reused layer
+brings its block too: normalization parameters and batch statistics, PReLU slopes. From a foreign file only the
+weight layers are matched, in order; blocks start fresh.
+
+The reused layers are frozen (`transfer.freeze`, the default: inference mode, parameters held after the whole
+optax chain, runner/stages.py), optionally only for `transfer.unfreeze_after` epochs, after which a second stage
+trains them too at `transfer.reused_lr_scale` times the learning rate, with a fresh optimizer state.
+With `transfer.cache` the frozen layers' outputs are computed once per example and the upper layers train on
+them: exact, because a frozen layer runs in inference mode (no dropout, fixed batch statistics).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from runner import weights
+from runner.data.splits import Scaling, Splits
+from runner.errors import UserError
+from runner.stages import Stage
+
+SCALING_FILE = "input_scaling.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class SourceLayer:
+    """One reusable weight layer and its block, as the source stores them."""
+
+    name: str  # the source's own name, for messages
+    kind: str  # conv | dense
+    layer: dict[str, np.ndarray]  # kernel, bias
+    block_params: dict = field(default_factory=dict)  # flat names under block_i: norm.scale, act.alpha, ...
+    block_stats: dict = field(default_factory=dict)  # norm.mean, norm.var
+
+
+@dataclass
+class Source:
+    """What a run reuses: the source's weight layers from the input up, and its input scaling."""
+
+    path: Path
+    layers: list[SourceLayer]
+    scaling: Scaling | None
+
+
+def read_source(cfg: DictConfig) -> Source:
+    """The source `transfer.source` names; a missing or unusable one is one line naming what is wrong."""
+    path = Path(cfg.source).expanduser()
+    if path.is_dir():
+        return _read_run_dir(path)
+    if path.suffix == ".safetensors":
+        layers = [SourceLayer(w.name, "dense" if w.kernel.ndim == 2 else "conv",
+                              {"kernel": w.kernel, **({"bias": w.bias} if w.bias is not None else {})})
+                  for w in weights.weight_layers(weights.load(path), cfg.layout)]
+        if not layers:
+            raise UserError(f"transfer.source: {path} holds no weight of two or more axes; valid: a file of "
+                            "dense or convolution weights")
+        return Source(path, layers, None)
+    raise UserError(f"transfer.source: {path} is neither a run dir nor a .safetensors file; valid: the run dir of "
+                    "a finished run (outputs/<date>/<time>) or FILE.safetensors")
+
+
+def _read_run_dir(path: Path) -> Source:
+    if not (path / ".hydra" / "config.yaml").is_file():
+        raise UserError(f"transfer.source: {path} is not a run dir (no .hydra/config.yaml); valid: the run dir of "
+                        "a finished run")
+    if not (path / WEIGHTS_FILE).is_file():
+        summary = path / "summary.json"
+        status = json.loads(summary.read_text()).get("status") if summary.is_file() else "unfinished"
+        raise UserError(f"transfer.source: {path} has no {WEIGHTS_FILE} (its status: {status}); valid: a run that "
+                        "finished (completed, early_stopped or diverged)")
+    flat = weights.load(path / WEIGHTS_FILE)
+    source_cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+    layers = []
+    for name in _hidden_layer_names(flat):
+        index = name.split("_")[1]
+        block = {k[len(f"block_{index}."):]: v for k, v in flat.items() if k.startswith(f"block_{index}.")}
+        stats = {k: v for k, v in block.items() if k.rsplit(".", 1)[-1] in ("mean", "var")}
+        layers.append(SourceLayer(f"{name} of {source_cfg.model.get('_target_', 'the source model')}",
+                                  name.split("_")[0], {k: flat[f"{name}.{k}"] for k in ("kernel", "bias")
+                                                       if f"{name}.{k}" in flat},
+                                  {k: v for k, v in block.items() if k not in stats}, stats))
+    scaling_file = path / SCALING_FILE
+    scaling = Scaling.from_json(json.loads(scaling_file.read_text())) if scaling_file.is_file() else None
+    return Source(path, layers, scaling)
+
+
+def _hidden_layer_names(flat: dict) -> list[str]:
+    """conv_i and dense_i layers of a runner weights file, from the input up."""
+    names = {key.split(".")[0] for key in flat if key.split(".")[0].split("_")[0] in ("conv", "dense")}
+    return sorted(names, key=lambda n: int(n.split("_")[1]))
+
+
+def reused_layers(cfg: DictConfig, source: Source, layers: Sequence[str]) -> tuple[str, ...]:
+    """The new model's hidden layers that take the source's: the lowest `reuse_layers` (default: all it has)."""
+    k = cfg.reuse_layers if cfg.reuse_layers is not None else len(source.layers)
+    if k > len(source.layers) or k > len(layers):
+        raise UserError(f"transfer.reuse_layers: {k}, but the source has {len(source.layers)} hidden layers and this "
+                        f"model {len(layers)}; valid: 1..{min(len(source.layers), len(layers))}")
+    return tuple(layers[:k])
+
+
+def graft(params: Any, batch_stats: Any, source: Source, reused: Sequence[str]) -> tuple[dict, dict]:
+    """(params, batch_stats) with the reused layers (and, from a run dir, their blocks) taken from the source.
+
+    Every shape must match: a mismatch is one line naming the source's tensor and this model's.
+    """
+    params = jax.tree_util.tree_map(np.asarray, dict(params))
+    batch_stats = jax.tree_util.tree_map(np.asarray, dict(batch_stats or {}))
+    for i, (name, layer) in enumerate(zip(reused, source.layers)):
+        if name.split("_")[0] != layer.kind:
+            raise UserError(f"transfer: the source's layer {i} ({layer.name}) is a {layer.kind} layer, this model's "
+                            f"{name} is not; valid: a model whose lowest layers are of the source's kinds")
+        params[name] = _fit(params[name], layer.layer, f"{layer.name}", name)
+        block = f"block_{name.split('_')[1]}"
+        if layer.block_params or layer.block_stats:
+            params[block] = _fit(params.get(block, {}), layer.block_params, f"{source.path} block", block)
+            if layer.block_stats or block in batch_stats:
+                batch_stats[block] = _fit(batch_stats.get(block, {}), layer.block_stats, f"{source.path} block",
+                                          block)
+    return params, batch_stats
+
+
+def _fit(target: dict, source: dict, source_name: str, target_name: str) -> dict:
+    """`source`'s arrays in place of `target`'s (nested by dotted names), checked key by key and shape by shape."""
+    from flax import traverse_util
+
+    flat_target = {".".join(k): v for k, v in traverse_util.flatten_dict(target).items()}
+    missing, extra = set(source) - set(flat_target), set(flat_target) - set(source)
+    if missing or extra:
+        key = sorted(missing or extra)[0]
+        where = "source" if key in missing else "model"
+        raise UserError(f"transfer: {target_name}.{key} is in the {where} only ({source_name}); valid: a model whose "
+                        "reused layers have the source's parameters (same normalization and activation)")
+    for key, value in source.items():
+        if value.shape != flat_target[key].shape:
+            raise UserError(f"transfer: {source_name} {key} has shape {tuple(value.shape)}, this model's "
+                            f"{target_name}.{key} {tuple(flat_target[key].shape)}; valid: a model whose lowest "
+                            "layers have the source's shapes (input shape, widths, channels)")
+    return traverse_util.unflatten_dict({tuple(k.split(".")): np.asarray(v, flat_target[k].dtype)
+                                         for k, v in source.items()})
+
+
+def transfer_stages(cfg: DictConfig, epochs: int, reused: Sequence[str]) -> list[Stage]:
+    """Frozen reused layers (for `unfreeze_after` epochs or the whole run), then all layers with the reused ones'
+    steps scaled by `reused_lr_scale`."""
+    reused = frozenset(reused)
+    if not cfg.freeze:
+        return [Stage("fine_tune", epochs, scaled=reused, scale=cfg.reused_lr_scale)]
+    if cfg.unfreeze_after is None:
+        return [Stage("reused_frozen", epochs, frozen=reused)]
+    if cfg.unfreeze_after >= epochs:
+        raise UserError(f"transfer.unfreeze_after: must be below trainer.epochs ({epochs}), got {cfg.unfreeze_after}")
+    return [Stage("reused_frozen", cfg.unfreeze_after, frozen=reused),
+            Stage("fine_tune", epochs - cfg.unfreeze_after, scaled=reused, scale=cfg.reused_lr_scale)]
+
+
+def check_cache(cfg: DictConfig, regularizer: Any, diagnostics_every: int) -> None:
+    """Caching is exact only when the reused layers stay frozen all run and nothing random acts below the cut."""
+    if not cfg.freeze or cfg.unfreeze_after is not None:
+        raise UserError("transfer.cache: needs the reused layers frozen for the whole run; valid: transfer.freeze=true "
+                        "and transfer.unfreeze_after=null, or transfer.cache=false")
+    if diagnostics_every:
+        raise UserError("transfer.cache: the reused layers do not run, so per-layer diagnostics cannot see them; "
+                        "valid: trainer.diagnostics_every=0 with transfer.cache=true, or transfer.cache=false")
+    random_below = [what for what, hook in (("augmentation", regularizer.augment),
+                                            ("dropconnect (it perturbs every weight)", regularizer.perturb))
+                    if hook is not None]
+    if random_below:
+        raise UserError(f"transfer.cache: {random_below[0]} acts below the cut, so the reused layers' outputs differ "
+                        "at every step; valid: transfer.cache=false, or a regularizer that leaves the inputs and "
+                        "the reused weights alone")
+
+
+def cached_features(model: Any, variables: dict, x: np.ndarray, stop: int, batch_size: int = 1000) -> np.ndarray:
+    """The outputs of hidden layers [0, stop) in inference mode, computed once, in batches."""
+    forward = jax.jit(lambda v, xb: model.apply(v, xb, train=False, stop=stop))
+    return np.concatenate([np.asarray(forward(variables, x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)]) if len(x) else x
+
+
+def with_cached_inputs(splits: Splits, model: Any, variables: dict, stop: int) -> Splits:
+    """The splits with each input replaced by the reused layers' output."""
+    import dataclasses
+
+    return dataclasses.replace(splits, **{name: cached_features(model, variables, getattr(splits, name), stop)
+                                          for name in ("x_train", "x_val", "x_test")})
+
+
+def save_scaling(run_dir: Path, scaling: Scaling | None) -> None:
+    from runner.outputs import write_json
+
+    if scaling is not None:
+        write_json(run_dir / SCALING_FILE, scaling.to_json())

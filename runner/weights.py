@@ -1,0 +1,108 @@
+"""A trained net's weights as a safetensors file, the format PyTorch, Keras and Flax users all read, and back.
+
+Every run writes `model.safetensors`: its final weights, or the best epoch's when early stopping restored them.
+Parameters and batch statistics share one namespace, `<layer>.<name>`, in Flax's layouts:
+
+    conv_0.kernel      (H, W, in, out)   conv_0.bias (out,)      a 3x3 convolution (1-D: (W, in, out))
+    dense_1.kernel     (in, out)         dense_1.bias (out,)     a dense layer
+    block_1.norm.scale, block_1.norm.bias                        batch or layer normalization's parameters
+    block_1.norm.mean, block_1.norm.var                          batch normalization's running statistics
+    block_1.act.alpha                                            PReLU's slopes
+    head.kernel, head.bias                                       the classifier
+
+A file written by another framework is read by layer order instead of by name (`weight_layers`): its weight
+tensors of two or more axes, each with the bias beside it, in natural order of their names ("2.weight" before
+"10.weight"). `layout` says how that framework stores them: `flax` and `keras` as above, `torch` as
+`nn.Linear` [out, in] and `nn.Conv1d`/`nn.Conv2d` [out, in, (H,) W], transposed here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from flax import traverse_util
+
+from runner.errors import UserError
+
+LAYOUTS = ("flax", "torch", "keras")
+
+
+def flat_weights(params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
+    """The net's parameters and batch statistics under their documented names."""
+    flat = {}
+    for tree in (params, batch_stats or {}):
+        for path, value in traverse_util.flatten_dict(tree).items():
+            flat[".".join(path)] = np.asarray(value)
+    return flat
+
+
+def nested_weights(flat: dict[str, np.ndarray], params_like: Any) -> tuple[dict, dict]:
+    """(params, batch_stats) from the flat names: a name is a parameter when `params_like` has its path."""
+    param_paths = set(traverse_util.flatten_dict(params_like))
+    params, stats = {}, {}
+    for name, value in flat.items():
+        path = tuple(name.split("."))
+        (params if path in param_paths else stats)[path] = value
+    return traverse_util.unflatten_dict(params), traverse_util.unflatten_dict(stats)
+
+
+def save(path: Path, params: Any, batch_stats: Any) -> None:
+    """Writes `path` (a temp file renamed into place: a reader never sees half a file)."""
+    from safetensors.numpy import save
+
+    from runner.outputs import write_atomic
+
+    write_atomic(Path(path), save(flat_weights(params, batch_stats), metadata={"format": "runner", "layout": "flax"}))
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file by name; a missing or unreadable file is one line naming it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not Path(path).is_file():
+        raise UserError(f"transfer.source: {path} does not exist; valid: a run dir of a finished run or a "
+                        ".safetensors file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"transfer.source: {path} is not a readable safetensors file ({error})") from None
+
+
+class WeightLayer(NamedTuple):
+    """One weight layer of a file from another framework, in Flax's layout."""
+
+    name: str  # the file's own name of the weight, for messages
+    kernel: np.ndarray
+    bias: np.ndarray | None
+
+
+def weight_layers(tensors: dict[str, np.ndarray], layout: str) -> list[WeightLayer]:
+    """The file's weight layers in order: each weight of two or more axes with its bias, in Flax's layout."""
+    if layout not in LAYOUTS:
+        raise UserError(f"transfer.layout: unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    layers = []
+    for name in sorted(tensors, key=_natural):
+        prefix, _, leaf = name.rpartition(".")
+        if leaf not in ("weight", "kernel") or tensors[name].ndim < 2:
+            continue
+        bias = tensors.get(f"{prefix}.bias" if prefix else "bias")
+        layers.append(WeightLayer(name, _to_flax(tensors[name], layout), bias))
+    return layers
+
+
+def _to_flax(weight: np.ndarray, layout: str) -> np.ndarray:
+    if layout != "torch":
+        return weight
+    if weight.ndim == 2:  # nn.Linear: [out, in]
+        return weight.T
+    # nn.Conv1d / nn.Conv2d: [out, in, (H,) W] -> [(H,) W, in, out]
+    return np.transpose(weight, tuple(range(2, weight.ndim)) + (1, 0))
+
+
+def _natural(name: str) -> list:
+    """Sort key that puts "2.weight" before "10.weight"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

@@ -1,0 +1,103 @@
+"""Transfer through the command line: task A trains, task B reuses its lowest layers frozen (bit-identical after
+training), cached (the same numbers, faster), unfrozen later; every mistake is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runner import weights
+from tests.conftest import Runner, read_metrics, read_summary
+
+SMALL = ("model.depth=3", "model.width=32", "trainer.batch_size=16")
+TASK_A = (*SMALL, "dataset.classes=[0,1,2,3,4]", "trainer.epochs=2")
+TASK_B = (*SMALL, "dataset.classes=[5,6]", "dataset.train_subset=40", "trainer.epochs=3")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, tfds_dir):
+    runner = Runner(tmp_path_factory.mktemp("task_a"), tfds_dir)
+    result = runner(*TASK_A, "hydra.run.dir=outputs/a")
+    assert result.returncode == 0, result.stderr
+    return runner.cwd / "outputs" / "a"
+
+
+def _without_times(records):
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
+
+
+def test_every_run_writes_its_weights_and_input_scaling(source):
+    flat = weights.load(source / "model.safetensors")
+    assert flat["dense_0.kernel"].shape == (64, 32) and flat["head.kernel"].shape == (32, 5)
+    scaling = json.loads((source / "input_scaling.json").read_text())
+    assert len(scaling["mean"]) == len(scaling["std"]) == 1
+
+
+@pytest.mark.slow
+def test_frozen_reused_layers_stay_bit_identical_and_caching_gives_the_same_run(cli, source):
+    frozen = cli(*TASK_B, f"transfer.source={source}", "transfer.reuse_layers=2", "hydra.run.dir=outputs/frozen")
+    assert frozen.returncode == 0, frozen.stderr
+    assert "transfer: dense_0, dense_1 from" in frozen.stdout
+    before, after = weights.load(source / "model.safetensors"), weights.load(cli.cwd / "outputs/frozen/model.safetensors")
+    for name in before:
+        if name.split(".")[0] in ("dense_0", "dense_1", "block_0", "block_1"):
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)  # parameters and batch stats
+    assert not np.array_equal(after["dense_2.kernel"], before["dense_2.kernel"])
+    assert after["head.kernel"].shape == (32, 2)
+
+    cached = cli(*TASK_B, f"transfer.source={source}", "transfer.reuse_layers=2", "transfer.cache=true",
+                 "hydra.run.dir=outputs/cached")
+    assert cached.returncode == 0, cached.stderr
+    for a, b in zip(read_metrics(cli.cwd / "outputs/cached"), read_metrics(cli.cwd / "outputs/frozen"), strict=True):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert read_summary(cli.cwd / "outputs/cached")["test_accuracy"] == pytest.approx(
+        read_summary(cli.cwd / "outputs/frozen")["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_unfreezing_after_e_epochs_moves_the_reused_layers_at_a_lower_rate(cli, source):
+    result = cli(*TASK_B, f"transfer.source={source}", "transfer.reuse_layers=2", "transfer.unfreeze_after=1",
+                 "transfer.reused_lr_scale=0.1", "hydra.run.dir=outputs/unfrozen", "trainer.checkpoint_every=1")
+    assert result.returncode == 0, result.stderr
+    before, after = weights.load(source / "model.safetensors"), weights.load(cli.cwd / "outputs/unfrozen/model.safetensors")
+    assert not np.array_equal(after["dense_0.kernel"], before["dense_0.kernel"])
+    assert read_summary(cli.cwd / "outputs/unfrozen")["status"] == "completed"
+
+
+def _bad_source(tmp_path):
+    """A dir that looks like a run dir but has no weights: an interrupted run's."""
+    run = tmp_path / "interrupted"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("model: {}\n")
+    (run / "summary.json").write_text('{"status": "interrupted"}')
+    return run
+
+
+BAD = [
+    (lambda s, t: ["transfer.source=/no/such/run"], ["transfer.source", "/no/such/run"]),
+    (lambda s, t: [f"transfer.source={t}"], ["transfer.source", "not a run dir"]),
+    (lambda s, t: [f"transfer.source={_bad_source(t)}"], ["model.safetensors", "interrupted"]),
+    (lambda s, t: [f"transfer.source={s}", "model.width=48"], ["dense_0", "(64, 32)", "(64, 48)"]),
+    (lambda s, t: [f"transfer.source={s}", "transfer.reuse_layers=4"], ["transfer.reuse_layers", "3 hidden layers"]),
+    (lambda s, t: [f"transfer.source={s}", "transfer.cache=true", "regularizer=[dropconnect]"],
+     ["transfer.cache", "dropconnect"]),
+    (lambda s, t: [f"transfer.source={s}", "transfer.unfreeze_after=3"], ["transfer.unfreeze_after", "below"]),
+    (lambda s, t: ["dataset.classes=[3,42]"], ["dataset.classes", "42"]),
+    (lambda s, t: ["dataset=mnist1d", "dataset.resize=[8,8]"], ["dataset.resize", "not images"]),
+    (lambda s, t: ["transfer.layout=caffe"], ["transfer.layout", "torch"]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_a_bad_transfer_is_one_line_exit_2_and_nothing_written(cli, source, tmp_path, case):
+    make_args, words = BAD[case]
+    result = cli(*TASK_B, *make_args(source, tmp_path))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not (cli.cwd / "outputs").exists()
