@@ -76,6 +76,7 @@ class TrainerConfig:
     checkpoint_every: int = _field(0, "int >= 0", on_resume="free")  # epochs; 0 checkpoints only at the end
     keep_checkpoints: int = _field(2, "int >= 1", on_resume="free")
     resume: bool = _field(False, on_resume="free")  # continue from the newest checkpoint in the run dir (hydra.run.dir=...)
+    replicas: int = _field(1, "int >= 1")  # >1: this many seeds (seed, seed+1, ...) in one vmapped program
     sparsify_threshold: float = _field(0.0, ">= 0")  # after training, connection weights with |w| below it become 0
     # Data parallel over this many local devices per process (runner/distributed.py); auto: all of them. Free on
     # resume: a resumed run may land on another allocation; the numbers then differ by float summation order only.

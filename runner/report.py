@@ -16,6 +16,8 @@ renamed into place, so a reader never sees half a report.
                           value of the others (the rule: runner.stats.isolation_axes); when any override varies
     grad_norms.png        each layer's gradient norm against depth at the first, middle and last diagnosed step
     activations.png       per run: activation std, saturated and dead fraction of every layer against step
+    learning_rate.png     the learning rate applied at every step, one line per run (runs with lr_trace.jsonl);
+                          log scale when it spans more than a factor of 10
 
 Runs whose overrides differ only in `trainer.seed` are one config (runner.stats has every definition): its
 metrics are best_val_accuracy, test_accuracy and the final epoch's train_loss and val_loss, each as mean, sample
@@ -132,8 +134,11 @@ def find_run_dirs(path: Path) -> list[Path]:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such directory; give run dirs or multirun dirs (e.g. outputs/multirun/...)")
-    candidates = [path] if (path / ".hydra").is_dir() else sorted(p.parent for p in path.rglob(".hydra"))
-    runs = [p for p in candidates if (p / "metrics.jsonl").exists() or (p / "summary.json").exists()]
+    def is_run(p: Path) -> bool:
+        return (p / ".hydra").is_dir() and ((p / "metrics.jsonl").exists() or (p / "summary.json").exists())
+
+    # A run dir is itself; anything else (a multirun dir, outputs/, a trainer.replicas run) holds its runs below.
+    runs = [path] if is_run(path) else sorted(p.parent for p in path.rglob(".hydra") if is_run(p.parent))
     if not runs:
         raise UserError(f"{path}: no run dirs in it (a run dir has .hydra/ and metrics.jsonl or summary.json)")
     return runs

@@ -35,6 +35,7 @@ from runner.loggers import build_loggers, close_loggers
 from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
+from runner.replicas import train_replicas
 from runner.stages import Stage, stage_optimizer
 from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
                              transfer_stages, with_cached_inputs)
@@ -103,6 +104,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     Returns the summary; raises Interrupted (after saving) on SIGTERM/SIGINT.
     With several processes (runner/distributed.py) every process trains; only process 0 writes files.
     """
+    if cfg.trainer.replicas > 1:  # K seeds as one vmapped program, each member its own run dir
+        return train_replicas(cfg, run_dir, console)
     start, tc = time.perf_counter(), cfg.trainer
     initialize_processes()  # several processes (SLURM, JAX_COORDINATOR_ADDRESS): join them before any JAX work
     data_parallel = DataParallel.over(tc.devices)
@@ -129,7 +132,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
                                tx=stage_optimizer(parts.optimizer, stages[0]), sharding=data_parallel.replicated)
     if source:
         state, splits = start_from_source(cfg, source, reused, state, parts, splits, console)
-    save_scaling(run_dir, splits.scaling)
+    if writer:
+        save_scaling(run_dir, splits.scaling)
     x_train, y_train = data_parallel.put((splits.x_train, splits.y_train))  # on every device (small)
     files = RunFiles(run_dir)
     stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
@@ -232,7 +236,8 @@ def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStop
         console.info(f"early stopping: restored the weights of epoch {stopper.best_epoch}")
     if tc.sparsify_threshold > 0:
         state = state.replace(params=sparsify(state.params, tc.sparsify_threshold))
-    weights.save(run_dir / WEIGHTS_FILE, state.params, state.batch_stats)  # the weights the test metrics are of
+    if writer:
+        weights.save(run_dir / WEIGHTS_FILE, state.params, state.batch_stats)  # the weights the test metrics are of
     summary.update(final_evaluation(cfg, splits, state, eval_key, data_parallel))
     summary["wall_time_s"] = time.perf_counter() - start
     if writer:

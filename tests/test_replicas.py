@@ -1,0 +1,56 @@
+"""trainer.replicas=K: each member of the vmapped program is the run of its seed (within float tolerance), in its
+own run dir that the report reads; what a member cannot do alone is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from runner.errors import UserError
+from runner.replicas import check_replicas
+from tests.conftest import compose_config, read_metrics, read_summary
+
+SMALL = ("model.depth=2", "model.width=32", "trainer.epochs=2")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("trainer.early_stopping.patience=3", "trainer.early_stopping.patience"),
+    ("schedule=plateau", "schedule=plateau"),
+    ("stages=freeze_lower", "stages"),
+    ("trainer.diagnostics_every=10", "trainer.diagnostics_every"),
+    ("trainer.checkpoint_every=1", "trainer.checkpoint_every"),
+])
+def test_what_a_member_cannot_do_alone_is_refused_naming_the_key(override, key):
+    with pytest.raises(UserError, match=f"trainer.replicas=4: {key} acts on each run alone"):
+        check_replicas(compose_config("trainer.replicas=4", override))
+
+
+def test_a_plain_config_may_run_as_replicas():
+    check_replicas(compose_config("trainer.replicas=4"))
+
+
+@pytest.mark.slow
+def test_each_member_matches_its_seed_run_alone_and_the_report_groups_them(cli):
+    replicas = cli(*SMALL, "trainer.replicas=3", "trainer.seed=5", "hydra.run.dir=outputs/replicas")
+    assert replicas.returncode == 0, replicas.stderr
+    alone = cli(*SMALL, "trainer.seed=6", "hydra.run.dir=outputs/alone")
+    assert alone.returncode == 0, alone.stderr
+    member = cli.cwd / "outputs/replicas/seed_6"
+    assert yaml.safe_load((member / ".hydra/overrides.yaml").read_text())[-1] == "trainer.seed=6"
+    for a, b in zip(read_metrics(member), read_metrics(cli.cwd / "outputs/alone"), strict=True):
+        assert a["step"] == b["step"]
+        for key in ("train_loss", "val_loss"):  # vmapped reductions may round differently
+            assert a[key] == pytest.approx(b[key], rel=2e-3), key
+        for key in ("train_accuracy", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=0.01), key
+    assert read_summary(member)["test_accuracy"] == pytest.approx(
+        read_summary(cli.cwd / "outputs/alone")["test_accuracy"], abs=0.01)
+    parent = json.loads((cli.cwd / "outputs/replicas/replicas.json").read_text())
+    assert parent["members"] == ["seed_5", "seed_6", "seed_7"]
+
+    report = cli("outputs/replicas", module="runner.report")
+    assert report.returncode == 0, report.stderr
+    groups = (cli.cwd / "outputs/replicas/report/report.md").read_text().split("## Over seeds")[1]
+    assert "| `model.depth=2 model.width=32 trainer.epochs=2` | 3 |" in groups  # one config over 3 seeds
