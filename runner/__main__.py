@@ -29,7 +29,7 @@ from runner.errors import UserError, first_line
 from runner.interrupts import Interrupted
 from runner.outputs import write_json
 from runner.preflight import Invocation, preflight
-from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver
+from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver, written_since
 
 register_schemas()
 register_job_dir_resolver()  # hydra.sweep.subdir: a job's dir is named by its overrides
@@ -60,15 +60,17 @@ def sweep_job(cfg: DictConfig, run_dir: Path, console: Console) -> float | None:
         console.info(plan.line)
     if plan.action == "skip":
         return plan.best_val_accuracy
-    if plan.action == "fresh":
-        clear_run_outputs(run_dir)  # a failed attempt's files would be appended to; the user's stay
+    if plan.action == "rerun":
+        clear_run_outputs(run_dir, plan.clear)  # the failed attempt's files would be appended to; the user's stay
     cfg.trainer.resume = plan.action == "resume"
-    return train_job(cfg, run_dir, console, multirun=True)
+    return train_job(cfg, run_dir, console, multirun=True, before=set(os.listdir(run_dir)))
 
 
-def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) -> float | None:
+def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool,
+              before: set[str] | None = None) -> float | None:
     """Train and evaluate; a failure ends the job as `failed` (a sweep goes on) or, in a single run that
-    failed on the user's mistake, takes back what it wrote and exits 2."""
+    failed on the user's mistake, takes back what it wrote and exits 2. `before`: the sweep job dir's entries
+    when the job started, so that a failed job's summary lists what it wrote (what a re-run removes)."""
     try:
         validate(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
         from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
@@ -84,7 +86,7 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) 
                 _invocation.claim.undo()
             error(str(e))
             sys.exit(2)
-        return _failed(run_dir, str(e), console)
+        return _failed(run_dir, str(e), console, before)
     except Interrupted as e:
         sys.exit(e.exit_code)  # in a sweep too: the user asked everything to stop
     except KeyboardInterrupt:  # Ctrl-C before training started: nothing worth keeping was written
@@ -93,7 +95,7 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) 
         error("interrupted before training started; nothing was kept")
         sys.exit(130)
     except Exception as e:  # a bug, not the user's mistake: keep what was written, say where it broke
-        _failed(run_dir, f"{type(e).__name__}: {first_line(e)}", console)
+        _failed(run_dir, f"{type(e).__name__}: {first_line(e)}", console, before)
         if not multirun:
             raise
         traceback.print_exc()
@@ -106,14 +108,17 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) 
     return summary["best_val_accuracy"]
 
 
-def _failed(run_dir: Path, reason: str, console: Console) -> None:
-    """Record a failed job in its summary.json (keeping anything it measured) and say so in one line."""
+def _failed(run_dir: Path, reason: str, console: Console, before: set[str] | None = None) -> None:
+    """Record a failed job in its summary.json (keeping anything it measured, and with `before`, the entries
+    it wrote, `written`) and say so in one line."""
     summary_path = run_dir / "summary.json"
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     except ValueError:
         summary = {}
     summary.update(status="failed", reason=reason)
+    if before is not None:
+        summary["written"] = written_since(run_dir, before)
     write_json(summary_path, summary)
     console.warn(f"job failed: {reason} ({run_dir})")
 

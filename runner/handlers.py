@@ -14,13 +14,14 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from runner.checkpoint import Checkpoints
 from runner.diagnostics import to_records
-from runner.optim import plateau_state, with_plateau_state
-from runner.outputs import append_jsonl
+from runner.optim import plateau_state, schedule_count, with_plateau_state
+from runner.outputs import append_jsonl, read_jsonl, rewrite_jsonl
 
 
 @dataclasses.dataclass
@@ -77,6 +78,35 @@ class MetricsWriter:
 
     def on_epoch_end(self, end: EpochEnd) -> None:
         append_jsonl(self.path, end.record)
+
+
+class LearningRateTrace:
+    """Appends the learning rate applied at each step of the epoch to `path` (lr_trace.jsonl, one line an
+    epoch): `{"epoch", "step": the train step of the epoch's first step, "lr": [one rate per step]}`.
+
+    The rates are rebuilt, not read step by step: the optimizer's k-th update (k = 0, 1, ... from its state's
+    init) applies the schedule's rate at k, a pure function of k, times the plateau scale, which only Plateau
+    changes, between epochs. So the epoch's rates are the schedule at the optimizer's last `steps_per_epoch`
+    counts times the scale it ran with: the same function at the same counts as the optimizer (exact), one small
+    compiled program and one host read an epoch, and nothing added to the compiled epoch. The counts are the
+    optimizer state's (runner.optim.schedule_count), not the train step: a stage's fresh optimizer state restarts
+    the schedule. Place it before Plateau, which sets the next epoch's scale. At its first epoch it drops the
+    lines of that epoch and later, left by a run that stopped after its last checkpoint.
+    """
+
+    def __init__(self, path: Path, learning_rate_at: Callable, steps_per_epoch: int):
+        self.path, self.steps, self.started = path, steps_per_epoch, False
+        before = jnp.arange(steps_per_epoch) - steps_per_epoch  # the epoch's counts, relative to the count after it
+        self.rates = jax.jit(lambda count, scale: jax.vmap(learning_rate_at)(count + before) * scale)
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        if not self.started and self.path.exists():
+            rewrite_jsonl(self.path, [r for r in read_jsonl(self.path) if r["epoch"] < end.epoch])
+        self.started = True
+        count, plateau = schedule_count(end.state.opt_state), plateau_state(end.state.opt_state)
+        rates = self.rates(end.state.step if count is None else count, 1.0 if plateau is None else plateau.scale)
+        append_jsonl(self.path, {"epoch": end.epoch, "step": end.record["step"] - self.steps,
+                                 "lr": [float(str(r)) for r in jax.device_get(rates)]})  # float32's shortest form
 
 
 class DiagnosticsWriter:
@@ -154,7 +184,7 @@ class Interrupt:
 
     def on_epoch_end(self, end: EpochEnd) -> None:
         if self.received.is_set():
-            end.stop = "interrupted"
+            end.stop = end.stop or "interrupted"
 
 
 class Checkpointer:

@@ -19,11 +19,11 @@ from hydra.utils import get_method
 from runner.errors import UserError
 from runner.techniques.schedules import Schedule
 
-MOMENTUM_NAMES = ("b1", "momentum")
+MOMENTUM_NAMES = ("b1", "momentum")  # how optax spells the momentum coefficient, Adam family first
 # The chain's copy of optax's reduce_on_plateau only multiplies each step by its state's scale: it would decide
 # after this many steps, which no run reaches. The decision is taken once an epoch on the validation loss
 # (runner/handlers.py, Plateau), on the same state, by the schedule's own reduce_on_plateau.
-NEVER_DECIDES = 2**31 - 1  # how optax spells the momentum coefficient, Adam family first
+NEVER_DECIDES = 2**31 - 1
 
 
 def plateau_scaling() -> optax.GradientTransformationExtraArgs:
@@ -44,6 +44,23 @@ def with_plateau_state(opt_state: Any, new: ReduceLROnPlateauState) -> Any:
 
 def _is_plateau(node: Any) -> bool:
     return isinstance(node, ReduceLROnPlateauState)
+
+
+def schedule_count(opt_state: Any) -> jax.Array | None:
+    """The step count the chain's learning-rate schedule is read at: the updates this optimizer state has made.
+
+    Every stateful piece of an optax chain that counts (scale_by_schedule, inject_hyperparams, Adam's moments,
+    FTRL) counts the same updates, one per step, from this state's init; a stage's fresh optimizer state starts
+    it again at 0 while the train state's `step` goes on. The plateau's `count` counts its own accumulated values
+    and is left out. None if nothing in the chain counts.
+    """
+    found = [node.count for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_counts)
+             if _counts(node) and not _is_plateau(node)]
+    return found[0] if found else None
+
+
+def _counts(node: Any) -> bool:
+    return isinstance(node, tuple) and "count" in getattr(node, "_fields", ())
 
 
 def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: Schedule,

@@ -142,8 +142,11 @@ def _earlier_run(path: Path, multirun: bool) -> str | None:
 
 
 def _earlier_jobs(sweep_dir: Path) -> list[Path]:
-    """The job dirs an earlier launch left in a sweep dir (Hydra saved a config in each)."""
-    return sorted(p.parent for p in sweep_dir.glob("*/.hydra")) if sweep_dir.is_dir() else []
+    """The job dirs an earlier launch left in a sweep dir: Hydra saved a config in each (unless
+    hydra.output_subdir=null), or the run wrote its files."""
+    if not sweep_dir.is_dir():
+        return []
+    return [p for p in sorted(sweep_dir.iterdir()) if p.is_dir() and ((p / ".hydra").is_dir() or holds_run(p))]
 
 
 def _check_sweep_given(overrides: list[str]) -> None:

@@ -1,9 +1,10 @@
 """Pretraining: the lower layers learn first, then the run's own task (fine-tuning) reuses them.
 
-The `pretraining` conf group names one function here. `pretrain(cfg, run_dir, console)` calls it with the run's
-config; it returns a `runner.transfer.Source` held in memory (the pretrained hidden layers with their blocks, and
-the input scaling they were trained with), or None for `pretraining=none`. The run grafts it exactly as it grafts
-`transfer.source`, with the same `transfer.reuse_layers`, `freeze`, `unfreeze_after`, `reused_lr_scale`, `cache`.
+The `pretraining` conf group names one function, `f(context, **its conf parameters) -> Source` (those below, or
+one of your own). `pretrain(cfg, run_dir, console)` calls it with a `Context` of the run; it returns a
+`runner.transfer.Source` held in memory (the pretrained hidden layers with their blocks, and the input scaling
+they were trained with), or None for `pretraining=none`. The run grafts it exactly as it grafts `transfer.source`,
+with the same `transfer.reuse_layers`, `freeze`, `unfreeze_after`, `reused_lr_scale` and `cache`.
 
   supervised   the whole net trains on other classes of the same dataset (`pretraining.classes`, every label
                of them) with the run's own recipe (optimizer, schedule, regularizers) and compiled epoch.
@@ -53,13 +54,23 @@ LOG_FILE = "pretraining.jsonl"
 _KEY_SALT = 0x70726574
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Context:
     """What every pretraining function is called with: the run's config, its dir and its console."""
 
     cfg: DictConfig
     run_dir: Path
     console: Console
+    _logging: bool = False  # whether pretraining.jsonl was started by this run
+
+    def record(self, record: dict) -> None:
+        """One line of pretraining.jsonl; the first replaces the file (a resumed run pretrains again, alike)."""
+        if not is_writer():
+            return
+        if not self._logging:
+            rewrite_jsonl(self.run_dir / LOG_FILE, [])
+            self._logging = True
+        append_jsonl(self.run_dir / LOG_FILE, record)
 
     @property
     def method(self) -> str:
@@ -82,8 +93,6 @@ def pretrain(cfg: DictConfig, run_dir: Path, console: Console) -> Source | None:
     if cfg.transfer.source:
         raise UserError(f"pretraining={context.method}: reuses its own pretrained layers, and transfer.source names "
                         "another net's; valid: one of them (pretraining=none, or transfer.source=null)")
-    if is_writer():
-        rewrite_jsonl(run_dir / LOG_FILE, [])  # a resumed run pretrains again, to the same numbers
     return method(context)
 
 
@@ -114,7 +123,13 @@ def supervised(context: Context, classes: list[int], epochs: int = 10) -> Source
     # Task A: its classes with every training label; no validation split (its test examples stay untouched).
     dataset = OmegaConf.merge(cfg.dataset, {"classes": list(classes), "val_fraction": 0.0, "train_subset": None,
                                             "labeled_examples": None})
-    splits = load_splits(dataset, seed=cfg.trainer.seed)
+    try:
+        splits = load_splits(dataset, seed=cfg.trainer.seed)
+    except UserError as error:  # keep_classes names the run's own key; here the classes are pretraining's
+        message = str(error)
+        if message.startswith("dataset.classes"):
+            raise UserError("pretraining.classes" + message[len("dataset.classes"):]) from None
+        raise
     context.console.info(f"pretraining=supervised: {len(splits.x_train)} examples of classes {list(classes)}")
     params, batch_stats = _train_body(context, splits.x_train, splits.y_train, splits.num_classes, epochs)
     return _source(context, params, batch_stats, splits.scaling)
@@ -186,9 +201,9 @@ def autoencoder(context: Context, epochs: int = 10, learning_rate: float = 1e-3)
     for k, name in enumerate(layers):
         block = f"block_{k}"
         key = jax.random.fold_in(context.key, k)
-        inputs = x.reshape(len(x), -1)
-        decoder = {"kernel": model.kernel_init(key, (model.dense_widths[k], inputs.shape[1]), jnp.float32),
-                   "bias": jnp.zeros(inputs.shape[1], jnp.float32)}
+        features = int(np.prod(x.shape[1:]))  # the layer's input, flattened: what the decoder reconstructs
+        decoder = {"kernel": model.kernel_init(key, (model.dense_widths[k], features), jnp.float32),
+                   "bias": jnp.zeros(features, jnp.float32)}
         trainable = {name: params[name], **({block: params[block]} if block in params else {}), "decoder": decoder}
         stats = {block: batch_stats[block]} if block in batch_stats else {}
 
@@ -267,8 +282,8 @@ def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int =
         raise UserError(f"pretraining=rbm: needs activation=sigmoid (an RBM's hidden units are sigmoid), got "
                         f"{activation.rsplit('.', 1)[-1].lower()}")
     if cfg.normalization.layer is not None:
-        raise UserError(f"pretraining=rbm: needs normalization=none (an RBM layer is weights then a sigmoid), got "
-                        f"{cfg.normalization.layer._target_}")
+        raise UserError(f"pretraining=rbm: needs normalization=none (an RBM layer is weights then a sigmoid), got a "
+                        f"{cfg.normalization.layer._target_} layer")
     model, params, batch_stats, splits, layers = _greedy_start(context)
     x = splits.all_train_inputs
     batch_size = _batch_size(cfg, len(x), context.method)
@@ -289,10 +304,19 @@ def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int =
         machine = _train_layer(context, name, step, machine, v, batch_size, epochs, key, "reconstruction error")
         v = np.asarray(_batched(lambda m, vb: jax.nn.sigmoid(vb @ m.weights + m.hidden_bias), machine, v))
         kernel, bias = np.asarray(machine.weights), np.asarray(machine.hidden_bias)
-        if index == 0:  # v W + c = x (W / s) + (c - (lo / s) W) for each input's channel
-            kernel, bias = kernel / scale[channel][:, None], bias - (lo / scale)[channel] @ kernel
+        if index == 0:
+            kernel, bias = fold_input_map(kernel, bias, lo[channel], scale[channel])
         params = {**params, name: {"kernel": kernel, "bias": bias}}
     return _source(context, params, batch_stats, splits.scaling, layers)
+
+
+def fold_input_map(kernel: np.ndarray, bias: np.ndarray, lo: np.ndarray,
+                   scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A dense layer (kernel, bias) that was trained on v = (x - lo) / scale (per input), as a layer of x:
+
+        v W + c = x (W / scale) + (c - (lo / scale) W).
+    """
+    return kernel / scale[:, None], bias - (lo / scale) @ kernel
 
 
 def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -398,9 +422,8 @@ class _Log:
                             f"{epoch}; valid: a smaller learning rate (pretraining.learning_rate or "
                             "optimizer.learning_rate)")
         self.losses.append(loss)
-        if is_writer():
-            append_jsonl(self.context.run_dir / LOG_FILE, {"method": self.context.method, "layer": self.layer,
-                                                            "epoch": epoch, "loss": loss, **extra})
+        self.context.record({"method": self.context.method, "layer": self.layer, "epoch": epoch, "loss": loss,
+                             **extra})
 
     def done(self, epochs: int, what: str) -> None:
         self.context.console.info(f"pretraining={self.context.method} {self.layer}: {what} {self.losses[0]:.4g} -> "

@@ -6,7 +6,10 @@
 - summary.json says the run ended for good (`completed` with all its epochs, `early_stopped`, `diverged`):
   nothing; the job is skipped with one line and reports its result as it stands;
 - a checkpoint of a run that did not end (interrupted, killed): continue from it;
-- anything else (a failed job, one stopped before its first checkpoint, a job new to the sweep): run afresh.
+- a failed job, or one stopped before its first checkpoint: run again from the start, after taking away what
+  the earlier attempt wrote there (the failed summary's `written`, else the names a run writes,
+  runner/rundir.py RUN_OUTPUTS); whatever else is there stays;
+- a job new to the sweep: run.
 
 A checkpoint can also be of a run early stopping had already ended (the signal that interrupted it came in the
 epoch that stopped it): restoring it raises `NothingToTrain`. Nothing here imports jax.
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.outputs import read_jsonl
-from runner.rundir import has_checkpoint, holds_run
+from runner.rundir import RUN_OUTPUTS, has_checkpoint, holds_run
 
 FINAL = ("completed", "early_stopped", "diverged")  # statuses after which training on would change nothing
 
@@ -34,11 +37,13 @@ class NothingToTrain(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What a job does with its dir: `skip`, `resume` (from its checkpoint) or `fresh`."""
+    """What a job does with its dir: `skip`, `resume` (from its checkpoint), `rerun` (afresh, once the runner's
+    files of the earlier attempt are taken away) or `run` (a new job)."""
 
     action: str
     line: str | None  # what to tell the user; None for a job that simply runs for the first time
     best_val_accuracy: float | None = None  # a skipped job's result, as its summary.json has it
+    clear: tuple[str, ...] = ()  # what a re-run removes first: the entries the earlier attempt wrote
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -67,10 +72,12 @@ def plan(run_dir: Path, epochs: int) -> Plan:
     if status != "failed" and has_checkpoint(run_dir):
         return Plan("resume", f"resuming ({status or 'no summary'}): {run_dir}")
     if status == "failed":
-        return Plan("fresh", f"re-running afresh (failed: {summary.get('reason', 'no reason recorded')}): {run_dir}")
+        written = summary.get("written")
+        return Plan("rerun", f"re-running afresh (failed: {summary.get('reason', 'no reason recorded')}): {run_dir}",
+                    clear=(*(written if isinstance(written, list) else RUN_OUTPUTS), "summary.json"))
     if holds_run(run_dir):
-        return Plan("fresh", f"re-running afresh (stopped before its first checkpoint): {run_dir}")
-    return Plan("fresh", None)
+        return Plan("rerun", f"re-running afresh (stopped before its first checkpoint): {run_dir}", clear=RUN_OUTPUTS)
+    return Plan("run", None)
 
 
 def _ended(summary: dict[str, Any]) -> str:

@@ -149,7 +149,9 @@ def load_run(path: Path) -> Run:
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "running"}
-    return Run(path, [o for o in overrides or [] if not o.lstrip("+~").startswith("hydra.")], summary or {},
+    # hydra.* and trainer.resume say where and how a run ran, not what it is (a relaunch adds trainer.resume).
+    kept = [o for o in overrides or [] if not o.lstrip("+~").startswith(("hydra.", "trainer.resume="))]
+    return Run(path, kept, summary or {},
                read_jsonl(path / "metrics.jsonl"), read_jsonl(path / "diagnostics.jsonl"))
 
 

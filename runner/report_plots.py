@@ -1,4 +1,5 @@
-"""The PNGs of runner.report: learning curves, isolation of one hyperparameter, gradient norms, activations.
+"""The PNGs of runner.report: learning curves, isolation of one hyperparameter, gradient norms, activations,
+the learning rate applied at each step.
 
 Each `plot_*` draws one figure from loaded runs (runner.report.Run) or seed groups (runner.report.Group) into a
 file and returns its name; matplotlib is imported only when drawing.
@@ -11,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner.outputs import read_jsonl
 from runner.stats import Interval, is_numeric, isolation_axes, per_epoch, short_override, varying_keys
 
 if TYPE_CHECKING:
     from runner.report import Group, Run
 
 MAX_ACTIVATION_ROWS = 12  # runs drawn in activations.png; more would make each row unreadable
+LR_TRACE = "lr_trace.jsonl"  # in a run dir: runner.handlers.LearningRateTrace writes it
 
 
 def draw(runs: list[Run], groups: list[Group], grouped: bool, common: list[str], out: Path) -> list[str]:
@@ -35,6 +38,9 @@ def draw(runs: list[Run], groups: list[Group], grouped: bool, common: list[str],
     if diagnosed:
         figures.append(plot_grad_norms(diagnosed, common, out / "grad_norms.png"))
         figures.append(plot_activations(diagnosed[:MAX_ACTIVATION_ROWS], out / "activations.png"))
+    traced = [line for line in map(learning_rate_line, runs) if line[1]]
+    if traced:
+        figures.append(plot_learning_rate(traced, common, out / "learning_rate.png"))
     return figures
 
 
@@ -178,6 +184,33 @@ def plot_grad_norms(runs: list[Run], common: list[str], path: Path) -> str:
     _layer_ticks(axes, names)
     _legend_below(fig, axes[0], len(runs))
     fig.suptitle("Gradient norm of each layer's weights" + (f"\n{_subtitle(common)}" if common else ""))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def learning_rate_line(run: Run) -> tuple[str, list[int], list[float]]:
+    """(label, steps, rates): the rate applied at every step of the run, from its lr_trace.jsonl (empty without)."""
+    steps, rates = [], []
+    for epoch in read_jsonl(run.path / LR_TRACE):
+        steps += range(epoch["step"], epoch["step"] + len(epoch["lr"]))
+        rates += [math.nan if v is None else float(v) for v in epoch["lr"]]  # null: not finite
+    return run.label, steps, rates
+
+
+def plot_learning_rate(lines: list[tuple[str, list[int], list[float]]], common: list[str], path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5), constrained_layout=True)
+    seen = []
+    for label, steps, rates in lines:
+        seen += rates
+        ax.plot(steps, rates, marker="o" if len(steps) < 3 else None, markersize=3, linewidth=1.2, label=label)
+    _log_if_decades(ax, seen)
+    ax.set(xlabel="training step", ylabel="learning rate (schedule × plateau scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    _legend_below(fig, ax, len(lines))
+    fig.suptitle("Learning rate applied at each step" + (f"\n{_subtitle(common)}" if common else ""))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path.name

@@ -26,12 +26,13 @@ from runner.errors import UserError
 
 LOCK_NAME = ".runner.lock"
 RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints")  # what makes a dir hold a run
-# Everything a run writes into its run dir besides Hydra's .hydra/: run.py, transfer.py (the final weights and the
-# input scaling), loggers.py (csv, tensorboard; mlflow's store is elsewhere), lr_find.py. tests/test_relaunch.py
-# checks that a run writing all of them writes nothing else.
-RUN_OUTPUTS = (*RUN_FILES, "diagnostics.jsonl", "model.safetensors", "input_scaling.json", "metrics.csv",
-               "tensorboard", "lr_find.json", "lr_find.png")
-JOB_NAME_LIMIT = 120  # characters: readable in a listing, well below the file systems' 255 bytes a name
+# What a run writes into its run dir besides Hydra's .hydra/: run.py, transfer.py (the final weights and the input
+# scaling), handlers.py (the learning-rate trace), loggers.py (csv, tensorboard; mlflow's store is elsewhere),
+# lr_find.py. A failed job's summary.json lists what it wrote (`written`); this list is for a job killed before
+# its summary (tests/cli/test_sweep_resume.py checks that a run writing most of them writes nothing else).
+RUN_OUTPUTS = (*RUN_FILES, "diagnostics.jsonl", "lr_trace.jsonl", "model.safetensors", "input_scaling.json",
+               "metrics.csv", "tensorboard", "lr_find.json", "lr_find.png")
+JOB_NAME_LIMIT = 200  # characters (ASCII once made safe): below the 255 bytes most file systems allow a name
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._=,+\-\[\]@%]")  # '/' nests dirs; spaces, quotes, '*' trip shells
 
 
@@ -65,11 +66,19 @@ def register_job_dir_resolver() -> None:
         OmegaConf.register_new_resolver("runner.job_dir", job_dir_name)
 
 
-def clear_run_outputs(run_dir: Path) -> list[str]:
-    """Remove the files an earlier run wrote in `run_dir` (RUN_OUTPUTS), so a re-run starts afresh; anything
-    else there (a user's notes, .hydra/, which Hydra rewrites) stays. Returns the names removed."""
+def written_since(run_dir: Path, before: set[str]) -> list[str]:
+    """The entries of `run_dir` that are not in `before` (its listing when a job started), Hydra's and the
+    lock's aside: what the job wrote."""
+    return sorted(set(os.listdir(run_dir)) - before - {".hydra", LOCK_NAME})
+
+
+def clear_run_outputs(run_dir: Path, names: tuple[str, ...] | list[str] = RUN_OUTPUTS) -> list[str]:
+    """Remove the entries `names` (what an earlier attempt wrote) from `run_dir`, so a re-run starts afresh;
+    anything else there (a user's notes, .hydra/, which Hydra rewrites) stays. Returns the names removed."""
     removed = []
-    for name in RUN_OUTPUTS:
+    for name in names:
+        if not name or name in (".", "..", ".hydra", LOCK_NAME) or "/" in name:  # a hand-edited list: names only
+            continue
         target = Path(run_dir) / name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)

@@ -1,5 +1,5 @@
-"""The Optuna sweeper of `hparams_search=...` (conf/hydra/sweeper/search.yaml): hydra-optuna-sweeper's, made quiet
-and made to end a study whose every trial failed the way any sweep with failed jobs ends.
+"""What the runner's Optuna sweeper (conf/hydra/sweeper/search.yaml, chosen by every hparams_search preset) adds to
+hydra-optuna-sweeper's: it is quiet, and a study whose every trial failed ends the way any sweep with failed jobs ends.
 
 The plugin asks Optuna for trials, runs each as a job through the launcher and tells Optuna the value the job
 returned (the runner returns its best validation accuracy; a failed job returns None, a failed trial). Two things
@@ -8,6 +8,9 @@ plugins) stay off the console: the sweeper's own lines say which study, sampler 
 trial completed, Optuna has no best trial to report; instead of a traceback the study writes
 optimization_results.yaml with no best parameters, the report is written and the command exits 1 naming the jobs
 (runner/__main__.py), each with its reason in its summary.json.
+
+The plugin class the conf file names is in hydra_plugins/runner_plugins: Hydra instantiates sweepers only from
+classes defined in the hydra_plugins package.
 """
 
 from __future__ import annotations
@@ -16,23 +19,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as PluginSweeper
 from omegaconf import OmegaConf
 
 RESULTS_FILE = "optimization_results.yaml"  # the plugin's name for it, in the sweep dir
 _NO_TRIAL_COMPLETED = "No trials are completed yet"  # optuna's message when a study has no best trial
 log = logging.getLogger(__name__)
+# Optuna imports alembic, which logs an INFO line for each plugin it registers; Hydra imports this module when it
+# scans for plugins, before the sweeper's config (its sampler first) imports optuna.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
-class OptunaSweeper(PluginSweeper):
-    """hydra_plugins.hydra_optuna_sweeper's sweeper, quiet, and ending cleanly when every trial failed."""
+class OptunaSearch:
+    """Mixin for hydra_plugins.hydra_optuna_sweeper's OptunaSweeper: quiet, and ending cleanly when no trial completed."""
+
+    sweeper: Any  # the plugin's implementation, which holds the sweep's config
 
     def __init__(self, **params: Any) -> None:
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # before the plugin imports optuna, which imports it
         super().__init__(**params)
-        import optuna  # imported by now: the plugin's implementation module imports it
+        import optuna  # imported by now, by the plugin
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ...", on stderr
 
     def sweep(self, arguments: list[str]) -> None:
         try:

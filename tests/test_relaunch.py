@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from runner.handlers import EarlyStopping, EpochEnd
 from runner.relaunch import Plan, best_val_accuracy, plan
 from runner.rundir import (JOB_NAME_LIMIT, LOCK_NAME, RUN_OUTPUTS, RunDirClaim, clear_run_outputs, job_dir_name,
-                           register_job_dir_resolver)
+                           register_job_dir_resolver, written_since)
 from tests.conftest import compose_config, snapshot
 
 
@@ -56,7 +56,7 @@ def test_a_name_with_characters_unsafe_in_a_dir_name_is_made_safe_and_gets_a_has
 
 
 def test_a_long_name_is_cut_to_the_limit_and_two_that_differ_past_the_cut_stay_apart():
-    base = f"model.widths=[{'100,' * 40}100]"
+    base = f"model.widths=[{'100,' * 60}100]"
     a, b = job_dir_name(base + ",trainer.seed=0"), job_dir_name(base + ",trainer.seed=1")
     assert len(a) == len(b) == JOB_NAME_LIMIT
     assert a != b and a[:JOB_NAME_LIMIT - 9] == b[:JOB_NAME_LIMIT - 9]
@@ -90,9 +90,8 @@ def job_dir(tmp_path, summary=None, checkpoint=False, metrics=0):
     ({"status": "completed", "epochs": 3}, True, 5, "resume"),  # epochs raised: the run continues
     ({"status": "interrupted", "epochs": 2}, True, 3, "resume"),
     (None, True, 3, "resume"),  # killed before its summary: the checkpoint is what it left
-    ({"status": "failed", "reason": "boom"}, True, 3, "fresh"),  # a failed job runs again from the start
-    ({"status": "failed", "reason": "boom"}, False, 3, "fresh"),
-    (None, False, 3, "fresh"),
+    ({"status": "failed", "reason": "boom"}, True, 3, "rerun"),  # a failed job runs again from the start
+    ({"status": "failed", "reason": "boom"}, False, 3, "rerun"),
 ])
 def test_a_relaunched_job_skips_a_final_run_continues_an_interrupted_one_and_reruns_the_rest(
         tmp_path, summary, checkpoint, epochs, action):
@@ -105,11 +104,42 @@ def test_a_relaunched_job_skips_a_final_run_continues_an_interrupted_one_and_rer
 
 
 def test_a_job_new_to_the_sweep_runs_without_a_line(tmp_path):
-    assert plan(tmp_path / "never_ran", 3) == Plan("fresh", None)
+    assert plan(tmp_path / "never_ran", 3) == Plan("run", None)
+    assert plan(job_dir(tmp_path), 3) == Plan("run", None)  # Hydra made its dir and saved its config: still new
+
+
+def test_a_job_killed_before_its_first_checkpoint_runs_again_from_the_start(tmp_path):
+    assert plan(job_dir(tmp_path, None, metrics=2), 3).action == "rerun"
 
 
 def test_best_val_accuracy_of_a_run_without_summary_is_the_best_epochs(tmp_path):
     assert best_val_accuracy(job_dir(tmp_path, None, metrics=3)) == pytest.approx(0.3)
+
+
+def test_a_failed_job_is_rerun_after_removing_what_it_wrote_or_without_that_record_what_runs_write(tmp_path):
+    listed = job_dir(tmp_path / "a", {"status": "failed", "reason": "boom", "written": ["metrics.jsonl", "x.png"]})
+    assert plan(listed, 3).clear == ("metrics.jsonl", "x.png", "summary.json")
+    unlisted = job_dir(tmp_path / "b", {"status": "failed", "reason": "boom"})  # a summary from before `written`
+    assert plan(unlisted, 3).clear == (*RUN_OUTPUTS, "summary.json")
+    assert plan(job_dir(tmp_path / "c", None, metrics=1), 3).clear == RUN_OUTPUTS
+
+
+def test_what_a_job_wrote_is_what_its_dir_gained_since_it_started(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "notes.txt").write_text("the user's\n")
+    before = {p.name for p in tmp_path.iterdir()}
+    for name in ("metrics.jsonl", LOCK_NAME):
+        (tmp_path / name).write_text("")
+    (tmp_path / "checkpoints").mkdir()
+    assert written_since(tmp_path, before) == ["checkpoints", "metrics.jsonl"]
+
+
+def test_a_hand_edited_list_of_what_was_written_cannot_reach_outside_the_dir_or_hydras_files(tmp_path):
+    run_dir = job_dir(tmp_path, metrics=1)
+    (tmp_path / "outside.txt").write_text("keep\n")
+    kept = snapshot(tmp_path)
+    assert clear_run_outputs(run_dir, ["../outside.txt", "..", ".", ".hydra", "", LOCK_NAME, "missing"]) == []
+    assert snapshot(tmp_path) == kept
 
 
 def test_clearing_a_failed_run_removes_the_runners_files_and_keeps_everything_else(tmp_path):

@@ -2,7 +2,9 @@
 
 Each entry of `CASES` is one row: the runner's compiled epoch (composed, built and compiled as a run
 does) and the limit's epoch (runner/bench/reference.py) timed alternately on the same synthetic data
-(runner/bench/harness.py). Then the evaluation throughput, how fast `python -m runner` answers a mistyped
+(runner/bench/harness.py). Then the runner's epoch data parallel over `--devices` devices against one device
+(on a machine with fewer, over CPU devices forced in a subprocess: the cost of splitting, not a speedup),
+the evaluation throughput, how fast `python -m runner` answers a mistyped
 override, the default run's time to its first epoch line, and peak host memory. Everything lands in
 `<out>/<YYYY-mm-dd_HH-MM-SS>/results.json`.
 """
@@ -19,8 +21,8 @@ from typing import Any, Sequence
 
 import jax
 
-from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_evaluation,
-                                  measure_first_step, measure_mistake_answer, own_peak_memory_mib)
+from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_data_parallel_anywhere,
+                                  measure_evaluation, measure_first_step, measure_mistake_answer, own_peak_memory_mib)
 from runner.console import Console
 from runner.outputs import write_json
 
@@ -35,6 +37,9 @@ CASES = [
     Case("mlp5x300_bn_dropout", ("model.depth=5", "model.width=300"), 128),
     Case("cnn", ("model=cnn",), 128, max_examples=1024, chunked=True),
 ]
+
+# Data parallel: the 20x100 MLP at a batch every device count up to 8 divides, one device against --devices.
+DATA_PARALLEL = (MLP20X100, 128)
 
 # Tiny sizes for tests: small nets (compiling is most of a smoke run), batches shrunk to fit the examples.
 # Channels go to `model=cnn` cases only: on the MLP, model.channels would add convolutions.
@@ -54,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"tiny nets and sizes ({SMOKE['examples']} examples, 1 epoch), no time-to-first-step run")
     parser.add_argument("--first-step", action=argparse.BooleanOptionalAction, default=None,
                         help="time `python -m runner` to its first epoch (default: on, off with --smoke)")
+    parser.add_argument("--devices", type=int, default=4,
+                        help="also time the epoch data parallel over N devices against one (default 4; 0 skips)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="base dir of the results")
     args = parser.parse_args(argv)
     if args.examples is None:
@@ -65,6 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("examples", "epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.devices < 0 or args.devices == 1:
+        parser.error("--devices must be 0 (skip) or >= 2")
     if any(b < 1 for b in args.batch_sizes or ()):
         parser.error("--batch-sizes must be >= 1")
     return args
@@ -102,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for case in chosen_cases(args):
         results["cases"].append(measure_case(case, args.examples, args.epochs))
     smoke_overrides = SMOKE["overrides"] if args.smoke else ()
+    if args.devices:
+        overrides, batch = DATA_PARALLEL
+        batch = args.devices * max(1, min(batch, args.examples) // args.devices)  # whole batches split evenly
+        results["data_parallel"] = measure_data_parallel_anywhere(overrides + smoke_overrides, batch,
+                                                                  max(args.examples, batch), args.epochs, args.devices)
     results["eval_examples_per_s"] = measure_evaluation(MLP20X100 + smoke_overrides, args.eval_examples, args.epochs)
     results["time_to_answer_mistake_s"] = measure_mistake_answer()
     if args.first_step:
@@ -121,6 +135,13 @@ def show(console: Console, results: dict[str, Any]) -> None:
                   [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
                     c["ratio"], c.get("per_step_examples_per_s"), c.get("chunked_over_whole")]
                    for c in results["cases"]])
+    if "data_parallel" in results:
+        dp = results["data_parallel"]
+        where = "CPU devices forced on this machine's cores" if dp["forced_cpu_devices"] else dp["device_kind"]
+        console.table(f"data parallel (examples/s, median epoch, {CHUNKS} chunks; {where})",
+                      ["batch", "1 device", f"{dp['devices']} devices", "speedup"],
+                      [[dp["batch_size"], dp["one_device_examples_per_s"], dp["data_parallel_examples_per_s"],
+                        dp["speedup"]]])
     labels = {"time_to_answer_mistake_s": f"time to answer a mistake, python -m runner {' '.join(MISTAKE)} (s)",
               "time_to_first_step_s": "time to first step (s)", "compile_time_s": "compile time (s)",
               "time_to_first_step_cached_s": "time to first step, compilation cached (s)",

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from runner.bench.reference import NUM_CLASSES, init_limit, limit_spec, make_limit_epoch, make_per_step_epoch
 from runner.build import build_parts
+from runner.distributed import DataParallel
 from runner.loop import Pacer, StageProgram, train_in_chunks
 from runner.stages import Stage
 from runner.config import compose_config, validate
@@ -98,6 +99,63 @@ class ChunkedLoop(Loop):
                                          jax.random.fold_in(self.key, self.count), self.pacer, lambda *_: False)
         self.state = carry.state
         return metrics
+
+
+class DataParallelLoop(Loop):
+    """The runner's epoch as a run on several devices runs it: the stage program over a mesh, in CHUNKS chunks."""
+
+    def __init__(self, cfg: DictConfig, x: np.ndarray, y: np.ndarray, batch_size: int, data_parallel: DataParallel):
+        parts = build_parts(cfg, NUM_CLASSES, len(x) // batch_size)
+        init_key, data_key, _ = data_parallel.put(jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3))
+        x, y = data_parallel.put((x, y))
+        state = create_train_state(init_key, parts, x[:batch_size], sharding=data_parallel.replicated)
+        super().__init__(None, state, x, y, data_key)
+        self.data_parallel = data_parallel
+        self.program = StageProgram(parts, Stage("train", 1), batch_size, cfg.trainer.diagnostics_every, state, x, y,
+                                    data_key, data_parallel)
+        self.pacer = Pacer(seconds=None, first=max(1, self.program.steps // CHUNKS))
+
+    def __call__(self) -> Any:
+        self.count += 1
+        key = self.data_parallel.put(jax.random.fold_in(self.key, self.count))
+        carry, metrics = train_in_chunks(self.program, self.state, self.x, self.y, key, self.pacer, lambda *_: False)
+        self.state = carry.state
+        return metrics
+
+
+def measure_data_parallel(overrides: Sequence[str], batch_size: int, examples: int, epochs: int,
+                          devices: int) -> dict[str, Any]:
+    """Examples/s of the runner's chunked epoch on 1 device and data parallel over `devices`, timed alternately
+    in this process (which must have that many local devices)."""
+    cfg = validated_config(*overrides, f"trainer.batch_size={batch_size}")
+    x, y = (np.asarray(a) for a in synthetic_data(0, examples, IMAGE_SHAPE))  # placed by each loop
+    loops = {n: DataParallelLoop(cfg, x, y, batch_size, DataParallel.over(n)) for n in (1, devices)}
+    seconds = time_alternately({str(n): loop for n, loop in loops.items()}, epochs)
+    trained = (examples // batch_size) * batch_size
+    return {"devices": devices, "batch_size": batch_size, "examples": examples, "overrides": list(overrides),
+            "device_kind": jax.devices()[0].device_kind, "forced_cpu_devices": False,
+            "one_device_examples_per_s": trained / seconds["1"],
+            "data_parallel_examples_per_s": trained / seconds[str(devices)],
+            "speedup": seconds["1"] / seconds[str(devices)]}
+
+
+def measure_data_parallel_anywhere(overrides: Sequence[str], batch_size: int, examples: int, epochs: int,
+                                   devices: int, timeout: float = 600) -> dict[str, Any]:
+    """`measure_data_parallel` here if this process has `devices` local devices; else in a subprocess whose CPU
+    backend is split into that many devices (XLA_FLAGS=--xla_force_host_platform_device_count), which share the
+    machine's cores: then it measures the cost of splitting (collectives, partitioning), not a speedup."""
+    if jax.local_device_count() >= devices:
+        return measure_data_parallel(overrides, batch_size, examples, epochs, devices)
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    code = ("import json, sys; from runner.bench.harness import measure_data_parallel; "
+            "print(json.dumps(measure_data_parallel(*json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([list(overrides), batch_size, examples, epochs,
+                                                                   devices])],
+                          env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {devices}-device measurement exited {done.returncode}:\n{done.stderr}")
+    return {**json.loads(done.stdout.splitlines()[-1]), "forced_cpu_devices": True}
 
 
 def time_alternately(loops: dict[str, Loop], epochs: int) -> dict[str, float]:

@@ -101,7 +101,7 @@ def test_a_job_failing_at_run_time_fails_alone_and_the_report_lists_it(cli):
     result = cli("-m", "trainer.batch_size=5000,32", "trainer.epochs=1")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    summaries = {d.name.split("_", 1)[1]: read_summary(d) for d in cli.run_dirs()}
+    summaries = {d.name: read_summary(d) for d in cli.run_dirs()}
     failed = summaries["trainer.batch_size=5000,trainer.epochs=1"]
     assert failed["status"] == "failed" and "trainer.batch_size" in failed["reason"]
     assert summaries["trainer.batch_size=32,trainer.epochs=1"]["status"] == "completed"

@@ -37,8 +37,8 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
     dirs = {(seed, act): sweep / job_name(*BASE, f"activation={act}", f"trainer.seed={seed}")
             for seed in (0, 1) for act in ("relu", "elu")}
     completed, failing, interrupted, new = dirs[0, "relu"], dirs[0, "elu"], dirs[1, "relu"], dirs[1, "elu"]
-    # One job fails at its first epoch's end, after writing that epoch's metrics: where its diagnostics go,
-    # something that cannot be appended to (as a crashed writer might leave). A user's notes sit beside it.
+    # One job fails at its first epoch's end, after writing that epoch's metrics: where its diagnostics go, the
+    # user left a dir. Their notes sit beside it.
     (failing / "diagnostics.jsonl").mkdir(parents=True)
     (failing / "notes.txt").write_text("mine\n")
 
@@ -55,8 +55,10 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 128 + signal.SIGTERM, stderr
     assert read_summary(completed)["status"] == "completed"
-    assert read_summary(failing)["status"] == "failed" and "IsADirectoryError" in read_summary(failing)["reason"]
+    failed = read_summary(failing)
+    assert failed["status"] == "failed" and "IsADirectoryError" in failed["reason"]
     assert [m["epoch"] for m in read_metrics(failing)] == [1]
+    assert "metrics.jsonl" in failed["written"] and not {"diagnostics.jsonl", "notes.txt"} & set(failed["written"])
     stopped = read_summary(interrupted)
     assert stopped["status"] == "interrupted" and 1 <= stopped["epochs"] < 8, "SIGTERM should land mid-job"
     assert not new.exists()
@@ -65,6 +67,7 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
 
     reference = cli(*BASE, "activation=relu", "trainer.seed=1", "hydra.run.dir=outputs/reference")
     assert reference.returncode == 0, reference.stderr
+    (failing / "diagnostics.jsonl").rmdir()  # the user fixes what made the job fail
 
     # Launch 2: the same sweep, overrides typed in another order (so Hydra runs the jobs in another order).
     relaunch = ("-m", *reversed(BASE), "activation=relu,elu", "trainer.seed=0,1", "trainer.resume=true",
@@ -97,6 +100,7 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
     assert {job: (job / "metrics.jsonl").read_bytes() for job in dirs.values()} == before
 
 
+@pytest.mark.slow
 def test_a_resumed_run_that_early_stopping_ended_trains_no_further(cli):
     run = ("trainer.epochs=30", "trainer.early_stopping.patience=1", "trainer.early_stopping.monitor=val_accuracy",
            "model.depth=1", "model.width=16", "hydra.run.dir=outputs/es")
@@ -135,7 +139,31 @@ def _saved_job(job_dir, overrides, **changes):
     (job_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, job_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), job_dir / ".hydra" / "overrides.yaml")
-    (job_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (job_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "val_loss": 1.0,
+                                                       "val_accuracy": 0.5}) + "\n")
+
+
+def test_a_relaunched_sweep_whose_jobs_ended_trains_nothing_touches_nothing_and_reports_every_job(cli):
+    sweep = cli.cwd / "outputs" / "sweep"
+    ended = {"relu": {"status": "completed", "epochs": 3}, "elu": {"status": "early_stopped", "epochs": 2}}
+    for activation, summary in ended.items():
+        job = sweep / job_name(f"activation={activation}", "trainer.epochs=3")
+        _saved_job(job, [f"activation={activation}", "trainer.epochs=3"])
+        (job / "summary.json").write_text(json.dumps({**summary, "best_val_accuracy": 0.5, "test_accuracy": 0.5,
+                                                      "test_loss": 1.0, "wall_time_s": 1.0}))
+    results = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep.rglob("*")
+               if p.is_file() and ".hydra" not in p.parts}
+    result = cli("-m", "trainer.epochs=3", "activation=elu,relu", "trainer.resume=true", f"hydra.sweep.dir={sweep}",
+                 "hydra.callbacks.report.plots=false")
+    assert result.returncode == 0, result.stderr
+    relu, elu = (sweep / job_name(f"activation={a}", "trainer.epochs=3") for a in ("relu", "elu"))
+    assert f"skipped (completed): all 3 epochs trained; nothing to train in {relu}" in result.stdout
+    assert f"skipped (early_stopped): early stopping ended the run at epoch 2; nothing to train in {elu}" \
+        in result.stdout
+    assert "dataset digits" not in result.stdout, "a skipped job loads no data"
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in results} == results
+    with (sweep / "report" / "report.csv").open() as f:
+        assert sorted(row["status"] for row in csv.DictReader(f)) == ["completed", "early_stopped"]
 
 
 def test_a_relaunched_sweep_needs_the_sweep_dir_of_an_earlier_sweep(cli):
@@ -168,3 +196,17 @@ def test_a_fresh_sweep_into_a_sweep_dir_whose_job_left_only_metrics_is_refused(c
     [line] = result.stderr.strip().splitlines()
     assert "already holds a run (activation=relu/metrics.jsonl)" in line and "trainer.resume=true" in line
     assert snapshot(cli.cwd) == before
+
+
+@pytest.mark.slow
+def test_a_run_writes_nothing_in_its_dir_that_a_rerun_would_not_take_away(cli):
+    """rundir.RUN_OUTPUTS is what a failed job's re-run removes: every file a run can write must be in it."""
+    from runner.rundir import RUN_OUTPUTS
+
+    result = cli("trainer.epochs=1", "model.depth=1", "model.width=16", "trainer.diagnostics_every=20",
+                 "optimizer.learning_rate=auto", "logger=[jsonl,csv,tensorboard]", "hydra.run.dir=outputs/all")
+    assert result.returncode == 0, result.stderr
+    written = {p.name for p in (cli.cwd / "outputs" / "all").iterdir()} - {".hydra"}
+    assert {"metrics.jsonl", "summary.json", "checkpoints", "diagnostics.jsonl", "metrics.csv", "tensorboard",
+            "lr_find.json"} <= written
+    assert written <= set(RUN_OUTPUTS), written - set(RUN_OUTPUTS)
