@@ -37,17 +37,18 @@ THREAD_VARS = ("PJRT_NPROC", "NPROC", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 RESUME = "trainer.resume=true"
 
 
-def thread_budget(n_jobs: int, threads_per_job: int | None, cores: int) -> tuple[int, int]:
-    """(processes, threads for each) of a parallel sweep on `cores` cores.
+def thread_budget(n_jobs: int, threads_per_job: int | None, cores: int, jobs: int) -> tuple[int, int]:
+    """(processes, threads for each) of `jobs` jobs run in parallel on `cores` cores.
 
-    n_jobs has joblib's meaning: a count, or -1 for one per core, -2 for all cores but one, ...; threads_per_job
-    None shares the cores evenly (at least one thread each), so processes x threads <= cores.
+    n_jobs has joblib's meaning: a count, or -1 for one per core, -2 for all cores but one, ...; no more processes
+    than jobs start. threads_per_job None shares the cores evenly among the processes (at least one thread each),
+    so processes x threads <= cores.
     """
     if not isinstance(n_jobs, int) or n_jobs == 0:
         raise UserError(f"hydra.launcher.n_jobs: must be an integer other than 0 (-1: one job per core), got {n_jobs!r}")
     if threads_per_job is not None and (not isinstance(threads_per_job, int) or threads_per_job < 1):
         raise UserError(f"hydra.launcher.threads_per_job: must be null or an integer >= 1, got {threads_per_job!r}")
-    processes = n_jobs if n_jobs > 0 else max(cores + 1 + n_jobs, 1)
+    processes = min(n_jobs if n_jobs > 0 else max(cores + 1 + n_jobs, 1), max(jobs, 1))
     return processes, threads_per_job or max(cores // processes, 1)
 
 
@@ -78,7 +79,8 @@ class ThreadCapped:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         import joblib  # counts the cores this process may use (affinity, cgroup quota)
 
-        processes, threads = thread_budget(self.joblib.get("n_jobs", -1), self.threads_per_job, joblib.cpu_count())
+        processes, threads = thread_budget(self.joblib.get("n_jobs", -1), self.threads_per_job, joblib.cpu_count(),
+                                           jobs=len(job_overrides))
         self.joblib["n_jobs"] = processes
         with environ({var: str(threads) for var in THREAD_VARS}):
             return super().launch(job_overrides, initial_job_idx)

@@ -27,7 +27,9 @@ def resumed_overrides(run_dir: Path, overrides: list[str], compose: Callable[[li
     saved_cfg, saved_overrides = _saved(run_dir)
     new_keys = {override_key(o) for o in overrides}
     merged = [o for o in saved_overrides if override_key(o) not in new_keys | {"trainer.resume"}] + overrides
-    _refuse_changes(saved_cfg, compose(merged), f"these overrides change what {run_dir} was trained with")
+    # Keys the run's config lacks came with a later version of the runner: at their defaults they change nothing.
+    defaults = OmegaConf.to_container(compose([o for o in saved_overrides if override_key(o) != "trainer.resume"]))
+    _refuse_changes(saved_cfg, compose(merged), f"these overrides change what {run_dir} was trained with", defaults)
     return merged
 
 
@@ -38,10 +40,11 @@ def check_same_job(run_dir: Path, cfg: DictConfig) -> None:
     _refuse_changes(saved_cfg, cfg, f"{run_dir} holds a run trained with another config")
 
 
-def _refuse_changes(saved_cfg: DictConfig, cfg: DictConfig, what: str) -> None:
+def _refuse_changes(saved_cfg: DictConfig, cfg: DictConfig, what: str, defaults: dict | None = None) -> None:
     changed = _differences(OmegaConf.to_container(saved_cfg), OmegaConf.to_container(cfg))
     refused = [(key, old, new) for key, old, new in changed
-               if not _may_change(cfg, key, old, new) and not _found_at_start(key, old, new)]
+               if not _may_change(cfg, key, old, new) and not _found_at_start(key, old, new)
+               and not (old is _ABSENT and defaults is not None and _at(defaults, key) == new)]
     if refused:
         shown = ", ".join(f"{key} ({_show(old)} -> {_show(new)})" for key, old, new in refused)
         raise UserError(f"trainer.resume: {what}: {shown}; valid on resume: {', '.join(_resume_keys(cfg))}")
@@ -58,11 +61,24 @@ def _saved(run_dir: Path) -> tuple[DictConfig, list[str]]:
         raise UserError(f"trainer.resume: cannot read the saved config in {hydra_dir}: {first_line(e)}") from None
 
 
+_ABSENT = object()  # a key one config has and the other lacks
+
+
 def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    if isinstance(old, dict) and isinstance(new, dict):
+    if isinstance(old, dict) and isinstance(new, dict) or old is _ABSENT and isinstance(new, dict):
+        old = {} if old is _ABSENT else old
         return [d for k in sorted(old.keys() | new.keys(), key=str)
-                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}" if not prefix else f"{prefix}.{k}")]
+                for d in _differences(old.get(k, _ABSENT), new.get(k, _ABSENT),
+                                      f"{prefix}{k}" if not prefix else f"{prefix}.{k}")]
     return [] if old == new else [(prefix, old, new)]
+
+
+def _at(tree: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
 
 
 def _schema_field(cfg: DictConfig, key: str) -> dataclasses.Field | None:
@@ -113,4 +129,4 @@ def _resume_keys(cfg: DictConfig) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    return "null" if value is None else str(value)
+    return "(absent)" if value is _ABSENT else "null" if value is None else str(value)

@@ -35,6 +35,7 @@ from runner.loggers import build_loggers, close_loggers
 from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
+from runner.pretraining import pretrain
 from runner.replicas import train_replicas
 from runner.stages import Stage, stage_optimizer
 from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
@@ -115,7 +116,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     if several and str(cfg.optimizer.get("learning_rate")) == "auto":
         raise UserError("optimizer.learning_rate: auto runs the range test in one process; valid with several "
                         "processes: a number (find it first with python -m runner.lr_find)")
-    source = read_source(cfg.transfer) if cfg.transfer.source else None
+    # pretraining=...: the lower layers learn first, held in memory; else another net's, if transfer.source names one
+    source = pretrain(cfg, run_dir, console) or (read_source(cfg.transfer) if cfg.transfer.source else None)
     splits = load_data(cfg, source.scaling if source else None)
     cfg, found = resolve_auto_learning_rate(cfg, splits, run_dir, console)  # optimizer.learning_rate=auto
     tc = cfg.trainer

@@ -12,18 +12,19 @@ from runner.errors import UserError
 from runner.launchers import RESUME, THREAD_VARS, ThreadCapped, environ, quoted, resumed_overrides, thread_budget
 
 
-@pytest.mark.parametrize("n_jobs, threads_per_job, cores, expected", [
-    (-1, None, 2, (2, 1)),     # one process per core, one thread each
-    (-1, None, 16, (16, 1)),
-    (2, None, 16, (2, 8)),     # the cores shared evenly
-    (3, None, 16, (3, 5)),     # rounded down: 3 x 5 <= 16
-    (-2, None, 16, (15, 1)),   # joblib's -2: all cores but one
-    (-2, None, 1, (1, 1)),     # never fewer than one process
-    (4, None, 2, (4, 1)),      # more processes than cores: one thread each, at least
-    (2, 3, 16, (2, 3)),        # asked for: taken as given
+@pytest.mark.parametrize("n_jobs, threads_per_job, cores, jobs, expected", [
+    (-1, None, 2, 4, (2, 1)),     # one process per core, one thread each
+    (-1, None, 16, 100, (16, 1)),
+    (-1, None, 16, 4, (4, 4)),    # no more processes than jobs: the cores shared among those that run
+    (2, None, 16, 4, (2, 8)),     # the cores shared evenly
+    (3, None, 16, 4, (3, 5)),     # rounded down: 3 x 5 <= 16
+    (-2, None, 16, 100, (15, 1)), # joblib's -2: all cores but one
+    (-2, None, 1, 4, (1, 1)),     # never fewer than one process
+    (4, None, 2, 4, (4, 1)),      # more processes than cores: one thread each, at least
+    (2, 3, 16, 4, (2, 3)),        # asked for: taken as given
 ])
-def test_the_thread_budget_shares_the_cores(n_jobs, threads_per_job, cores, expected):
-    processes, threads = thread_budget(n_jobs, threads_per_job, cores)
+def test_the_thread_budget_shares_the_cores(n_jobs, threads_per_job, cores, jobs, expected):
+    processes, threads = thread_budget(n_jobs, threads_per_job, cores, jobs)
     assert (processes, threads) == expected
     if threads_per_job is None and processes <= cores:
         assert processes * threads <= cores
@@ -35,7 +36,7 @@ def test_the_thread_budget_shares_the_cores(n_jobs, threads_per_job, cores, expe
 ])
 def test_a_budget_without_meaning_is_one_line_naming_the_key(n_jobs, threads_per_job, key):
     with pytest.raises(UserError) as refused:
-        thread_budget(n_jobs, threads_per_job, 8)
+        thread_budget(n_jobs, threads_per_job, 8, jobs=4)
     assert str(refused.value).startswith(f"{key}: ") and "\n" not in str(refused.value)
 
 
@@ -66,7 +67,7 @@ def test_workers_start_with_every_thread_variable_at_the_budget_and_the_sweep_ke
 
     monkeypatch.delenv("PJRT_NPROC", raising=False)
     cores = joblib.cpu_count()
-    kwargs, env = _Parallel(n_jobs=2, threads_per_job=None, prefer="processes").launch([["a=1"]], 0)
+    kwargs, env = _Parallel(n_jobs=2, threads_per_job=None, prefer="processes").launch([["a=1"], ["a=2"]], 0)
     assert kwargs == {"n_jobs": 2, "prefer": "processes"}  # threads_per_job is not joblib's
     assert env == {var: str(max(cores // 2, 1)) for var in THREAD_VARS}
     assert "PJRT_NPROC" not in os.environ
