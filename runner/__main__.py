@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from runner import relaunch
 from runner.config import CONF_DIR, register_schemas, validate
 from runner.console import Console, error
+from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line
 from runner.interrupts import Interrupted
 from runner.outputs import write_json
@@ -119,7 +120,8 @@ def _failed(run_dir: Path, reason: str, console: Console, before: set[str] | Non
     summary.update(status="failed", reason=reason)
     if before is not None:
         summary["written"] = written_since(run_dir, before)
-    write_json(summary_path, summary)
+    if process_index_from_env() == 0:  # of several processes, process 0 writes
+        write_json(summary_path, summary)
     console.warn(f"job failed: {reason} ({run_dir})")
 
 

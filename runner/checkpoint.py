@@ -64,7 +64,10 @@ class Checkpoints:
 
     def save(self, epoch: int, trees: dict[str, Any], meta: dict) -> None:
         """Save pytrees (a train state, ...) and JSON metadata as the checkpoint of `epoch`."""
-        items = {name: ocp.args.StandardSave(serialization.to_state_dict(tree)) for name, tree in trees.items()}
+        states = {name: serialization.to_state_dict(tree) for name, tree in trees.items()}
+        # Each array's whole shape: orbax's write_shape is one replica's slice when several devices hold it.
+        meta = {**meta, "shapes": {name: {k: list(v) for k, v in _shapes(state).items()} for name, state in states.items()}}
+        items = {name: ocp.args.StandardSave(state) for name, state in states.items()}
         self.manager.save(epoch, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True)
 
     def restore_latest(self, templates: Callable[[dict], dict[str, Any]],
@@ -97,18 +100,26 @@ class Checkpoints:
         templates = templates_for(meta)
         names = [n for n in templates if (self.directory / str(epoch) / n).is_dir()]
         for name in names:  # checked first: orbax fails on a mismatch only after starting background reads
-            _check_shapes(self.directory / str(epoch) / name, serialization.to_state_dict(templates[name]))
+            _check_shapes(self.directory / str(epoch) / name, serialization.to_state_dict(templates[name]),
+                          meta.get("shapes", {}).get(name))
         args = {n: ocp.args.StandardRestore(serialization.to_state_dict(templates[n])) for n in names}
         restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
         trees = {n: serialization.from_state_dict(templates[n], restored[n]) for n in names}
         return trees, dict(restored["meta"])
 
 
-def _check_shapes(item_dir: Path, template: dict) -> None:
+def _shapes(state: dict) -> dict[str, tuple]:
+    return {".".join(path): tuple(np.shape(v)) for path, v in traverse_util.flatten_dict(state).items()
+            if v is not None}
+
+
+def _check_shapes(item_dir: Path, template: dict, recorded: dict | None = None) -> None:
     """Raise ValueError naming the first array whose saved shape differs from the config's.
 
-    Reads the shapes from orbax's `_METADATA` JSON file: asking orbax for metadata starts tensorstore
-    reads whose callbacks, on a torn checkpoint, outlive their event loop and print hundreds of lines.
+    Reads which arrays were written from orbax's `_METADATA` JSON file: asking orbax for metadata starts
+    tensorstore reads whose callbacks, on a torn checkpoint, outlive their event loop and print hundreds of
+    lines. Shapes come from the checkpoint's own record (`recorded`), else (older checkpoints, one device)
+    from orbax's write_shape.
     """
     try:
         tree = json.loads((item_dir / "_METADATA").read_text())["tree_metadata"]
@@ -116,9 +127,10 @@ def _check_shapes(item_dir: Path, template: dict) -> None:
                  for entry in tree.values()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"has no readable _METADATA ({type(e).__name__})") from None
+    if recorded is not None:
+        saved = {k: recorded.get(k, v) for k, v in saved.items()}
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-    wanted = {".".join(path): tuple(np.shape(v)) for path, v in traverse_util.flatten_dict(template).items()
-              if v is not None}
+    wanted = _shapes(template)
     for key in sorted(saved.keys() | wanted.keys()):
         if key not in saved:
             raise ValueError(f"has no {key} (a torn or corrupt file, or another model)")

@@ -29,25 +29,38 @@ import numpy as np
 from runner.errors import UserError
 
 AXIS = "data"  # the one mesh axis: the batch is split along it
-# The runner's own variables for a launch that is not SLURM's: jax.distributed.initialize reads
-# JAX_COORDINATOR_ADDRESS itself, but takes the process count and index only from a cluster it detects.
+# A launch by hand, or by a launcher other than srun: every process gets JAX_COORDINATOR_ADDRESS (process 0's
+# host:port, which jax.distributed.initialize reads itself), JAX_NUM_PROCESSES and its own JAX_PROCESS_ID (which
+# it does not: it takes the count and index only from a cluster it detects, SLURM among them). The runner reads them.
 NUM_PROCESSES, PROCESS_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+# srun sets the SLURM_STEP_* variables for the tasks of a job step; the batch script itself also has SLURM_NTASKS
+# and SLURM_PROCID=0, but is one process, and must not wait for others.
+SLURM_TASKS, SLURM_TASK = "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"
 
 
 def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
-    """How many processes the launcher started for this run: SLURM's task count, JAX_NUM_PROCESSES, or 1."""
-    if "JAX_COORDINATOR_ADDRESS" in environ:
-        return int(environ.get(NUM_PROCESSES) or environ.get("SLURM_NTASKS") or 1)
-    if "SLURM_PROCID" in environ:
-        return int(environ.get("SLURM_NTASKS", 1))
-    return 1
+    """How many processes the launcher started for this run: JAX_NUM_PROCESSES, the srun step's tasks, or 1."""
+    if NUM_PROCESSES in environ:
+        count, index = environ[NUM_PROCESSES], environ.get(PROCESS_ID)
+        if not count.isdigit() or int(count) < 1:
+            raise UserError(f"{NUM_PROCESSES}={count}: must be an integer >= 1 (the number of processes)")
+        missing = [k for k in ("JAX_COORDINATOR_ADDRESS", PROCESS_ID) if k not in environ]
+        if missing:
+            raise UserError(f"{NUM_PROCESSES}={count}: every process also needs {' and '.join(missing)}; valid: "
+                            f"JAX_COORDINATOR_ADDRESS=<host:port of process 0>, {PROCESS_ID}=<0 .. {int(count) - 1}>, "
+                            "or launch with srun")
+        if not index.isdigit() or int(index) >= int(count):
+            raise UserError(f"{PROCESS_ID}={index}: must be an integer in [0, {int(count) - 1}] "
+                            f"({NUM_PROCESSES}={count})")
+        return int(count)
+    return int(environ.get(SLURM_TASKS, 1))
 
 
 def process_index_from_env(environ: Mapping[str, str] = os.environ) -> int:
     """This process's index among the launched ones, read without JAX (0 for a run of one process)."""
     if launched_processes(environ) == 1:
         return 0
-    return int(environ.get(PROCESS_ID) or environ.get("SLURM_PROCID") or 0)
+    return int(environ[PROCESS_ID] if NUM_PROCESSES in environ else environ[SLURM_TASK])
 
 
 def shared_run_dir(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -66,9 +79,10 @@ def initialize_processes(environ: Mapping[str, str] = os.environ) -> None:
 
     if launched_processes(environ) == 1 or jax.distributed.is_initialized():
         return
-    given = {"num_processes": environ.get(NUM_PROCESSES), "process_id": environ.get(PROCESS_ID)}
-    # None lets jax detect the value (SLURM: SLURM_NTASKS, SLURM_PROCID, the first node of the step).
-    jax.distributed.initialize(**{k: int(v) for k, v in given.items() if v is not None})
+    if NUM_PROCESSES in environ:
+        jax.distributed.initialize(num_processes=int(environ[NUM_PROCESSES]), process_id=int(environ[PROCESS_ID]))
+    else:  # srun: jax reads the count, the index and process 0's node (the step's first) from SLURM's variables
+        jax.distributed.initialize()
 
 
 def is_writer() -> bool:

@@ -87,8 +87,8 @@ class LearningRateTrace:
     The rates are rebuilt, not read step by step: the optimizer's k-th update (k = 0, 1, ... from its state's
     init) applies the schedule's rate at k, a pure function of k, times the plateau scale, which only Plateau
     changes, between epochs. So the epoch's rates are the schedule at the optimizer's last `steps_per_epoch`
-    counts times the scale it ran with: the same function at the same counts as the optimizer (exact), one small
-    compiled program and one host read an epoch, and nothing added to the compiled epoch. The counts are the
+    counts times the scale it ran with: the same function at the same counts as the optimizer (exact), two small
+    host reads and one small compiled program an epoch, and nothing added to the compiled epoch. The counts are the
     optimizer state's (runner.optim.schedule_count), not the train step: a stage's fresh optimizer state restarts
     the schedule. Place it before Plateau, which sets the next epoch's scale. At its first epoch it drops the
     lines of that epoch and later, left by a run that stopped after its last checkpoint.
@@ -104,9 +104,13 @@ class LearningRateTrace:
             rewrite_jsonl(self.path, [r for r in read_jsonl(self.path) if r["epoch"] < end.epoch])
         self.started = True
         count, plateau = schedule_count(end.state.opt_state), plateau_state(end.state.opt_state)
-        rates = self.rates(end.state.step if count is None else count, 1.0 if plateau is None else plateau.scale)
+        # Read to the host first (replicated state: every process holds it), so that the rates are computed on
+        # this process's own device: only the process that writes the run's files calls this.
+        count, scale = jax.device_get((end.state.step if count is None else count,
+                                       1.0 if plateau is None else plateau.scale))
+        rates = jax.device_get(self.rates(count, scale))
         append_jsonl(self.path, {"epoch": end.epoch, "step": end.record["step"] - self.steps,
-                                 "lr": [float(str(r)) for r in jax.device_get(rates)]})  # float32's shortest form
+                                 "lr": [float(str(r)) for r in rates]})  # float32's shortest form
 
 
 class DiagnosticsWriter:

@@ -24,7 +24,7 @@ from runner.build import Parts
 from runner.diagnostics import layer_names
 from runner.distributed import DataParallel
 from runner.handlers import EpochEnd, Handler, write_diagnostics
-from runner.optim import plateau_state
+from runner.optim import continue_schedule, plateau_state
 from runner.stages import Stage, stage_at, stage_optimizer
 from runner.train import TrainState, make_epoch_programs, make_train_epoch
 
@@ -104,9 +104,10 @@ class AgreedPacer(Pacer):
 
 
 def enter_stage(state: TrainState, parts: Parts, stage: Stage) -> TrainState:
-    """The state with the stage's optimizer chain and a fresh optimizer state for it."""
+    """The state with the stage's optimizer chain and a fresh optimizer state for it, whose schedule goes on
+    from the run's step."""
     tx = stage_optimizer(parts.optimizer, stage)
-    return state.replace(tx=tx, opt_state=tx.init(state.params))
+    return state.replace(tx=tx, opt_state=continue_schedule(tx.init(state.params), state.step))
 
 
 @dataclasses.dataclass

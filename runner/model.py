@@ -87,10 +87,12 @@ class Net(nn.Module):
         """Logits of inputs `x`; or, with `start`/`stop`, the features of hidden layers [start, stop).
 
         `dropout` defaults to `train` (True at evaluation is MC dropout). With `start` = K, `x` is the output
-        of hidden layer K-1; with `stop` = K, the output of hidden layer K-1 is returned instead of logits.
+        of hidden layer K-1; with `stop` = K (the top one too), the output of hidden layer K-1 is returned
+        instead of logits.
         """
         dropout = train if dropout is None else dropout
         names = self.hidden_layers
+        features = stop is not None  # asked for a cut (even the top one): no head
         stop = len(names) if stop is None else stop
         if start == 0 and self.input_dropout is not None and (not names or names[0] not in frozen):
             x = self.input_dropout.copy(name="input_dropout")(x, deterministic=not dropout)
@@ -102,7 +104,7 @@ class Net(nn.Module):
                             name=f"block_{i}")(x, train=train and live, drop=dropout and live)
             if i < len(self.channels) and all(size >= 2 for size in x.shape[1:-1]):
                 x = nn.max_pool(x, (2,) * (x.ndim - 2), strides=(2,) * (x.ndim - 2))
-        if stop < len(names):
+        if features:
             return x
         logits = nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(x.reshape((x.shape[0], -1)))
         self.sow("intermediates", "head_preact", logits)

@@ -12,6 +12,7 @@ import inspect
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
 from hydra.utils import get_method
@@ -46,17 +47,36 @@ def _is_plateau(node: Any) -> bool:
     return isinstance(node, ReduceLROnPlateauState)
 
 
-def schedule_count(opt_state: Any) -> jax.Array | None:
-    """The step count the chain's learning-rate schedule is read at: the updates this optimizer state has made.
+# The states whose count a learning-rate (or momentum) schedule is read at; Adam's own count is its moments' age.
+_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectStatefulHyperparamsState)
 
-    Every stateful piece of an optax chain that counts (scale_by_schedule, inject_hyperparams, Adam's moments,
-    FTRL) counts the same updates, one per step, from this state's init; a stage's fresh optimizer state starts
-    it again at 0 while the train state's `step` goes on. The plateau's `count` counts its own accumulated values
-    and is left out. None if nothing in the chain counts.
+
+def schedule_count(opt_state: Any) -> jax.Array | None:
+    """The step count the chain's learning-rate schedule is read at.
+
+    scale_by_schedule or inject_hyperparams counts the updates, one per step; a stage's fresh optimizer state
+    continues it from the run's step (`continue_schedule`). Where the chain has neither (FTRL keeps its own),
+    any other counting state. None if nothing in the chain counts (the plateau's count, which counts its
+    accumulated values, is left out).
     """
     found = [node.count for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_counts)
              if _counts(node) and not _is_plateau(node)]
-    return found[0] if found else None
+    scheduled = [node.count for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_schedule)
+                 if _is_schedule(node)]
+    return scheduled[0] if scheduled else found[0] if found else None
+
+
+def continue_schedule(opt_state: Any, step: jax.Array) -> Any:
+    """`opt_state` with its schedules' counts at `step`: a new stage's fresh optimizer state (fresh moments, so
+    Adam's bias correction restarts) goes on along the run's schedule instead of starting it again."""
+    def at_step(node: Any) -> Any:
+        return node._replace(count=jnp.asarray(step, node.count.dtype)) if _is_schedule(node) else node
+
+    return jax.tree_util.tree_map(at_step, opt_state, is_leaf=_is_schedule)
+
+
+def _is_schedule(node: Any) -> bool:
+    return isinstance(node, _SCHEDULE_STATES)
 
 
 def _counts(node: Any) -> bool:

@@ -21,10 +21,11 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from runner import relaunch
 from runner.checks import TopLevel, reserved_override
 from runner.config import CONF_DIR, compose_config, validate
+from runner.distributed import launched_processes, process_index_from_env, shared_run_dir
 from runner.errors import UserError, first_line
-from runner import relaunch
 from runner.resumed import check_same_job, override_key, resumed_overrides
 from runner.rundir import RunDirClaim, has_checkpoint, holds_run, register_job_dir_resolver
 
@@ -91,6 +92,16 @@ def preflight(argv: list[str]) -> Invocation:
         return Invocation(argv)
     flags, overrides = split_argv(argv)
     multirun = any(a in ("-m", "--multirun") for a in flags)
+    processes = launched_processes()  # srun's tasks, or JAX_NUM_PROCESSES by hand (no jax import)
+    if processes > 1:
+        if multirun:
+            raise UserError("-m: a sweep cannot run across several processes; valid: one run per srun step")
+        if not any(override_key(o) == "hydra.run.dir" for o in overrides):
+            shared = shared_run_dir()
+            if shared is None:
+                raise UserError("hydra.run.dir: the processes of one run need one run dir; "
+                                "valid: hydra.run.dir=<the same path in every process>")
+            overrides = overrides + [f"hydra.run.dir={shared}"]
     for override in overrides:
         if reserved := reserved_override(override_key(override)):
             raise UserError(f"{override_key(override)}: {reserved} cannot be set on the command line; "
@@ -113,6 +124,8 @@ def preflight(argv: list[str]) -> Invocation:
             check_dataset(cfg.dataset)
         if resume and multirun:
             _check_same_job(job, overrides, out_dir, cfg, composer)
+    if processes > 1 and process_index_from_env() != 0:  # process 0 claims, locks and writes .hydra/
+        return Invocation(flags + overrides + ["hydra.output_subdir=null"], False, None)
     claim = RunDirClaim(out_dir, dir_key)
     found = _earlier_run(claim.path, multirun)
     if found and not cfg.trainer.resume:  # its files would be appended to and its .hydra/ rewritten
@@ -248,7 +261,8 @@ def _top_level(config_name: str, extra: tuple[str, ...]) -> TopLevel:
     groups = {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()
               if not str(k).startswith(("override ", "hydra/"))}
     return TopLevel(allowed=keys | set(groups),
-                    required={g for g, choice in groups.items() if not isinstance(choice, ListConfig)})
+                    required={g for g, choice in groups.items()
+                              if choice is not None and not isinstance(choice, ListConfig)})
 
 
 def _explain(e: Exception, job: list[str]) -> str:

@@ -11,7 +11,8 @@ intervals come for free. The run dir itself gets `replicas.json`, naming the mem
 
 What a member cannot do alone inside one program is refused in one line: early stopping, performance
 scheduling (plateau), stages and transfer, per-layer diagnostics, checkpoints and resume. A member whose loss
-goes non-finite keeps its last finite epoch's weights and is `diverged`; the others go on. Ctrl-C stops after
+goes non-finite keeps its last finite epoch's weights and is `diverged`; the others go on. The program runs on
+JAX's default device (`trainer.devices` is not split over the members). Ctrl-C stops after
 the current epoch (a whole epoch is one call here) and the members' summaries say `interrupted`.
 """
 
@@ -52,6 +53,7 @@ def check_replicas(cfg: DictConfig) -> None:
         (tc.checkpoint_every > 0, "trainer.checkpoint_every", "0"),
         (tc.resume, "trainer.resume", "false"),
         (str(cfg.optimizer.get("learning_rate")) == "auto", "optimizer.learning_rate=auto", "a number"),
+        (str(tc.devices) not in ("auto", "1"), "trainer.devices", "auto"),  # the members share JAX's default device
     ]
     for bad, key, valid in unsupported:
         if bad:

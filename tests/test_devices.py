@@ -213,9 +213,6 @@ def train_then_resume_on_forced_devices(out: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="runner/checkpoint.py's shape check reads orbax's write_shape, which for an "
-                   "array replicated on k devices is the slice each replica writes (1/k of the first axis), so it "
-                   "refuses every checkpoint of a multi-device run")
 def test_a_run_on_four_devices_resumed_ends_as_the_uninterrupted_one_bit_for_bit(forced, tmp_path, tfds_dir):
     out, _ = forced
     done = subprocess.run([sys.executable, "-c", f"from tests.test_devices import train_then_resume_on_forced_devices"
@@ -245,18 +242,42 @@ def test_more_devices_than_the_process_has_is_refused():
 
 @pytest.mark.parametrize("environ, processes, index", [
     ({}, 1, 0),
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, 1, 0),  # one task: no distributed setup
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, 4, 2),
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}, 1, 0),  # srun -n 1: no setup
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"}, 4, 2),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "0"}, 1, 0),  # sbatch's own script, outside srun
     ({"JAX_COORDINATOR_ADDRESS": "host:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, 2, 1),
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, 1, 0),  # sbatch's own shell, outside srun: no SLURM_PROCID
 ])
 def test_the_launcher_environment_gives_the_process_count_and_index(environ, processes, index):
     assert launched_processes(environ) == processes
     assert process_index_from_env(environ) == index
 
 
+@pytest.mark.parametrize("environ, message", [
+    ({"JAX_NUM_PROCESSES": "2"}, r"^JAX_NUM_PROCESSES=2: every process also needs JAX_COORDINATOR_ADDRESS and "
+                                 r"JAX_PROCESS_ID; valid: .*JAX_PROCESS_ID=<0 \.\. 1>, or launch with srun$"),
+    ({"JAX_NUM_PROCESSES": "two"}, r"^JAX_NUM_PROCESSES=two: must be an integer >= 1"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "2"},
+     r"^JAX_PROCESS_ID=2: must be an integer in \[0, 1\]"),
+])
+def test_a_launch_by_hand_with_missing_or_bad_variables_is_one_line_naming_them(environ, message):
+    with pytest.raises(UserError, match=message):
+        launched_processes(environ)
+
+
 def test_every_process_of_a_slurm_step_names_the_same_run_dir():
-    step = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "3", "SLURM_NTASKS": "2"}
+    step = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "3", "SLURM_STEP_NUM_TASKS": "2"}
     assert shared_run_dir({**step, "SLURM_PROCID": "0"}) == shared_run_dir({**step, "SLURM_PROCID": "1"}) \
         == "outputs/slurm/4242.3"
     assert shared_run_dir({}) is None
+
+
+@pytest.mark.slow
+def test_the_bench_times_the_epoch_on_forced_cpu_devices_against_one_device(monkeypatch):
+    from runner.bench.__main__ import MLP20X100, SMOKE
+    from runner.bench.harness import measure_data_parallel_anywhere
+
+    monkeypatch.setenv("XLA_FLAGS", UNOPTIMIZED)
+    row = measure_data_parallel_anywhere(MLP20X100 + SMOKE["overrides"], 16, 64, 1, 4)
+    assert row["forced_cpu_devices"] and row["devices"] == 4 and row["batch_size"] == 16
+    assert row["one_device_examples_per_s"] > 0 and row["data_parallel_examples_per_s"] > 0
+    assert row["speedup"] == pytest.approx(row["data_parallel_examples_per_s"] / row["one_device_examples_per_s"])

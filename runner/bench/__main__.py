@@ -38,7 +38,7 @@ CASES = [
     Case("cnn", ("model=cnn",), 128, max_examples=1024, chunked=True),
 ]
 
-# Data parallel: the 20x100 MLP at a batch every device count up to 8 divides, one device against --devices.
+# Data parallel: the 20x100 MLP at batch 128 (rounded down to a multiple of --devices), one device against --devices.
 DATA_PARALLEL = (MLP20X100, 128)
 
 # Tiny sizes for tests: small nets (compiling is most of a smoke run), batches shrunk to fit the examples.

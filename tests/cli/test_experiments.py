@@ -16,8 +16,8 @@ from runner.config import CONF_DIR, validate
 from tests.conftest import read_summary
 
 # The presets that sweep (`-m +experiment=NAME`); sparse and fast are single runs.
-SWEEPS = ["vanishing_gradients", "activations", "batch_norm", "gradient_clipping", "optimizers", "schedules",
-          "regularization", "practical_defaults"]
+SWEEPS = ["vanishing_gradients", "activations", "selu", "batch_norm", "gradient_clipping", "optimizers", "schedules",
+          "regularization", "practical_defaults", "transfer", "pretraining"]
 
 
 def sweep_jobs(name: str) -> list[list[str]]:
@@ -88,3 +88,29 @@ def test_gradient_clipping_the_unclipped_job_diverges_at_a_named_step_and_the_cl
     assert f"at step {unclipped['diverged_at_step']}" in result.stderr
     assert unclipped["test_accuracy"] is not None  # evaluated on the last finite weights
     assert clipped["status"] == "completed" and clipped["test_accuracy"] > 0.5
+
+
+def _preset_report_rows(cli, name: str, *overrides: str) -> list[dict]:
+    result = cli("-m", f"+experiment={name}", *overrides, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [report] = (cli.cwd / "outputs" / "multirun").rglob("report.csv")
+    import csv
+
+    return list(csv.DictReader(report.open()))
+
+
+def test_the_transfer_preset_runs_its_four_variants_side_by_side(cli):
+    rows = _preset_report_rows(cli, "transfer", "trainer.epochs=6", "model.depth=2",  # unfrozen after 5
+                               "model.width=16")
+    assert sorted(r["overrides"].split("experiment/transfer=")[1].split()[0] for r in rows) == [
+        "cached", "frozen", "scratch", "unfrozen"]
+    assert {r["status"] for r in rows} == {"completed"}
+
+
+@pytest.mark.slow
+def test_the_pretraining_preset_runs_every_method(cli):
+    rows = _preset_report_rows(cli, "pretraining", "trainer.epochs=2", "model.depth=2",
+                               "model.width=16")
+    assert sorted(r["overrides"].split("experiment/pretraining=")[1].split()[0] for r in rows) == [
+        "autoencoder", "auxiliary", "none", "rbm", "supervised"]
+    assert {r["status"] for r in rows} == {"completed"}

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 
 # What the sdist is made from: the files pyproject.toml names and the two trees it packages.
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "runner", "conf")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "runner", "hydra_plugins", "conf")
 
 
 def sh(*command, **kwargs) -> subprocess.CompletedProcess:
@@ -74,7 +74,8 @@ def test_wheel_holds_every_module_and_conf_file_of_the_checkout(wheel):
     # pyproject.toml lists the packages (conf/ maps to runner/conf): a package left off the list fails here.
     with zipfile.ZipFile(wheel) as archive:
         packaged = {name for name in archive.namelist() if ".dist-info/" not in name}
-    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "runner").rglob("*.py")}
+    modules = {p.relative_to(ROOT).as_posix()
+               for top in ("runner", "hydra_plugins") for p in (ROOT / top).rglob("*.py")}
     conf = {"runner/conf/" + p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert packaged == modules | conf
 

@@ -22,8 +22,11 @@ def results(cli) -> dict:
 
 def trials(cli) -> list[tuple[dict, dict]]:
     """(overrides as a dict, summary) of every trial, in the order they ran."""
+    def trial_number(run_dir):  # job dirs are named by their overrides; Hydra's job number is the trial's
+        return yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"]
+
     found = []
-    for run_dir in sorted(cli.run_dirs(), key=lambda d: int(d.name.split("_")[0])):
+    for run_dir in sorted(cli.run_dirs(), key=trial_number):
         overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
         found.append((dict(o.split("=", 1) for o in overrides), read_summary(run_dir)))
     return found
