@@ -89,8 +89,8 @@ class LearningRateTrace:
     changes, between epochs. So the epoch's rates are the schedule at the optimizer's last `steps_per_epoch`
     counts times the scale it ran with: the same function at the same counts as the optimizer (exact), two small
     host reads and one small compiled program an epoch, and nothing added to the compiled epoch. The counts are the
-    optimizer state's (runner.optim.schedule_count), not the train step: a stage's fresh optimizer state restarts
-    the schedule. Place it before Plateau, which sets the next epoch's scale. At its first epoch it drops the
+    schedule's own (runner.optim.schedule_count), which a stage's fresh optimizer state continues from the run's
+    step. Place it before Plateau, which sets the next epoch's scale. At its first epoch it drops the
     lines of that epoch and later, left by a run that stopped after its last checkpoint.
     """
 

@@ -28,7 +28,7 @@ from runner.data.splits import Scaling
 from runner.diagnostics import layer_names, summarize
 from runner.distributed import AgreedEvent, DataParallel, initialize_processes, is_writer
 from runner.errors import UserError
-from runner.handlers import (Checkpointer, DiagnosticsWriter, EarlyStopping, Interrupt, Plateau,
+from runner.handlers import (Checkpointer, DiagnosticsWriter, EarlyStopping, Interrupt, LearningRateTrace, Plateau,
                              Progress, Validation, weights_of)
 from runner.interrupts import Interrupted, deferred_signals
 from runner.loggers import build_loggers, close_loggers
@@ -38,6 +38,7 @@ from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.pretraining import pretrain
 from runner.replicas import train_replicas
 from runner.stages import Stage, stage_optimizer
+from runner.techniques.schedules import beyond_run
 from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
                              transfer_stages, with_cached_inputs)
 from runner.train import TrainState, create_train_state, make_evaluate
@@ -130,6 +131,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     init_key, data_key, eval_key = data_parallel.put(jax.random.split(jax.random.PRNGKey(tc.seed), 3))
     reused = reused_layers(cfg.transfer, source, parts.model.hidden_layers) if source else ()
     stages = transfer_stages(cfg.transfer, tc.epochs, reused) if source else build_stages(cfg, parts.model.hidden_layers)
+    if writer:
+        for warning in beyond_run(parts.schedule, steps_per_epoch * tc.epochs):  # the schedule runs across stages
+            console.warn(warning)
     state = create_train_state(init_key, parts, data_parallel.put(splits.x_train[: tc.batch_size]),
                                tx=stage_optimizer(parts.optimizer, stages[0]), sharding=data_parallel.replicated)
     if source:
@@ -154,7 +158,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
             writers = [*build_loggers(cfg, run_dir, first_epoch, int(state.step)),  # metrics.jsonl and the chosen tools
                        DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
                        Progress(view.epoch)] if writer else []
-            handlers = [Validation(lambda s: val(s, eval_key)),
+            trace = [LearningRateTrace(run_dir / "lr_trace.jsonl", parts.schedule.learning_rate_at, steps_per_epoch)]
+            handlers = [*(trace if writer else []),  # before Plateau: the scale this epoch trained with
+                        Validation(lambda s: val(s, eval_key)),
                         *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
                         *writers, stopper, Interrupt(interrupt), checkpointer]
             loop = Loop(parts, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,

@@ -99,6 +99,7 @@ def _preset_report_rows(cli, name: str, *overrides: str) -> list[dict]:
     return list(csv.DictReader(report.open()))
 
 
+@pytest.mark.slow
 def test_the_transfer_preset_runs_its_four_variants_side_by_side(cli):
     rows = _preset_report_rows(cli, "transfer", "trainer.epochs=6", "model.depth=2",  # unfrozen after 5
                                "model.width=16")

@@ -30,6 +30,7 @@ def _check_run(cli, result, method: str, layers: list[str]) -> list[dict]:
     return log
 
 
+@pytest.mark.slow
 def test_autoencoder_pretraining_logs_each_layer_then_fine_tunes_on_the_labeled_examples(cli):
     result = cli(*TINY, "pretraining=autoencoder")
     log = _check_run(cli, result, "autoencoder", ["dense_0", "dense_1"])

@@ -91,7 +91,11 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(BAD)))
+# Each case starts JAX and reads the data (~4 s): two run in `make test`, every one in `make test-full`.
+FAST = (0, 3)
+
+
+@pytest.mark.parametrize("case", [i if i in FAST else pytest.param(i, marks=pytest.mark.slow) for i in range(len(BAD))])
 def test_a_bad_transfer_is_one_line_exit_2_and_nothing_written(cli, source, tmp_path, case):
     make_args, words = BAD[case]
     result = cli(*TASK_B, *make_args(source, tmp_path))
