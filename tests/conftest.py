@@ -13,7 +13,21 @@ import pytest
 from runner.config import compose_config, register_schemas  # noqa: F401 (tests import compose_config from here)
 
 register_schemas()
+# The tests' programs are small: XLA's compile time dominates them, and its backend optimisations cost a quarter of
+# the suite's time. Every run compared with another in a test runs under the same flags (CLI runs inherit them);
+# make run, make bench and the CLI runs below (whole trainings, where run time counts too) keep XLA's defaults.
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def sample(values, fast) -> list:
+    """`values` as test parameters, those not in `fast` marked slow: `make test` runs a sample of a long table,
+    `make test-full` all of it. A tuple value is one parameter set (several argnames)."""
+    def param(value):
+        args = value if isinstance(value, tuple) else (value,)
+        return pytest.param(*args, marks=() if value in fast else pytest.mark.slow)
+    return [param(value) for value in values]
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +44,8 @@ class Runner:
     """Runs `python -m runner` in a working dir, as a user would from a shell."""
 
     def __init__(self, cwd: Path, tfds_dir: Path):
-        self.cwd, self.env = cwd, {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), "JAX_PLATFORMS": "cpu"}
+        self.cwd, self.env = cwd, {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), "JAX_PLATFORMS": "cpu",
+                                   "XLA_FLAGS": USER_XLA_FLAGS}
 
     def __call__(self, *args: str, module: str = "runner", timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", module, *args], cwd=self.cwd, env=self.env,

@@ -40,7 +40,7 @@ def test_a_range_reads_as_words_in_the_message():
 
 
 def _bad_values(spec: str) -> list[str]:
-    """Override values outside a range: a word, null, infinity, and a number just outside a bound."""
+    """Override values outside a range: a number just outside a bound (first), a word, null, infinity, NaN."""
     if spec.startswith("null or "):
         return [v for v in _bad_values(spec[len("null or "):]) if v != "null"]
     if spec.startswith("auto or "):
@@ -55,15 +55,20 @@ def _bad_values(spec: str) -> list[str]:
         return ["3"]
     if spec == "str":
         return ["null", "''"]
-    values = ["abc", "null", "inf", "nan"]
     body = spec.removeprefix("int ")
     if body[0] in "[(":
         low, high = (float(x) for x in body[1:-1].split(","))
-        values += [str(low - 1 if body[0] == "[" else low), str(high + 1 if body[-1] == "]" else high)]
+        outside = [str(low - 1 if body[0] == "[" else low), str(high + 1 if body[-1] == "]" else high)]
     else:
         op, limit = body.split()
-        values.append(str(float(limit) - 1 if op.startswith(">") else float(limit) + 1))
-    return values
+        outside = [str(float(limit) - 1 if op.startswith(">") else float(limit) + 1)]
+    return outside + ["abc", "null", "inf", "nan"]
+
+
+def _cases(values: list[str], make_param):
+    """The first (most telling) bad value of each key runs in `make test`; the rest with the slow tests."""
+    for i, value in enumerate(values):
+        yield make_param(value, () if i == 0 else pytest.mark.slow)
 
 
 # Groups chosen as a list (regularizer=[l2,dropout], logger=[jsonl,csv]): each choice's file puts its keys under
@@ -85,8 +90,8 @@ def _declared():
         for where, node in nodes:
             for key, spec in (node.get(SPEC_KEY) or {}).items():
                 plus = "" if key in node else "+"
-                for value in _bad_values(spec):
-                    yield pytest.param(select, f"{plus}{where}.{key}={value}", id=f"{where}.{key}={value}")
+                yield from _cases(_bad_values(spec), lambda value, marks: pytest.param(
+                    select, f"{plus}{where}.{key}={value}", id=f"{where}.{key}={value}", marks=marks))
 
 
 # Choices that need one value from the user before anything else can be checked.
@@ -114,8 +119,8 @@ def _schema_declared():
                            ("trainer.early_stopping", EarlyStoppingConfig)):
         for field in dataclasses.fields(schema):
             if "valid" in field.metadata:
-                for value in _bad_values(field.metadata["valid"]):
-                    yield pytest.param(f"{prefix}.{field.name}={value}", id=f"{prefix}.{field.name}={value}")
+                yield from _cases(_bad_values(field.metadata["valid"]), lambda value, marks: pytest.param(
+                    f"{prefix}.{field.name}={value}", id=f"{prefix}.{field.name}={value}", marks=marks))
 
 
 @pytest.mark.parametrize("override", list(_schema_declared()))

@@ -362,6 +362,7 @@ raise RuntimeError("a bug mid-run")
 """
 
 
+@pytest.mark.slow
 def test_a_run_that_crashes_ends_its_mlflow_run_failed_and_its_tensorboard_session_failed(tmp_path, store):
     result = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path), store], capture_output=True, text=True,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)

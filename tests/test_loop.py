@@ -62,7 +62,8 @@ def _assert_same_trees(a, b):
         np.testing.assert_array_equal(u, v)
 
 
-@pytest.mark.parametrize("overrides, diagnostics_every", [((), 0), (("regularizer=[dropout,l2]",), 2)])
+@pytest.mark.parametrize("overrides, diagnostics_every", [
+    ((), 0), pytest.param(("regularizer=[dropout,l2]",), 2, marks=pytest.mark.slow)])
 def test_chunked_epochs_are_bit_identical_to_whole_epochs(overrides, diagnostics_every):
     whole_loop, state, whole = _loop(FixedPacer(10**6), *overrides, diagnostics_every=diagnostics_every)
     whole_loop.run(state, 0, 1)

@@ -42,9 +42,8 @@ def beyond_run(schedule: Schedule, total_steps: int) -> list[str]:
     """One line per landmark of `schedule` that a run of `total_steps` steps (the rates of steps
     0..total_steps-1) never reaches, with the rate of its last step; [] when the whole schedule fits the run.
 
-    `total_steps` is what the schedule sees: each stage of a run starts a fresh optimizer state, whose count, and
-    so the schedule, starts again at 0 (runner/stages.py), so for a run of several stages it is the longest
-    stage's steps."""
+    `total_steps` is the whole run's: a stage's fresh optimizer state goes on along the run's schedule
+    (runner.optim.continue_schedule), so the schedule sees every step of every stage."""
     last = total_steps - 1
     return [f"{mark.setting} falls at step {mark.step}, but the schedule's last step is {last}: {mark.missed} "
             f"(the rate at step {last} is {float(schedule.learning_rate_at(last)):.3g})"

@@ -92,7 +92,7 @@ BAD = [
 
 
 # Each case starts JAX and reads the data (~4 s): two run in `make test`, every one in `make test-full`.
-FAST = (0, 3)
+FAST = (0,)
 
 
 @pytest.mark.parametrize("case", [i if i in FAST else pytest.param(i, marks=pytest.mark.slow) for i in range(len(BAD))])
