@@ -21,12 +21,13 @@ install: $(STAMP)  ## make .venv and install the project into it
 run: $(STAMP)  ## train the default config on the embedded digits dataset (offline)
 	$(PY) -m runner
 
-# Two workers (pytest-xdist): the tests are mostly single-threaded and these machines have two cores.
+# Two workers (pytest-xdist): the tests are mostly single-threaded and these machines have two cores; loadgroup
+# keeps the tests of one xdist_group (those sharing an expensive fixture) on one worker.
 test: $(STAMP)  ## run the fast tests; slow ones (marked @pytest.mark.slow) are skipped
-	$(PY) -m pytest -n 2
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 test-full: $(STAMP)  ## run every test, slow ones included (what CI runs)
-	$(PY) -m pytest -n 2 -m ''
+	$(PY) -m pytest -n 2 --dist loadgroup -m ''
 
 bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
 	$(PY) -m runner.bench
