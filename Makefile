@@ -26,7 +26,7 @@ run: $(STAMP)  ## train the default config on the embedded digits dataset (offli
 test: $(STAMP)  ## run the fast tests; slow ones (marked @pytest.mark.slow) are skipped
 	$(PY) -m pytest -n 2 --dist loadgroup
 
-test-full: $(STAMP)  ## run every test, slow ones included (what CI runs)
+test-full: $(STAMP)  ## run every test, slow ones included (CI runs make test and a CLI smoke: .ci/run)
 	$(PY) -m pytest -n 2 --dist loadgroup -m ''
 
 bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
