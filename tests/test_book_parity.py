@@ -8,7 +8,7 @@ the spread is small against the gap: a noisy or reversed ordering fails. test_th
 hand-made numbers.
 
 Sizes are the smallest that still show each claim by a wide interval, measured; the README's "Book parity" table
-has the full-size runs beside the book's numbers. A claim that did not reproduce is a strict xfail: it states the
+has these runs' numbers beside the book's. A claim that did not reproduce is a strict xfail: it states the
 claim as the book makes it, and turns into a failure the day it starts to hold, so the table gets updated.
 """
 
