@@ -46,7 +46,8 @@ def test_smoke_run_writes_every_case_with_its_ratio(tmp_path):
     assert f"results in {path}" in done.stdout
 
 
-@pytest.mark.parametrize("overrides", [MLP20X100, (), ("model=cnn", *SMOKE["cnn_overrides"])],
+@pytest.mark.parametrize("overrides", [MLP20X100, pytest.param((), marks=pytest.mark.slow),
+                                       pytest.param(("model=cnn", *SMOKE["cnn_overrides"]), marks=pytest.mark.slow)],
                          ids=["plain_mlp", "batch_norm_dropout_mlp", "cnn"])
 def test_limit_loss_goes_down_on_learnable_data(overrides):
     cfg = compose_config(*overrides, *SMOKE["overrides"], "optimizer.learning_rate=0.01")

@@ -66,6 +66,7 @@ def _hand_forward(params, x, activation):
     return pre, act
 
 
+@pytest.mark.slow  # make test: the per-input norm's test below checks grad_norm on a hand computation too
 def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
     # Batch norm and dropout on: the diagnostics must see the step's own batch statistics and dropout mask.
     parts, state, x, y = _setup()

@@ -200,7 +200,7 @@ def test_one_cycle_with_plain_sgd_is_a_user_error():
 # Max-norm: the regularizer's transform ends the chain.
 
 @pytest.mark.parametrize("clip", ["none", "value"])
-@pytest.mark.parametrize("name", sample(OPTIMIZERS, fast={"adam", "sgd"}))
+@pytest.mark.parametrize("name", sample(OPTIMIZERS, fast={"sgd"}))
 def test_max_norm_holds_after_a_huge_step_of_every_optimizer(name, clip):
     cfg = compose_config(f"optimizer={name}", "optimizer.learning_rate=100", "regularizer=[max_norm]",
                          *clip_overrides(clip), "normalization=none", "model.depth=2", "model.width=16")
