@@ -174,6 +174,7 @@ def check_cache(cfg: DictConfig, regularizer: Any, diagnostics_every: int) -> No
         raise UserError("transfer.cache: the reused layers do not run, so per-layer diagnostics cannot see them; "
                         "valid: trainer.diagnostics_every=0 with transfer.cache=true, or transfer.cache=false")
     random_below = [what for what, hook in (("augmentation", regularizer.augment),
+                                            ("input dropout (on_inputs=true)", regularizer.input_dropout),
                                             ("dropconnect (it perturbs every weight)", regularizer.perturb))
                     if hook is not None]
     if random_below:

@@ -84,6 +84,10 @@ BAD = [
     (lambda s, t: [f"transfer.source={s}", "transfer.reuse_layers=4"], ["transfer.reuse_layers", "3 hidden layers"]),
     (lambda s, t: [f"transfer.source={s}", "transfer.cache=true", "regularizer=[dropconnect]"],
      ["transfer.cache", "dropconnect"]),
+    (lambda s, t: [f"transfer.source={s}", "transfer.cache=true", "regularizer=[dropout]",
+                   "regularizer.dropout.on_inputs=true"], ["transfer.cache", "input dropout"]),
+    (lambda s, t: [f"transfer.source={s}", "transfer.cache=true", "regularizer=[augmentation]"],
+     ["transfer.cache", "augmentation"]),
     (lambda s, t: [f"transfer.source={s}", "transfer.unfreeze_after=3"], ["transfer.unfreeze_after", "below"]),
     (lambda s, t: ["dataset.classes=[3,42]"], ["dataset.classes", "42"]),
     (lambda s, t: ["dataset=mnist1d", "dataset.resize=[8,8]"], ["dataset.resize", "not images"]),
@@ -91,7 +95,7 @@ BAD = [
 ]
 
 
-# Each case starts JAX and reads the data (~4 s): two run in `make test`, every one in `make test-full`.
+# Each case starts JAX and reads the data (~4 s): one runs in `make test`, every one in `make test-full`.
 FAST = (0,)
 
 
