@@ -29,6 +29,7 @@ _OFFLINE = "or use a dataset that needs no network, e.g. dataset=digits (python 
 
 # The dataset= choice that prepares each of our builders (for the offline message's how-to).
 _CHOICE = {"mnist_np": "dataset=mnist", "fashion_mnist_np": "dataset=fashion_mnist", "cifar10_np": "dataset=cifar10"}
+_PROBE_TIMEOUT_S = 5  # seconds the reachability check waits for the dataset's host
 
 # Examples decoded per __getitems__ call: one call per example is slow, one call for all holds every decoded dict.
 _READ_CHUNK = 4096
@@ -119,6 +120,8 @@ def _prepare(name: str, data_dir: str | None, builder: tfds.core.DatasetBuilder)
     tfds writes into an `incomplete.*` dir and renames it into place when done, so a build cut short is never
     taken for a complete copy; whatever partial output this build leaves on failure is removed here.
     """
+    if not builder.is_prepared():
+        _check_reachable(name, builder)
     partial_before = _partial_outputs(builder)
     try:
         builder.download_and_prepare()
@@ -145,6 +148,22 @@ def _prepare(name: str, data_dir: str | None, builder: tfds.core.DatasetBuilder)
             ) from error
         raise
     return builder
+
+
+def _check_reachable(name: str, builder: tfds.core.DatasetBuilder) -> None:
+    """Fails at once, as an offline download would, when the dataset's first download URL cannot be reached.
+
+    tfds retries a failed download 10 times with exponential backoff: offline, that is minutes of silence before
+    the same error. One request with a short timeout answers first; any HTTP answer counts as reachable.
+    """
+    ours = getattr(builder, "download_urls", None)  # catalogue_builders.py's builders say what they download
+    urls = list(ours.values()) if ours else list(builder.url_infos or {})  # tfds' own register their URLs
+    if not urls:  # a builder that does not say what it downloads: tfds' own attempt will tell
+        return
+    try:
+        requests.head(urls[0], timeout=_PROBE_TIMEOUT_S, allow_redirects=False)
+    except _NETWORK_ERRORS as error:
+        raise _offline(name, builder) from error
 
 
 def _offline(name: str, builder: tfds.core.DatasetBuilder) -> UserError:

@@ -12,7 +12,6 @@ import tarfile
 import urllib.parse
 
 import numpy as np
-import requests
 import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.image_classification import cifar, mnist
@@ -28,19 +27,6 @@ _MNIST_FILES = {
     "test_images": mnist._MNIST_TEST_DATA_FILENAME,
     "test_labels": mnist._MNIST_TEST_LABELS_FILENAME,
 }
-
-
-_PROBE_TIMEOUT_S = 5  # seconds the reachability check waits for a dataset's host
-
-
-def check_reachable(urls: dict[str, str]) -> None:
-    """Raises requests' ConnectionError at once when the first download URL cannot be reached.
-
-    tfds retries a failed download 10 times with exponential backoff: offline, minutes of silence before the same
-    error. One request with a short timeout answers first (any HTTP answer counts as reachable); load_tfds turns
-    the error into its one line.
-    """
-    requests.head(next(iter(urls.values())), timeout=_PROBE_TIMEOUT_S, allow_redirects=False)
 
 
 def read_idx(path: epath.PathLike, ndim: int) -> np.ndarray:
@@ -111,7 +97,6 @@ class MnistNp(tfds.core.GeneratorBasedBuilder):
         return {key: urllib.parse.urljoin(self.URL, name) for key, name in _MNIST_FILES.items()}
 
     def _split_generators(self, dl_manager):
-        check_reachable(self.download_urls)
         paths = dl_manager.download(self.download_urls)
         return {
             split: self._generate_examples(read_idx(paths[f"{split}_images"], 3), read_idx(paths[f"{split}_labels"], 1))
@@ -169,7 +154,6 @@ class Cifar10Np(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         files = {"train": _CIFAR10.train_files, "test": _CIFAR10.test_files}
-        check_reachable(self.download_urls)
         members = _read_tar_members(
             dl_manager.download(self.download_urls["archive"]), [_CIFAR10.prefix + name for names in files.values() for name in names]
         )

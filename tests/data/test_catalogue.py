@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.testing import mocking
 
-from runner.data import load_splits
+from runner.data import catalogue, load_splits
 from runner.data.catalogue import load_tfds
 from runner.errors import UserError
 
@@ -27,6 +27,8 @@ def mock_catalogue(monkeypatch):
         "_getitems",
         lambda record_keys, generator, serialized=False: [generator[key] for key in record_keys],
     )
+    # mock_data fakes the download, so the offline probe before it goes too.
+    monkeypatch.setattr(catalogue, "_check_reachable", lambda name, builder: None)
     with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
         yield
 

@@ -20,7 +20,7 @@ from tensorflow_datasets.image_classification import cifar, mnist
 
 from runner.data import load_splits
 from runner.data.catalogue import load_tfds
-from runner.data import catalogue_builders
+from runner.data import catalogue
 from runner.data.catalogue_builders import read_cifar_batch, read_idx
 
 # The names in the real archive's batches.meta.txt, one a line: tfds' cifar10 takes its label names from it.
@@ -88,9 +88,10 @@ def serve(monkeypatch):
             yield types.SimpleNamespace(url=url, headers={}), [files[url]]
 
         monkeypatch.setattr("tensorflow_datasets.core.download.downloader._open_url", open_url)
-        # The offline probe is HTTP too: a served URL answers it (tests/cli/test_catalogue.py tests it unserved).
-        monkeypatch.setattr(catalogue_builders, "check_reachable", lambda urls: next(iter(urls.values())) in files
-                            or pytest.fail(f"probed {urls}, not served"))
+        # The offline probe (runner.data.catalogue._check_reachable) is HTTP too: a served URL answers it;
+        # tests/cli/test_catalogue.py tests it unserved.
+        monkeypatch.setattr(catalogue.requests, "head", lambda url, **kwargs: url in files
+                            or pytest.fail(f"probed {url}, not served"))
         if register:
             url_infos = {
                 url: checksums.UrlInfo(size=len(data), checksum=hashlib.sha256(data).hexdigest(), filename=None)
