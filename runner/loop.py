@@ -3,9 +3,10 @@
 An epoch runs as a few chunks of steps, each one call of the same compiled program (runner/train.py), sized
 to about 1.5 s so the progress bar moves and Ctrl-C acts within an epoch; a short epoch is one chunk. Each
 call costs ~2 ms for an MLP and ~60 ms for the CNN on CPU (measured: XLA's convolutions cost that much more on
-the first step of each call), so longer chunks keep that cost to a few percent. After each chunk the loop reads a few numbers; if they went non-finite it replays the epoch with
-per-layer checks and ends the run `diverged`; otherwise, at the epoch's end, it hands an `EpochEnd` to the
-handlers (runner/handlers.py), which validate, write, decide and checkpoint. A signal that arrives before
+the first step of each call), so longer chunks keep that cost to a few percent. After each chunk the loop
+reads a few numbers; if they went non-finite it replays the epoch with per-layer checks and ends the run
+`diverged`; otherwise, at the epoch's end, it hands an `EpochEnd` to the handlers (runner/handlers.py),
+which validate, write, decide and checkpoint. A signal that arrives before
 an epoch's last chunk drops that epoch's steps: the run stops at the previous epoch's end, which resumes
 bit for bit. Entering a stage gives the state that stage's optimizer chain and a fresh optimizer state.
 """

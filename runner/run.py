@@ -158,8 +158,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
             writers = [*build_loggers(cfg, run_dir, first_epoch, int(state.step)),  # metrics.jsonl and the chosen tools
                        DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
                        Progress(view.epoch)] if writer else []
-            trace = [LearningRateTrace(run_dir / "lr_trace.jsonl", parts.schedule.learning_rate_at, steps_per_epoch)]
-            handlers = [*(trace if writer else []),  # before Plateau: the scale this epoch trained with
+            trace = [LearningRateTrace(run_dir / "lr_trace.jsonl", parts.schedule.learning_rate_at,
+                                       steps_per_epoch)] if writer else []
+            handlers = [*trace,  # before Plateau: the scale this epoch trained with
                         Validation(lambda s: val(s, eval_key)),
                         *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
                         *writers, stopper, Interrupt(interrupt), checkpointer]

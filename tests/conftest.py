@@ -14,8 +14,8 @@ from runner.config import compose_config, register_schemas  # noqa: F401 (tests 
 
 register_schemas()
 # The tests' programs are small: XLA's compile time dominates them, and its backend optimisations cost a quarter of
-# the suite's time. Every run compared with another in a test runs under the same flags (CLI runs inherit them);
-# make run, make bench and the CLI runs below (whole trainings, where run time counts too) keep XLA's defaults.
+# the suite's time. Runs compared within a test run under the same flags; the CLI runs below (whole trainings,
+# where run time counts too), make run and make bench keep XLA's defaults.
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
 ROOT = Path(__file__).resolve().parent.parent

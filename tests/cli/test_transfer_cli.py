@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runner import weights
-from tests.conftest import Runner, read_metrics, read_summary
+from tests.conftest import Runner, read_metrics, read_summary, sample
 
 SMALL = ("model.depth=3", "model.width=32", "trainer.batch_size=16")
 TASK_A = (*SMALL, "dataset.classes=[0,1,2,3,4]", "trainer.epochs=2")
@@ -96,10 +96,7 @@ BAD = [
 
 
 # Each case starts JAX and reads the data (~4 s): one runs in `make test`, every one in `make test-full`.
-FAST = (0,)
-
-
-@pytest.mark.parametrize("case", [i if i in FAST else pytest.param(i, marks=pytest.mark.slow) for i in range(len(BAD))])
+@pytest.mark.parametrize("case", sample(range(len(BAD)), fast={0}))
 def test_a_bad_transfer_is_one_line_exit_2_and_nothing_written(cli, source, tmp_path, case):
     make_args, words = BAD[case]
     result = cli(*TASK_B, *make_args(source, tmp_path))
