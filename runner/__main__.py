@@ -27,6 +27,7 @@ from runner.config import CONF_DIR, register_schemas, validate
 from runner.console import Console, error
 from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line
+from runner.host_memory import keep_freed_host_memory
 from runner.interrupts import Interrupted
 from runner.outputs import write_json
 from runner.preflight import Invocation, preflight
@@ -76,7 +77,7 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool,
         validate(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
         from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
 
-        use_compilation_cache()
+        prepare_training_process()
         summary = train_and_evaluate(cfg, run_dir, console)
     except relaunch.NothingToTrain as e:  # resumed from the checkpoint of a run that had ended
         console.info(str(e))
@@ -125,9 +126,12 @@ def _failed(run_dir: Path, reason: str, console: Console, before: set[str] | Non
     console.warn(f"job failed: {reason} ({run_dir})")
 
 
-def use_compilation_cache() -> None:
-    """Keep compiled programs on disk, so a config run before starts training without recompiling."""
+def prepare_training_process() -> None:
+    """Once per process, before JAX runs anything: keep freed host memory mapped (runner/host_memory.py) and
+    compiled programs on disk, so a config run before starts training without recompiling."""
     import jax
+
+    keep_freed_host_memory()
 
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "runner" / "jax"))
     jax.config.update("jax_compilation_cache_dir", cache)

@@ -463,10 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out if args.out is not None else \
             Path("outputs/lr_find") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         check_out_dir(out)
-        from runner.__main__ import use_compilation_cache
+        from runner.__main__ import prepare_training_process
         from runner.run import load_data  # run.py imports this module (the auto hook): imported here, not above
 
-        use_compilation_cache()
+        prepare_training_process()
         splits = load_data(cfg)
         console.info(f"lr_find: {settings.steps} steps, lr {settings.min_lr:g} to {settings.max_lr:g}, on "
                      f"{splits.name} ({len(splits.x_train)} training examples, batch {cfg.trainer.batch_size})")

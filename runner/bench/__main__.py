@@ -24,6 +24,8 @@ import jax
 from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_data_parallel_anywhere,
                                   measure_evaluation, measure_first_step, measure_mistake_answer, own_peak_memory_mib)
 from runner.console import Console
+from runner.host_memory import keep_freed_host_memory
+from runner.loop import Pacer
 from runner.outputs import write_json
 
 MLP20X100 = ("model.depth=20", "model.width=100", "activation=elu", "initializer=he_normal",
@@ -102,12 +104,13 @@ def machine() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Measure everything and write results.json; returns its path."""
     args = parse_args(argv)
+    kept = keep_freed_host_memory()  # as a run does (runner/__main__.py), before JAX starts its threads
     console = Console()
     out_dir = args.out / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     console.info(f"bench: {args.examples} synthetic examples, median of {args.epochs} epochs, "
                  f"devices {jax.devices()}")
     results: dict[str, Any] = {"machine": machine(), "examples": args.examples, "epochs": args.epochs,
-                               "cases": []}
+                               "host_memory_kept": kept, "cases": []}
     for case in chosen_cases(args):
         results["cases"].append(measure_case(case, args.examples, args.epochs))
     smoke_overrides = SMOKE["overrides"] if args.smoke else ()
@@ -131,9 +134,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
 def show(console: Console, results: dict[str, Any]) -> None:
     """The throughput table, then the single measurements."""
     console.table("training throughput (examples/s, median epoch)",
-                  ["case", "batch", "runner", "limit", "runner/limit", "per-step loop", f"{CHUNKS} chunks/whole"],
+                  ["case", "batch", "runner", "limit", "runner/limit", "per-step loop", f"{CHUNKS} chunks/whole",
+                   "ms/chunk", f"cost at {Pacer().seconds:g} s chunks"],
                   [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
-                    c["ratio"], c.get("per_step_examples_per_s"), c.get("chunked_over_whole")]
+                    c["ratio"], c.get("per_step_examples_per_s"), c.get("chunked_over_whole"),
+                    c.get("chunk_call_cost_ms"), _percent(c.get("run_chunk_cost"))]
                    for c in results["cases"]])
     if "data_parallel" in results:
         dp = results["data_parallel"]
@@ -150,6 +155,10 @@ def show(console: Console, results: dict[str, Any]) -> None:
               "peak_host_memory_mib": "peak host memory, bench (MiB)",
               "runner_peak_host_memory_mib": "peak host memory, python -m runner (MiB)"}
     console.table("runner", ["measure", "value"], [[label, results[k]] for k, label in labels.items() if k in results])
+
+
+def _percent(fraction: float | None) -> str | None:
+    return None if fraction is None else f"{100 * fraction:.2f}%"
 
 
 if __name__ == "__main__":

@@ -216,7 +216,10 @@ def measure_case(case: Case, examples: int, epochs: int) -> dict[str, Any]:
     if "per_step" in speed:
         row["per_step_examples_per_s"] = speed["per_step"]
     if "chunked" in speed:  # the cost of chunked epochs: the same program, CHUNKS calls and host reads an epoch
-        row.update(chunked_examples_per_s=speed["chunked"], chunked_over_whole=speed["chunked"] / speed["runner"])
+        calls = math.ceil(loops["chunked"].program.steps / loops["chunked"].pacer.first)
+        call_cost = (seconds["chunked"] - seconds["runner"]) / (calls - 1)  # each call after an epoch's first
+        row.update(chunked_examples_per_s=speed["chunked"], chunked_over_whole=speed["chunked"] / speed["runner"],
+                   chunk_call_cost_ms=1e3 * call_cost, run_chunk_cost=call_cost / Pacer().seconds)
     return row
 
 
