@@ -27,10 +27,10 @@ from runner.config import CONF_DIR, register_schemas, validate
 from runner.console import Console, error
 from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line
-from runner.host_memory import keep_freed_host_memory
 from runner.interrupts import Interrupted
 from runner.outputs import write_json
 from runner.preflight import Invocation, preflight
+from runner.process import exit_promptly, prepare_training_process
 from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver, written_since
 
 register_schemas()
@@ -126,18 +126,6 @@ def _failed(run_dir: Path, reason: str, console: Console, before: set[str] | Non
     console.warn(f"job failed: {reason} ({run_dir})")
 
 
-def prepare_training_process() -> None:
-    """Once per process, before JAX runs anything: keep freed host memory mapped (runner/host_memory.py) and
-    compiled programs on disk, so a config run before starts training without recompiling."""
-    import jax
-
-    keep_freed_host_memory()
-
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "runner" / "jax"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
 def failed_jobs(sweep_dir: Path) -> list[Path]:
     """The job dirs of a sweep whose summary.json says `failed`."""
     failed = []
@@ -151,6 +139,15 @@ def failed_jobs(sweep_dir: Path) -> list[Path]:
 
 
 def cli() -> None:
+    """`python -m runner` and the `runner` command: the run, then a prompt exit (runner/process.py)."""
+    try:
+        run_command_line()
+    except SystemExit as e:
+        exit_promptly(e.code)
+    exit_promptly(0)
+
+
+def run_command_line() -> None:
     """Check the whole command line and claim its output dir, then hand it to Hydra."""
     global _invocation
     try:

@@ -1,9 +1,9 @@
 """The host loop: over stages and their epochs, each epoch compiled programs, handlers at each end.
 
 An epoch runs as a few chunks of steps, each one call of the same compiled program (runner/train.py), sized
-to about 1.5 s so the progress bar moves and Ctrl-C acts within an epoch; a short epoch is one chunk. Each
-call costs ~2 ms for an MLP and ~60 ms for the CNN on CPU (measured: XLA's convolutions cost that much more on
-the first step of each call), so longer chunks keep that cost to a few percent. After each chunk the loop
+to about 0.5 s so the progress bar moves and Ctrl-C acts within an epoch; a short epoch is one chunk. Each
+further call costs about 1 ms on CPU (measured by the bench, for an MLP and the CNN alike, once freed host
+memory stays mapped: runner/process.py), 0.2% of a chunk. After each chunk the loop
 reads a few numbers; if they went non-finite it replays the epoch with per-layer checks and ends the run
 `diverged`; otherwise, at the epoch's end, it hands an `EpochEnd` to the handlers (runner/handlers.py),
 which validate, write, decide and checkpoint. A signal that arrives before
@@ -81,7 +81,7 @@ class Pacer:
     with `seconds=None` every chunk is (the benchmark's fixed chunks).
     """
 
-    def __init__(self, seconds: float | None = 1.5, first: int = 16):
+    def __init__(self, seconds: float | None = 0.5, first: int = 16):
         self.seconds, self.first, self.step_time = seconds, first, None
 
     def size(self, remaining: int) -> int:

@@ -77,6 +77,7 @@ from runner.console import Console, error
 from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
 from runner.outputs import FILE_MODE, write_atomic, write_json
+from runner.process import exit_promptly, prepare_training_process
 from runner.resumed import override_key
 from runner.techniques.schedules import Schedule
 from runner.train import TrainState, create_train_state, make_train_step
@@ -463,7 +464,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out if args.out is not None else \
             Path("outputs/lr_find") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         check_out_dir(out)
-        from runner.__main__ import prepare_training_process
         from runner.run import load_data  # run.py imports this module (the auto hook): imported here, not above
 
         prepare_training_process()
@@ -498,4 +498,4 @@ def write_new_dir(out: Path, write: Callable[[Path], None]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_promptly(main())

@@ -38,6 +38,8 @@ def test_smoke_run_writes_every_case_with_its_ratio(tmp_path):
     per_step = [c for c in results["cases"] if "per_step_examples_per_s" in c]
     assert [c["name"] for c in per_step] == [c.name for c in CASES if c.per_step_loop]
     assert all(c["per_step_examples_per_s"] > 0 for c in per_step)
+    chunked = [c for c in results["cases"] if "chunked_over_whole" in c]
+    assert [c["name"] for c in chunked] == [c.name for c in CASES if c.chunked]
     assert results["eval_examples_per_s"] > 0 and results["peak_host_memory_mib"] > 0
     assert results["time_to_answer_mistake_s"] > 0  # `python -m runner optimizer=adamm` exited 2, one line
     assert "time to answer a mistake" in done.stdout

@@ -24,7 +24,7 @@ import jax
 from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_data_parallel_anywhere,
                                   measure_evaluation, measure_first_step, measure_mistake_answer, own_peak_memory_mib)
 from runner.console import Console
-from runner.host_memory import keep_freed_host_memory
+from runner.process import keep_freed_host_memory
 from runner.loop import Pacer
 from runner.outputs import write_json
 
@@ -104,7 +104,7 @@ def machine() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Measure everything and write results.json; returns its path."""
     args = parse_args(argv)
-    kept = keep_freed_host_memory()  # as a run does (runner/__main__.py), before JAX starts its threads
+    kept = keep_freed_host_memory()  # as a run does (runner/process.py), before JAX starts its threads
     console = Console()
     out_dir = args.out / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     console.info(f"bench: {args.examples} synthetic examples, median of {args.epochs} epochs, "

@@ -147,7 +147,8 @@ def measure_data_parallel_anywhere(overrides: Sequence[str], batch_size: int, ex
     if jax.local_device_count() >= devices:
         return measure_data_parallel(overrides, batch_size, examples, epochs, devices)
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-    code = ("import json, sys; from runner.bench.harness import measure_data_parallel; "
+    code = ("import json, sys; from runner.process import keep_freed_host_memory; keep_freed_host_memory(); "
+            "from runner.bench.harness import measure_data_parallel; "
             "print(json.dumps(measure_data_parallel(*json.loads(sys.argv[1]))))")
     done = subprocess.run([sys.executable, "-c", code, json.dumps([list(overrides), batch_size, examples, epochs,
                                                                    devices])],
@@ -216,10 +217,11 @@ def measure_case(case: Case, examples: int, epochs: int) -> dict[str, Any]:
     if "per_step" in speed:
         row["per_step_examples_per_s"] = speed["per_step"]
     if "chunked" in speed:  # the cost of chunked epochs: the same program, CHUNKS calls and host reads an epoch
+        row.update(chunked_examples_per_s=speed["chunked"], chunked_over_whole=speed["chunked"] / speed["runner"])
         calls = math.ceil(loops["chunked"].program.steps / loops["chunked"].pacer.first)
-        call_cost = (seconds["chunked"] - seconds["runner"]) / (calls - 1)  # each call after an epoch's first
-        row.update(chunked_examples_per_s=speed["chunked"], chunked_over_whole=speed["chunked"] / speed["runner"],
-                   chunk_call_cost_ms=1e3 * call_cost, run_chunk_cost=call_cost / Pacer().seconds)
+        if calls > 1:  # what each call after an epoch's first costs, and so a run's chunks
+            call_cost = (seconds["chunked"] - seconds["runner"]) / (calls - 1)
+            row.update(chunk_call_cost_ms=1e3 * call_cost, run_chunk_cost=call_cost / Pacer().seconds)
     return row
 
 
