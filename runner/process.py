@@ -68,9 +68,7 @@ def exit_promptly(code: int | str | None) -> NoReturn:
     if isinstance(code, str):  # as sys.exit does with a message
         print(code, file=sys.stderr)
         code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # as the interpreter's exit: tell executors' threads to stop, then wait for them
     atexit._run_exitfuncs()  # logging's shutdown among them: log files flushed and closed
     for stream in (sys.stdout, sys.stderr):
         try:
