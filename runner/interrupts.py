@@ -1,7 +1,9 @@
-"""SIGTERM and Ctrl-C end a run between epochs, after a checkpoint, instead of mid-write.
+"""SIGTERM and Ctrl-C end a run at the end of the running chunk of steps, after a checkpoint, not mid-write.
 
-SLURM pre-emption sends SIGTERM, so it takes the same path as Ctrl-C. A second signal stops the process at
-once (the signal's default action), so nothing — a long or stuck compiled epoch included — makes it deaf.
+SLURM pre-emption sends SIGTERM, so it takes the same path as Ctrl-C. Once the first signal has been seen
+(at most a chunk, ~0.5 s, after it came: Python runs signal handlers between its own instructions, never
+inside a compiled program), both signals take their default action again, so a second one stops the process
+at once, wherever it is, a compiled program that never returns included.
 """
 
 from __future__ import annotations
@@ -24,18 +26,16 @@ class Interrupted(Exception):
 
 @contextmanager
 def deferred_signals() -> Iterator[threading.Event]:
-    """Yields an event set by SIGTERM/SIGINT; the loop checks it at each epoch boundary."""
+    """Yields an event set by SIGTERM/SIGINT; the loop checks it at each chunk's end."""
     received = threading.Event()
     received.signum = None
 
     def handler(signum, frame):
         del frame
-        if received.is_set():  # the second signal: the user will not wait for the epoch to end
-            signal.signal(signum, signal.SIG_DFL)  # even mid-way through a compiled epoch
-            signal.raise_signal(signum)
-            return
         received.signum = signum
         received.set()
+        for s in SIGNALS:  # a second signal is the OS's to act on: no Python code need run for it
+            signal.signal(s, signal.SIG_DFL)
 
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
         yield received

@@ -2,13 +2,13 @@
 
 An epoch runs as a few chunks of steps, each one call of the same compiled program (runner/train.py), sized
 to about 0.5 s so the progress bar moves and Ctrl-C acts within an epoch; a short epoch is one chunk. Each
-further call costs about 1 ms on CPU (measured by the bench, for an MLP and the CNN alike, once freed host
-memory stays mapped: runner/process.py), 0.2% of a chunk. After each chunk the loop
-reads a few numbers; if they went non-finite it replays the epoch with per-layer checks and ends the run
-`diverged`; otherwise, at the epoch's end, it hands an `EpochEnd` to the handlers (runner/handlers.py),
-which validate, write, decide and checkpoint. A signal that arrives before
-an epoch's last chunk drops that epoch's steps: the run stops at the previous epoch's end, which resumes
-bit for bit. Entering a stage gives the state that stage's optimizer chain and a fresh optimizer state.
+further call costs 1-3 ms on CPU (the bench's MLP and CNN, with freed host memory kept mapped:
+runner/process.py), well under 1% of a chunk. After each chunk the loop reads a few numbers; if they went
+non-finite it replays the epoch with per-layer checks and ends the run `diverged`; otherwise, at the epoch's
+end, it hands an `EpochEnd` to the handlers (runner/handlers.py), which validate, write, decide and
+checkpoint. A signal that arrives before an epoch's last chunk drops that epoch's steps: the run stops at the
+previous epoch's end, which resumes bit for bit. Entering a stage gives the state that stage's optimizer
+chain and a fresh optimizer state.
 """
 
 from __future__ import annotations
