@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, USER_XLA_FLAGS
 
 # A program whose cumulative sum is a 64 MiB temporary: above glibc's largest mmap threshold (32 MiB), so by
 # default each call maps it afresh and faults in every page of it (16,384 of them) on first touch.
@@ -36,8 +36,9 @@ print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 
 
 def python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter, with XLA's optimizations (unoptimized, the cumulative sum is slow)."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+                          env={**os.environ, "XLA_FLAGS": USER_XLA_FLAGS, **env}, timeout=120)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
