@@ -77,6 +77,7 @@ def forced(tmp_path_factory, tfds_dir) -> tuple[Path, dict]:
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
 def test_four_devices_give_the_metrics_of_one_within_float_tolerance(forced):
     """Training metrics agree to float rounding: the loss and batch-norm statistics are of the global batch.
 
@@ -102,6 +103,7 @@ def test_four_devices_give_the_metrics_of_one_within_float_tolerance(forced):
     assert s4["test_accuracy"] == pytest.approx(s1["test_accuracy"], abs=1.01 / 360)
 
 
+@pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
 def test_summary_lists_the_devices_used(forced):
     out, _ = forced
     assert read_summary(out / "devices_1")["devices"] == ["cpu:0"]
@@ -109,6 +111,7 @@ def test_summary_lists_the_devices_used(forced):
 
 
 @pytest.mark.parametrize("key, value", [("batch_size", 30), ("eval_batch_size", 999)])
+@pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
 def test_a_batch_size_the_devices_do_not_divide_is_refused_before_anything_is_written(forced, key, value):
     _, results = forced
     message = results[f"refused_{key}"]
@@ -117,6 +120,7 @@ def test_a_batch_size_the_devices_do_not_divide_is_refused_before_anything_is_wr
     assert results[f"refused_{key}_wrote"] == []
 
 
+@pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
 def test_dropout_masks_split_over_devices_are_the_bits_drawn_on_one(forced):
     _, results = forced
     assert results["threefry_partitionable"] and results["mask_shards"] == 4
@@ -157,6 +161,7 @@ def wait_all(processes: list[subprocess.Popen], timeout: float = 300) -> list[tu
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
 def test_two_processes_train_as_one_and_only_process_0_writes(forced, tmp_path, tfds_dir):
     out, _ = forced
     run_dir = tmp_path / "run"
@@ -213,6 +218,7 @@ def train_then_resume_on_forced_devices(out: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
 def test_a_run_on_four_devices_resumed_ends_as_the_uninterrupted_one_bit_for_bit(forced, tmp_path, tfds_dir):
     out, _ = forced
     done = subprocess.run([sys.executable, "-c", f"from tests.test_devices import train_then_resume_on_forced_devices"
