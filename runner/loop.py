@@ -73,6 +73,9 @@ class StageProgram:
                                                 frozen=stage.frozen, batch_sharding=split), **placed)
 
 
+CHUNK_SECONDS = 0.5  # a run's chunks: the bar moves and Ctrl-C acts about this often
+
+
 class Pacer:
     """How many steps the next chunk of an epoch takes: about `seconds` of training, judged by the last chunk.
 
@@ -81,7 +84,7 @@ class Pacer:
     with `seconds=None` every chunk is (the benchmark's fixed chunks).
     """
 
-    def __init__(self, seconds: float | None = 0.5, first: int = 16):
+    def __init__(self, seconds: float | None = CHUNK_SECONDS, first: int = 16):
         self.seconds, self.first, self.step_time = seconds, first, None
 
     def size(self, remaining: int) -> int:

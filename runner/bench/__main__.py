@@ -24,9 +24,9 @@ import jax
 from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_data_parallel_anywhere,
                                   measure_evaluation, measure_first_step, measure_mistake_answer, own_peak_memory_mib)
 from runner.console import Console
-from runner.process import keep_freed_host_memory
-from runner.loop import Pacer
+from runner.loop import CHUNK_SECONDS
 from runner.outputs import write_json
+from runner.process import keep_freed_host_memory
 
 MLP20X100 = ("model.depth=20", "model.width=100", "activation=elu", "initializer=he_normal",
              "normalization=none", "regularizer=[]", "optimizer=adam")
@@ -135,7 +135,7 @@ def show(console: Console, results: dict[str, Any]) -> None:
     """The throughput table, then the single measurements."""
     console.table("training throughput (examples/s, median epoch)",
                   ["case", "batch", "runner", "limit", "runner/limit", "per-step loop", f"{CHUNKS} chunks/whole",
-                   "ms/chunk", f"cost at {Pacer().seconds:g} s chunks"],
+                   "ms/chunk", f"cost at {CHUNK_SECONDS:g} s chunks"],
                   [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
                     c["ratio"], c.get("per_step_examples_per_s"), c.get("chunked_over_whole"),
                     c.get("chunk_call_cost_ms"), _percent(c.get("run_chunk_cost"))]
