@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from runner import relaunch
-from runner.checks import TopLevel, reserved_override
+from runner.checks import TopLevel, describe, reserved_override
 from runner.config import CONF_DIR, compose_config, validate
 from runner.distributed import launched_processes, process_index_from_env, shared_run_dir
 from runner.errors import UserError, first_line
@@ -274,10 +274,23 @@ def _explain(e: Exception, job: list[str]) -> str:
         valid = _valid_keys(parent, job)
         hint = f"; valid keys under {parent or 'the config'}: {', '.join(valid)}" if valid else ""
         return f"{key}: no such key{hint}"
-    message = first_line(cause)
+    message, spec = first_line(cause), _declared_range(cause)
+    valid = f"valid: {describe(spec)}" if spec else "give a value"
     if key and "is not Optional" in message:
-        return f"{key}: null is not valid here; give a value"
-    return f"{key}: {message}" if key and not message.startswith(key) else message
+        return f"{key}: null is not valid here; {valid}"
+    line = f"{key}: {message}" if key and not message.startswith(key) else message
+    return f"{line}; {valid}" if spec else line
+
+
+def _declared_range(cause: Exception) -> str | None:
+    """The range a schema field declares (runner/config.py), for a value OmegaConf could not convert to its type."""
+    schema, name = getattr(cause, "object_type", None), getattr(cause, "key", None)
+    if not dataclasses.is_dataclass(schema):
+        return None
+    for field in dataclasses.fields(schema):
+        if field.name == name:
+            return field.metadata.get("valid") or ("bool" if field.type in ("bool", bool) else None)
+    return None
 
 
 def _valid_keys(parent: str, job: list[str]) -> list[str]:

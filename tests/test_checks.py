@@ -119,15 +119,17 @@ def _schema_declared():
                            ("trainer.early_stopping", EarlyStoppingConfig)):
         for field in dataclasses.fields(schema):
             if "valid" in field.metadata:
-                yield from _cases(_bad_values(field.metadata["valid"]), lambda value, marks: pytest.param(
-                    f"{prefix}.{field.name}={value}", id=f"{prefix}.{field.name}={value}", marks=marks))
+                spec = field.metadata["valid"]
+                yield from _cases(_bad_values(spec), lambda value, marks: pytest.param(
+                    f"{prefix}.{field.name}={value}", spec, id=f"{prefix}.{field.name}={value}", marks=marks))
 
 
-@pytest.mark.parametrize("override", list(_schema_declared()))
-def test_every_schema_field_out_of_range_is_refused_before_anything_runs(override, tmp_path, monkeypatch):
+@pytest.mark.parametrize("override, spec", list(_schema_declared()))
+def test_every_schema_field_out_of_range_is_refused_before_anything_runs(override, spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as refused:
         preflight([override])
     assert str(refused.value).startswith(override.split("=", 1)[0]), (override, str(refused.value))
+    assert describe(spec) in str(refused.value)  # what is valid, whether OmegaConf or the range check refused it
     assert "\n" not in str(refused.value)
     assert not any(tmp_path.iterdir())

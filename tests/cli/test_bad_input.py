@@ -13,7 +13,7 @@ CASES = [
     (["trainer.epoch=3"], ["trainer.epoch", "no such key", "epochs"]),
     (["optimizer.learning_rat=0.1"], ["optimizer.learning_rat", "learning_rate"]),
     (["+optimizer.bogus=1"], ["optimizer.bogus", "valid", "learning_rate"]),
-    (["trainer.epochs=abc"], ["trainer.epochs", "abc"]),
+    (["trainer.epochs=abc"], ["trainer.epochs", "abc", "valid: an integer >= 1"]),
     (["optimizer.learning_rate=-0.1"], ["optimizer.learning_rate", "> 0", "-0.1"]),
     (["regularizer.dropout.rate=1.0"], ["regularizer.dropout.rate", "[0, 1)"]),
     (["model.depth=-1"], ["model.depth", ">= 0"]),
