@@ -11,6 +11,7 @@ runs again.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -31,7 +32,8 @@ from runner.interrupts import Interrupted
 from runner.outputs import write_json
 from runner.preflight import Invocation, preflight
 from runner.process import exit_promptly, prepare_training_process
-from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver, written_since
+from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver, track, written_names
+from runner.safety import check_interpolations, check_override
 
 register_schemas()
 register_job_dir_resolver()  # hydra.sweep.subdir: a job's dir is named by its overrides
@@ -65,16 +67,15 @@ def sweep_job(cfg: DictConfig, run_dir: Path, console: Console) -> float | None:
     if plan.action == "rerun":
         clear_run_outputs(run_dir, plan.clear)  # the failed attempt's files would be appended to; the user's stay
     cfg.trainer.resume = plan.action == "resume"
-    return train_job(cfg, run_dir, console, multirun=True, before=set(os.listdir(run_dir)))
+    track(run_dir)  # a failed job's summary lists what it wrote (what a re-run removes)
+    return train_job(cfg, run_dir, console, multirun=True)
 
 
-def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool,
-              before: set[str] | None = None) -> float | None:
+def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) -> float | None:
     """Train and evaluate; a failure ends the job as `failed` (a sweep goes on) or, in a single run that
-    failed on the user's mistake, takes back what it wrote and exits 2. `before`: the sweep job dir's entries
-    when the job started, so that a failed job's summary lists what it wrote (what a re-run removes)."""
+    failed on the user's mistake, takes back what it wrote and exits 2."""
     try:
-        validate(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
+        check_job(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
         from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
 
         prepare_training_process()
@@ -84,20 +85,25 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool,
         return relaunch.best_val_accuracy(run_dir)
     except UserError as e:
         if not multirun:
-            if _invocation.claim is not None:
-                _invocation.claim.undo()
+            _take_back()
             error(str(e))
             sys.exit(2)
-        return _failed(run_dir, str(e), console, before)
+        return _failed(run_dir, str(e), console)
     except Interrupted as e:
         sys.exit(e.exit_code)  # in a sweep too: the user asked everything to stop
     except KeyboardInterrupt:  # Ctrl-C before training started: nothing worth keeping was written
-        if not multirun and _invocation.claim is not None:
-            _invocation.claim.undo()
+        if not multirun:
+            _take_back()
         error("interrupted before training started; nothing was kept")
         sys.exit(130)
     except Exception as e:  # a bug, not the user's mistake: keep what was written, say where it broke
-        _failed(run_dir, f"{type(e).__name__}: {first_line(e)}", console, before)
+        if (cause := unwritable(e)) is not None and not multirun:  # the disk, not the runner: one line, and
+            _record_failure(run_dir, cause, console)                 # what was written before stays
+            error(f"{cause}; what the run wrote before is kept in {run_dir}")
+            sys.exit(2)
+        if cause is not None:
+            return _failed(run_dir, cause, console)
+        _failed(run_dir, f"{type(e).__name__}: {first_line(e)}", console)
         if not multirun:
             raise
         traceback.print_exc()
@@ -110,20 +116,62 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool,
     return summary["best_val_accuracy"]
 
 
-def _failed(run_dir: Path, reason: str, console: Console, before: set[str] | None = None) -> None:
-    """Record a failed job in its summary.json (keeping anything it measured, and with `before`, the entries
-    it wrote, `written`) and say so in one line."""
+def check_job(cfg: DictConfig) -> None:
+    """The checks preflight made, on the job Hydra composed: a sweeper's sampled values get them too."""
+    task = list(HydraConfig.get().overrides.task)
+    for override in task:
+        check_override(override)
+    check_interpolations(cfg, task)
+    validate(cfg)
+
+
+def _take_back() -> None:
+    """A single run that failed on the user's mistake: remove what this invocation created (runner/rundir.py)."""
+    if _invocation.claim is None:
+        return
+    hydra = HydraConfig.get()
+    made = [Path(hydra.runtime.output_dir) / hydra.output_subdir] if hydra.output_subdir else []
+    made += [Path(h.filename) for h in hydra.job_logging.get("handlers", {}).values() if h.get("filename")]
+    _invocation.claim.undo(tuple(made))
+
+
+def unwritable(e: BaseException) -> str | None:
+    """`cannot write PATH: No space left on device` when an OSError of the disk (full, read-only, not
+    permitted, too large) caused `e`, however deep a library wrapped it; else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            return f"cannot write {e.filename or 'a file of the run'}: {e.strerror or os.strerror(e.errno)}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+def _failed(run_dir: Path, reason: str, console: Console) -> None:
+    """Record a failed job in its summary.json and say so in one line."""
+    _record_failure(run_dir, reason, console)
+    console.warn(f"job failed: {reason} ({run_dir})")
+
+
+def _record_failure(run_dir: Path, reason: str, console: Console) -> None:
+    """A failed job's summary.json: anything it measured, the reason, and the entries it wrote (`written`);
+    on a disk that takes no more, a warning instead."""
     summary_path = run_dir / "summary.json"
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    except ValueError:
+    except (OSError, ValueError):
         summary = {}
-    summary.update(status="failed", reason=reason)
-    if before is not None:
-        summary["written"] = written_since(run_dir, before)
-    if process_index_from_env() == 0:  # of several processes, process 0 writes
-        write_json(summary_path, summary)
-    console.warn(f"job failed: {reason} ({run_dir})")
+    if not isinstance(summary, dict):
+        summary = {}
+    summary.update(status="failed", reason=reason, written=written_names(run_dir))
+    try:
+        if process_index_from_env() == 0:  # of several processes, process 0 writes
+            write_json(summary_path, summary)
+    except OSError as e:
+        console.warn(f"could not record the failure in {summary_path}: {e.strerror}")
 
 
 def failed_jobs(sweep_dir: Path) -> list[Path]:
@@ -157,6 +205,10 @@ def run_command_line() -> None:
             return
         if _invocation.claim is not None:
             _invocation.claim.lock()
+        if _invocation.restart is not None:
+            line, earlier = _invocation.restart
+            Console().info(line)
+            clear_run_outputs(_invocation.claim.path, earlier)
     except UserError as e:
         error(str(e))
         sys.exit(2)

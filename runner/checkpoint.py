@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 
 from runner.errors import UserError, first_line
+from runner.rundir import note_created
 
 
 def _quiet_closed_loop_callbacks() -> None:
@@ -48,6 +49,7 @@ class Checkpoints:
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:  # created on first use, so a run that never saves leaves no dir
+            note_created(self.directory)
             options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
                                                    enable_async_checkpointing=False)
             self._manager = ocp.CheckpointManager(self.directory, options=options)

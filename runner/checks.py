@@ -149,7 +149,16 @@ def _check_arguments(key: str, node: DictConfig, names: list[str]) -> None:
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for name in names:
         if not (takes_any or name in params):
-            raise UserError(f"{key}.{name}: not an argument of {target}; valid: {', '.join(valid)}")
+            raise UserError(f"{key}.{name}: not an argument of {target}{_close(name, valid)}; "
+                            f"valid: {', '.join(valid)}")
+
+
+def _close(name: str, candidates: list[str]) -> str:
+    """`; did you mean epochs?` for a mistyped key, or nothing."""
+    import difflib
+
+    matches = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(matches)}?" if matches else ""
 
 
 def check_schema_node(key: str, node: DictConfig) -> None:
@@ -157,6 +166,10 @@ def check_schema_node(key: str, node: DictConfig) -> None:
     schema = OmegaConf.get_type(node)
     if not dataclasses.is_dataclass(schema):
         return
+    fields = [f.name for f in dataclasses.fields(schema)]
+    for name in (str(k) for k in node if str(k) not in fields):  # `+trainer.epoch=1`: a schema is closed
+        raise UserError(f"{key}.{name}: no such key{_close(name, fields)}; valid keys under {key}: "
+                        f"{', '.join(fields)}")
     for field in dataclasses.fields(schema):
         value = node[field.name]
         if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
@@ -206,12 +219,6 @@ def _check_top_level(cfg: DictConfig, top_level: TopLevel) -> None:
     for key in sorted(top_level.required - keys):
         raise UserError(f"{key}: this group cannot be removed (~{key}); choose another with {key}=<choice>; "
                         f"valid groups: {valid}")
-
-
-def reserved_override(key: str) -> str | None:
-    """The reserved key an override sets (`optimizer._target_=...`), or None."""
-    last = key.lstrip("+~").rsplit(".", 1)[-1]
-    return last if last in RESERVED_KEYS else None
 
 
 def strip_specs(node: Any) -> Any:

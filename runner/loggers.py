@@ -41,6 +41,7 @@ from runner.diagnostics import layer_names, to_records
 from runner.errors import UserError, first_line
 from runner.handlers import EpochEnd, MetricsWriter
 from runner.outputs import finite_or_none, read_jsonl, write_atomic
+from runner.rundir import note_created
 
 METRICS_FILE = "metrics.jsonl"
 INSTALL = "pip install -e '.[tracking]'"  # the extra that holds every tool's package (pyproject.toml)
@@ -187,6 +188,7 @@ class TensorBoardLogger:
             ("hparams_api", "tensorboard.plugins.hparams.api_pb2"))}
         self.histograms, self.layers = histograms, None
         logdir = run.run_dir / "tensorboard"
+        note_created(logdir)
         continued = any(logdir.glob("events.out.tfevents.*"))
         self.writer = writer.EventFileWriter(str(logdir))
         # A session start. A later one is a restart: TensorBoard then drops every earlier event at a step >= its

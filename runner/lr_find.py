@@ -57,11 +57,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import io
 import json
 import math
-import os
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -72,11 +71,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.build import Parts, build_model, build_regularizer, instantiate
-from runner.checks import check_value, reserved_override
+from runner.checks import check_value
 from runner.console import Console, error
 from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
-from runner.outputs import FILE_MODE, write_atomic, write_json
+from runner.outputs import write_atomic, write_json
 from runner.process import exit_promptly, prepare_training_process
 from runner.resumed import override_key
 from runner.techniques.schedules import Schedule
@@ -301,15 +300,10 @@ def plot(test: RangeTest, path: Path, subtitle: str) -> None:
     ax.title.set_fontsize("medium")
     ax.grid(True, which="both", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")  # below: the curves fill the axes
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
+        write_atomic(path, png.getvalue())
     finally:
         plt.close(fig)
 
@@ -417,16 +411,14 @@ def checked_config(overrides: Sequence[str]) -> DictConfig:
 
     from runner.config import validate
     from runner.preflight import Composer
+    from runner.safety import check_interpolations, check_override
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as e:
         raise UserError(f"cannot parse overrides: {first_line(e)}") from None
     for override in parsed:
-        key = override.get_key_element()
-        if reserved := reserved_override(key):
-            raise UserError(f"{override_key(key)}: {reserved} cannot be set on the command line; "
-                            "choices come from conf files: valid: group=choice (python -m runner --help)")
+        check_override(override.input_line)
         if override.is_hydra_override():
             raise UserError(f"{override.input_line}: lr_find does not start Hydra; valid: config overrides, "
                             "and --out DIR for where the results go")
@@ -435,6 +427,7 @@ def checked_config(overrides: Sequence[str]) -> DictConfig:
                             "valid: one value per key (run it once per config)")
     composer = Composer("config")
     cfg = composer(list(overrides))
+    check_interpolations(cfg, list(overrides))
     validate(cfg, composer.top_level)
     if cfg.dataset.check is not None:
         from runner.data import check_dataset

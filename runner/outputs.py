@@ -1,7 +1,8 @@
 """Files in a run dir, written so that a crash or interrupt never leaves one half-written.
 
 summary.json and other whole files go through a temp file and a rename; metrics.jsonl is appended one
-flushed line at a time, and readers skip a torn last line.
+flushed line at a time, and readers skip a torn last line. Each writer notes a path it creates in the run dir's
+manifest (runner/rundir.py), so a failed run takes back exactly what it wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from runner.rundir import note_created
 
 
 def finite_or_none(value: Any) -> Any:
@@ -31,6 +34,7 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would ot
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write `text` (or bytes) to `path` so readers see the old file or the new one, never a part."""
     path = Path(path)
+    note_created(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -60,6 +64,7 @@ def _clean(obj: Any) -> Any:
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line and push it to disk before returning."""
+    note_created(path)
     with open(path, "a") as f:
         f.write(json.dumps(_clean(record)) + "\n")
         f.flush()

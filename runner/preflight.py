@@ -22,12 +22,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from runner import relaunch
-from runner.checks import TopLevel, describe, reserved_override
+from runner.checks import TopLevel, describe
 from runner.config import CONF_DIR, compose_config, validate
 from runner.distributed import launched_processes, process_index_from_env, shared_run_dir
 from runner.errors import UserError, first_line
 from runner.resumed import check_same_job, override_key, resumed_overrides
-from runner.rundir import RunDirClaim, has_checkpoint, holds_run, register_job_dir_resolver
+from runner.rundir import RUN_OUTPUTS, RunDirClaim, has_checkpoint, holds_run, register_job_dir_resolver
+from runner.safety import check_flags, check_interpolations, check_override, check_paths_inside
 
 FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg",
                     "-p", "--package", "--info", "--experimental-rerun"}
@@ -44,6 +45,8 @@ class Invocation:
     multirun: bool = False
     claim: RunDirClaim | None = None  # the run dir (single run) or sweep dir (multirun); None for --help
     finished: str | None = None  # a resumed single run that had ended for good: why there is nothing to train
+    # a resumed single run with no checkpoint: what to say, and the runner's files of the earlier attempt to clear
+    restart: tuple[str, tuple[str, ...]] | None = None
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -88,9 +91,10 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 def preflight(argv: list[str]) -> Invocation:
     """Check every job of this command line; raises UserError on the first bad one."""
-    if any(a in HELP_FLAGS for a in argv):
-        return Invocation(argv)
     flags, overrides = split_argv(argv)
+    if any(a in HELP_FLAGS for a in argv):
+        _check_shown(flags, overrides)
+        return Invocation(argv)
     multirun = any(a in ("-m", "--multirun") for a in flags)
     processes = launched_processes()  # srun's tasks, or JAX_NUM_PROCESSES by hand (no jax import)
     if processes > 1:
@@ -102,22 +106,28 @@ def preflight(argv: list[str]) -> Invocation:
                 raise UserError("hydra.run.dir: the processes of one run need one run dir; "
                                 "valid: hydra.run.dir=<the same path in every process>")
             overrides = overrides + [f"hydra.run.dir={shared}"]
+    check_flags(flags)
     for override in overrides:
-        if reserved := reserved_override(override_key(override)):
-            raise UserError(f"{override_key(override)}: {reserved} cannot be set on the command line; "
-                            "choices come from conf files: valid: group=choice (python -m runner --help)")
+        check_override(override)
     composer = Composer(_flag(flags, "-cn", "--config-name") or "config", _flag(flags, "-cd", "--config-dir"))
     dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     hydra_cfg = composer.hydra(overrides)
+    for override in overrides:
+        check_override(override, hydra_cfg)  # now that the callbacks the conf files declare are known
     resume = OmegaConf.select(hydra_cfg, "trainer.resume") is True
     if resume and not multirun:
         overrides = _resumed(overrides, composer)
     if resume and multirun:
         _check_sweep_given(overrides)
     out_dir, overrides = _pin_dir(dir_key, hydra_cfg, overrides)
+    hydra_overrides = [o for o in overrides if _is_hydra(o)]
+    # A job's dir is named by its overrides only where the user changed how: then each job's is checked.
+    per_job_hydra = multirun and any(override_key(o).startswith("hydra.sweep.subdir") for o in overrides)
     for job in expand_sweep(overrides):
         cfg = composer(job)
+        check_interpolations(cfg, job)
         validate(cfg, composer.top_level)
+        check_paths_inside(composer.hydra(job + hydra_overrides) if per_job_hydra else hydra_cfg, out_dir, multirun)
         if cfg.dataset.check is not None:  # e.g. a local file: read now, before anything is written
             from runner.data import check_dataset  # only now: imports the check's module, no more
 
@@ -127,6 +137,9 @@ def preflight(argv: list[str]) -> Invocation:
     if processes > 1 and process_index_from_env() != 0:  # process 0 claims, locks and writes .hydra/
         return Invocation(flags + overrides + ["hydra.output_subdir=null"], False, None)
     claim = RunDirClaim(out_dir, dir_key)
+    if owner := claim.holder():  # a live run: what its dir holds so far says nothing yet
+        raise UserError(f"{dir_key}: {claim.path} is in use by another runner process (pid {owner}); "
+                        "wait for it to end, or choose another dir")
     found = _earlier_run(claim.path, multirun)
     if found and not cfg.trainer.resume:  # its files would be appended to and its .hydra/ rewritten
         raise UserError(f"{dir_key}: {claim.path} already holds a run ({found}); continue with "
@@ -138,8 +151,23 @@ def preflight(argv: list[str]) -> Invocation:
         plan = relaunch.plan(claim.path, cfg.trainer.epochs)
         if plan.action == "skip":
             return Invocation(flags + overrides, multirun, claim, finished=plan.line)
-        _check_checkpoint(claim.path)
+        if not has_checkpoint(claim.path):  # killed or failed before its first checkpoint: run it again
+            return Invocation(flags + overrides + ["trainer.resume=false"], multirun, claim,
+                              restart=(f"no checkpoint in {claim.path}/checkpoints (the run stopped before its "
+                                       "first): starting it again from epoch 1", plan.clear or RUN_OUTPUTS))
     return Invocation(flags + overrides, multirun, claim)
+
+
+def _check_shown(flags: list[str], overrides: list[str]) -> None:
+    """`--help` and `--cfg` with overrides: the same one-line answer to a bad one as a run gets."""
+    check_flags(flags)
+    for override in overrides:
+        check_override(override)
+    if not any(f in ("-h", "--help", "-c", "--cfg") for f in flags):  # completion, --info: Hydra's own output
+        return
+    composer = Composer(_flag(flags, "-cn", "--config-name") or "config", _flag(flags, "-cd", "--config-dir"))
+    for job in expand_sweep(overrides)[:1]:
+        check_interpolations(composer(job), job)
 
 
 def _is_hydra(override: str) -> bool:
@@ -181,21 +209,16 @@ def _check_same_job(job: list[str], overrides: list[str], sweep_dir: Path, cfg: 
         check_same_job(job_dir, cfg)
 
 
-def _check_checkpoint(run_dir: Path) -> None:
-    if not has_checkpoint(run_dir):
-        raise UserError(f"trainer.resume: no checkpoint in {run_dir}/checkpoints; "
-                        "valid: the run dir of a run that saved one (see its summary.json)")
-
-
 def _resumed(overrides: list[str], composer: "Composer") -> list[str]:
-    """A single run with trainer.resume=true: its saved overrides, then these; the dir must hold a checkpoint
-    (or the summary of a run that ended for good, which the resumed run only reports)."""
+    """A single run with trainer.resume=true: its saved overrides, then these (the dir's checkpoint, or its
+    lack, decides later whether the run continues, starts again, or had ended for good)."""
     given = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "hydra.run.dir"), None)
     if not given:
         raise UserError("trainer.resume=true needs hydra.run.dir=<the run dir of the run to continue>")
     run_dir = Path(given)
-    if relaunch.read_summary(run_dir).get("status") not in relaunch.FINAL:  # else checked once the config is known
-        _check_checkpoint(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"hydra.run.dir: {run_dir} does not exist, so there is no run to resume; valid: the run dir "
+                        "of an earlier run (outputs/<date>/<time>)")
     hydra_overrides = [o for o in overrides if _is_hydra(o)]
     task = [o for o in overrides if not _is_hydra(o)]
     return resumed_overrides(run_dir, task, composer) + hydra_overrides
@@ -209,7 +232,10 @@ def _pin_dir(key: str, hydra_cfg: DictConfig, overrides: list[str]) -> tuple[Pat
     try:
         resolved = str(OmegaConf.select(hydra_cfg, key))
     except OmegaConfBaseException as e:
-        raise UserError(f"{key}: {first_line(e)}") from None
+        raise UserError(f"{key}: {first_line(e)}; valid: a directory path, e.g. {key}=outputs/my_run") from None
+    if not resolved.strip():
+        raise UserError(f"{key}: {given!r} resolves to an empty path; valid: a directory path, "
+                        f"e.g. {key}=outputs/my_run") from None
     if given is None or ("${" in given and _PLAIN_PATH.fullmatch(resolved)):
         overrides = [o for o in overrides if override_key(o) != key] + [f"{key}={resolved}"]
     return Path(resolved), overrides

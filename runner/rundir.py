@@ -3,8 +3,9 @@
 The rule this module keeps: the runner removes only what the same invocation created. Before Hydra
 starts, `RunDirClaim` records which of the dir and its parents exist and what the dir holds, then locks
 it (an advisory `flock`, which the kernel drops when the process dies, so a killed run never leaves the
-dir locked). If the run fails on the user's mistake, `undo` removes exactly the entries this invocation
-added and puts back the `.hydra/` files Hydra rewrote; a dir that existed before is never removed.
+dir locked). If the run fails on the user's mistake, `undo` removes exactly the paths this invocation
+created (the manifest its writers keep, `note_created`), puts back the `.hydra/` files Hydra rewrote, and removes
+the dir only if it made it and nothing else is left there.
 
 A sweep job's dir is named by what the job is, its overrides (`job_dir_name`), not by its position in the
 sweep, so a re-launched sweep finds each job's earlier results; a job that failed is re-run afresh after
@@ -66,10 +67,46 @@ def register_job_dir_resolver() -> None:
         OmegaConf.register_new_resolver("runner.job_dir", job_dir_name)
 
 
-def written_since(run_dir: Path, before: set[str]) -> list[str]:
-    """The entries of `run_dir` that are not in `before` (its listing when a job started), Hydra's and the
-    lock's aside: what the job wrote."""
-    return sorted(set(os.listdir(run_dir)) - before - {".hydra", LOCK_NAME})
+# The manifest: for each run dir this process writes in, the paths it created there (not a before/after diff of the
+# dir, which would take a file the user saved meanwhile for the run's own). Every writer notes a path before
+# creating it: runner/outputs.py's writers, the checkpoint manager, the loggers' own files.
+_manifests: dict[Path, set[Path]] = {}
+
+
+def track(run_dir: Path) -> None:
+    """Start noting what this process creates in `run_dir` (a job's dir), afresh."""
+    _manifests[Path(run_dir).absolute()] = set()
+
+
+def note_created(path: Path) -> None:
+    """Call before creating `path`: if it (or a parent below a tracked run dir) does not exist yet, the
+    outermost missing one goes into that run dir's manifest."""
+    path = Path(path).absolute()
+    for root, created in _manifests.items():
+        if path != root and path.is_relative_to(root):
+            missing = next((p for p in reversed([path, *path.parents]) if p.is_relative_to(root) and p != root
+                            and not os.path.lexists(p)), None)
+            if missing is not None:
+                created.add(missing)
+
+
+def created_in(run_dir: Path) -> list[Path]:
+    """The paths this process created in `run_dir` that are still there, innermost first."""
+    made = _manifests.get(Path(run_dir).absolute(), set())
+    return sorted((p for p in made if os.path.lexists(p)), key=lambda p: len(p.parts), reverse=True)
+
+
+def written_names(run_dir: Path) -> list[str]:
+    """The entries of `run_dir` this process created, Hydra's and the lock's aside: what a failed job wrote."""
+    root = Path(run_dir).absolute()
+    return sorted({p.relative_to(root).parts[0] for p in created_in(root)} - {".hydra", LOCK_NAME})
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def clear_run_outputs(run_dir: Path, names: tuple[str, ...] | list[str] = RUN_OUTPUTS) -> list[str]:
@@ -104,6 +141,7 @@ class RunDirClaim:
         self.key = key  # the override that names the dir, for messages
         self.path = Path(path).absolute()
         _check_usable(self.path, key)
+        track(self.path)
         self.existed = self.path.is_dir()
         self.entries_before = set(os.listdir(self.path)) if self.existed else set()
         hydra_dir = self.path / ".hydra"
@@ -146,6 +184,21 @@ class RunDirClaim:
             return None
         return fd
 
+    def holder(self) -> str | None:
+        """The pid of another live runner process that holds this dir's lock, or None."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         """Drop the lock and its file (the run's own files stay)."""
         if self._lock_fd is None:
@@ -155,21 +208,17 @@ class RunDirClaim:
         os.close(self._lock_fd)
         self._lock_fd = None
 
-    def undo(self) -> None:
-        """Remove what this invocation added to the dir, restore the `.hydra/` files it rewrote."""
+    def undo(self, hydra_paths: tuple[Path, ...] = ()) -> None:
+        """Remove what this invocation created in the dir (its manifest, and `hydra_paths`: what Hydra wrote for
+        the job, its output subdir and log file, where they did not exist before), restore the `.hydra/` files
+        it rewrote; the dir itself and the parents it made go only if nothing else is left in them."""
         self.release()
-        if not self.existed:
-            shutil.rmtree(self.path, ignore_errors=True)
-            for parent in self.created_parents:  # innermost first; only if nothing else arrived meanwhile
-                if parent.is_dir() and not any(parent.iterdir()):
-                    parent.rmdir()
-            return
-        for name in set(os.listdir(self.path)) - self.entries_before:
-            target = self.path / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
+        hydra_made = [p for p in hydra_paths if Path(p).absolute().is_relative_to(self.path)
+                      and Path(p).absolute().relative_to(self.path).parts[:1]
+                      and Path(p).absolute().relative_to(self.path).parts[0] not in self.entries_before]
+        for path in [*created_in(self.path), *hydra_made]:
+            if os.path.lexists(path):
+                _remove(path)
         hydra_dir = self.path / ".hydra"
         if ".hydra" in self.entries_before:
             for p in hydra_dir.iterdir() if hydra_dir.is_dir() else ():
@@ -177,6 +226,10 @@ class RunDirClaim:
                     p.unlink()
             for name, data in self.hydra_before.items():
                 (hydra_dir / name).write_bytes(data)
+        if not self.existed:
+            for directory in (self.path, *self.created_parents):  # innermost first; only if left empty
+                if directory.is_dir() and not any(directory.iterdir()):
+                    directory.rmdir()
 
 
 def _same_file(fd: int, path: Path) -> bool:

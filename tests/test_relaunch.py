@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from runner.handlers import EarlyStopping, EpochEnd
 from runner.relaunch import Plan, best_val_accuracy, plan
 from runner.rundir import (JOB_NAME_LIMIT, LOCK_NAME, RUN_OUTPUTS, RunDirClaim, clear_run_outputs, job_dir_name,
-                           register_job_dir_resolver, written_since)
+                           register_job_dir_resolver)
 from tests.conftest import compose_config, snapshot
 
 
@@ -122,16 +122,6 @@ def test_a_failed_job_is_rerun_after_removing_what_it_wrote_or_without_that_reco
     unlisted = job_dir(tmp_path / "b", {"status": "failed", "reason": "boom"})  # a summary from before `written`
     assert plan(unlisted, 3).clear == (*RUN_OUTPUTS, "summary.json")
     assert plan(job_dir(tmp_path / "c", None, metrics=1), 3).clear == RUN_OUTPUTS
-
-
-def test_what_a_job_wrote_is_what_its_dir_gained_since_it_started(tmp_path):
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / "notes.txt").write_text("the user's\n")
-    before = {p.name for p in tmp_path.iterdir()}
-    for name in ("metrics.jsonl", LOCK_NAME):
-        (tmp_path / name).write_text("")
-    (tmp_path / "checkpoints").mkdir()
-    assert written_since(tmp_path, before) == ["checkpoints", "metrics.jsonl"]
 
 
 def test_a_hand_edited_list_of_what_was_written_cannot_reach_outside_the_dir_or_hydras_files(tmp_path):

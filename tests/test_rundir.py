@@ -10,15 +10,21 @@ import time
 import pytest
 
 from runner.errors import UserError
-from runner.rundir import LOCK_NAME, RunDirClaim, holds_run
+from runner.outputs import append_jsonl, write_atomic
+from runner.rundir import LOCK_NAME, RunDirClaim, holds_run, note_created, written_names
 from tests.conftest import snapshot
 
 
-def write_run_files(run_dir):
-    (run_dir / ".hydra").mkdir(exist_ok=True)
+def write_run_files(run_dir) -> tuple:
+    """What a run writes, through the runner's own writers (which note what they create); returns what Hydra
+    wrote for the job, as `undo` is told it."""
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # Hydra's own write
     (run_dir / ".hydra" / "config.yaml").write_text("new: config\n")
-    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    append_jsonl(run_dir / "metrics.jsonl", {"epoch": 1})
+    write_atomic(run_dir / "members" / "seed_1" / "summary.json", "{}")
+    note_created(run_dir / "checkpoints" / "1")
     (run_dir / "checkpoints" / "1").mkdir(parents=True)
+    return (run_dir / ".hydra",)
 
 
 def test_undo_of_a_new_dir_removes_it_and_the_parents_it_created(tmp_path):
@@ -26,8 +32,7 @@ def test_undo_of_a_new_dir_removes_it_and_the_parents_it_created(tmp_path):
     before = snapshot(tmp_path)
     claim = RunDirClaim(tmp_path / "outputs" / "day" / "run", "hydra.run.dir")
     claim.lock()
-    write_run_files(claim.path)
-    claim.undo()
+    claim.undo(write_run_files(claim.path))
     assert snapshot(tmp_path) == before
 
 
@@ -47,10 +52,32 @@ def test_undo_of_an_existing_dir_leaves_it_byte_identical(tmp_path):
     before = snapshot(tmp_path)
     claim = RunDirClaim(keep, "hydra.run.dir")
     claim.lock()
-    write_run_files(keep)
+    made = write_run_files(keep)
     (keep / ".hydra" / "hydra.yaml").write_text("hydra: new\n")
-    claim.undo()
+    claim.undo(made)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_undo_keeps_a_file_the_user_saved_in_the_dir_while_the_run_went_on(tmp_path, existed):
+    run_dir = tmp_path / "run"
+    if existed:
+        run_dir.mkdir()
+    claim = RunDirClaim(run_dir, "hydra.run.dir")
+    claim.lock()
+    made = write_run_files(run_dir)
+    (run_dir / "notes.txt").write_text("the user's\n")  # not through the runner: not in its manifest
+    (run_dir / "members" / "mine.txt").write_text("the user's too\n")
+    claim.undo(made)
+    assert snapshot(run_dir) == {"notes.txt": b"the user's\n"}
+
+
+def test_what_a_job_wrote_is_what_the_runner_created_not_what_the_dir_gained(tmp_path):
+    claim = RunDirClaim(tmp_path, "hydra.sweep.subdir")
+    (tmp_path / "metrics.jsonl").write_text("")  # from an earlier attempt: appended to, not created
+    write_run_files(tmp_path)
+    (tmp_path / "notes.txt").write_text("the user's\n")
+    assert written_names(claim.path) == ["checkpoints", "members"]
 
 
 def test_a_second_claim_on_a_locked_dir_is_refused_naming_the_holder(tmp_path):
