@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -143,11 +144,17 @@ def unwritable(e: BaseException) -> str | None:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in DISK_ERRORS:
             return f"cannot write {e.filename or 'a file of the run'}: {e.strerror or os.strerror(e.errno)}"
+        # C++ writers (orbax's tensorstore, tfds' array_record) raise their own types, the OS's words in the text
+        text = str(e)
+        if reason := next((os.strerror(code) for code in DISK_ERRORS if os.strerror(code) in text), None):
+            path = _PATH_IN_TEXT.search(text)
+            return f"cannot write {path[1] if path else 'a file of the run'}: {reason}"
         e = e.__cause__ or e.__context__
     return None
 
 
-DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG)
+_PATH_IN_TEXT = re.compile(r'(?:local file "|writing )(/[^";]+)')
 
 
 def _failed(run_dir: Path, reason: str, console: Console) -> None:

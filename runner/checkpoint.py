@@ -9,6 +9,7 @@ complete, so a partly written checkpoint is never listed.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,17 @@ def _quiet_closed_loop_callbacks() -> None:
 
 
 _quiet_closed_loop_callbacks()
+
+
+class _RaisedAgainInTheCaller(logging.Filter):
+    """Orbax's worker threads log a failed write with its traceback, then the same error is raised where the
+    checkpoint was saved, which reports it (in one line, for a full or read-only disk): drop the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_SignalingThread.run() raised an exception" not in str(record.msg)
+
+
+logging.getLogger("absl").addFilter(_RaisedAgainInTheCaller())
 
 
 class Checkpoints:

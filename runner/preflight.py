@@ -91,6 +91,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 def preflight(argv: list[str]) -> Invocation:
     """Check every job of this command line; raises UserError on the first bad one."""
+    register_job_dir_resolver()  # a sweep's job dirs are named by it
     flags, overrides = split_argv(argv)
     if any(a in HELP_FLAGS for a in argv):
         _check_shown(flags, overrides)
@@ -112,6 +113,8 @@ def preflight(argv: list[str]) -> Invocation:
     composer = Composer(_flag(flags, "-cn", "--config-name") or "config", _flag(flags, "-cd", "--config-dir"))
     dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     hydra_cfg = composer.hydra(overrides)
+    check_interpolations(hydra_cfg, overrides, hydra=True)
+    check_interpolations(hydra_cfg, expand_sweep(overrides)[0])
     for override in overrides:
         check_override(override, hydra_cfg)  # now that the callbacks the conf files declare are known
     resume = OmegaConf.select(hydra_cfg, "trainer.resume") is True

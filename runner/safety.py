@@ -24,6 +24,8 @@ from runner.checks import RESERVED_KEYS
 from runner.errors import UserError, first_line
 
 REFUSED_FLAGS = {"--experimental-rerun": "it loads a pickled config, which can run any code"}
+SET_BY_HYDRA = ("hydra.runtime", "hydra.overrides", "hydra.job.num", "hydra.job.id", "hydra.job.override_dirname",
+                "hydra.job.config_name", "hydra.mode")
 MAX_VALUE_LENGTH = 4096  # characters of one override's value: beyond any path or list a run takes
 _RESERVED = re.compile("|".join(re.escape(k) for k in RESERVED_KEYS))
 _INTERPOLATION = re.compile(r"\$\{")
@@ -47,6 +49,9 @@ def check_override(line: str, hydra_cfg: DictConfig | None = None) -> None:
         raise UserError(f"{bare}: {found[0]} cannot be set on the command line, in a key or at any depth of a "
                         "value (config is data: callables come from conf files); valid: group=choice, or a conf "
                         "file of your own under -cd DIR")
+    if bare.startswith(SET_BY_HYDRA):
+        raise UserError(f"{bare}: Hydra sets it as the job runs, so a value given here would be ignored; valid: "
+                        "hydra.run.dir, hydra.sweep.dir, hydra.job.name and the other keys of `--cfg hydra`")
     if len(value) > MAX_VALUE_LENGTH:
         raise UserError(f"{bare}: a value of {len(value):,} characters; valid: at most {MAX_VALUE_LENGTH:,}")
     if hydra_cfg is not None and bare.startswith(("hydra/callbacks", "hydra.callbacks")):
@@ -67,22 +72,38 @@ def _check_callback_override(key: str, bare: str, value: str, hydra_cfg: DictCon
                         f"code); valid: a new value for {valid}")
 
 
-def check_interpolations(cfg: DictConfig, lines: list[str]) -> None:
+def check_interpolations(cfg: DictConfig, lines: list[str], hydra: bool = False) -> None:
     """An interpolation in a command-line value resolves, and to a plain value: `${oc.env:HOME}` is data,
-    `${optimizer}` (a node, which may name a callable) is not. Every value of the config must resolve."""
+    `${optimizer}` (a node, which may name a callable) is not. Every value of a job's config must resolve.
+    With `hydra`, the overrides of Hydra's own node are checked, in the config with Hydra's node."""
+    if hydra:
+        cfg = with_runtime(cfg)
     for line in lines:
         key, _, value = line.partition("=")
         bare = key.lstrip("+~")
-        if not _INTERPOLATION.search(value) or bare.startswith(("hydra.", "hydra/")) or key.startswith("~"):
+        if not _INTERPOLATION.search(value) or bare.startswith(("hydra.", "hydra/")) != hydra or key.startswith("~"):
             continue
         try:
             node = OmegaConf.select(cfg, bare, throw_on_resolution_failure=True)
         except OmegaConfBaseException as e:
-            raise UserError(f"{bare}: cannot resolve {value!r}: {first_line(e)}") from None
+            raise UserError(f"{bare}: cannot resolve {value!r}: {first_line(e)}; valid: a value, or an "
+                            "interpolation that resolves to one (e.g. ${oc.env:NAME,default})") from None
         if isinstance(node, (DictConfig, ListConfig)) and _has_interpolated_node(cfg, bare):
             raise UserError(f"{bare}: {value!r} resolves to a config node; valid: an interpolation that gives "
                             "a plain value (a number, a string, a path), e.g. ${oc.env:HOME}")
-    resolve_all(cfg)
+    if not hydra:  # Hydra's node holds values only a running job knows
+        for group in (str(k) for k in cfg if str(k) != "hydra"):
+            resolve_all(cfg[group], group) if isinstance(cfg[group], (DictConfig, ListConfig)) else None
+
+
+def with_runtime(hydra_cfg: DictConfig) -> DictConfig:
+    """A copy of a composed config with Hydra's node, its values known only once a sweep runs (the job's number
+    and id) filled in: any value names a subdir as well as the real one."""
+    cfg = copy.deepcopy(hydra_cfg)
+    for key, value in (("job.num", 0), ("job.id", "0")):
+        if OmegaConf.select(cfg.hydra, key, default=None) is None:
+            OmegaConf.update(cfg.hydra, key, value, force_add=True)
+    return cfg
 
 
 def _has_interpolated_node(cfg: DictConfig, key: str) -> bool:
@@ -113,10 +134,7 @@ def check_paths_inside(hydra_cfg: DictConfig, out_dir: Path, multirun: bool) -> 
     """Every path Hydra would write for this job lies inside the run dir (or for a sweep, the sweep dir):
     the output subdir, the job's dir, and any log file a logging handler names."""
     root = out_dir.absolute()
-    node = copy.deepcopy(hydra_cfg).hydra
-    for key, value in (("job.num", 0), ("job.id", "0")):  # known only once a sweep runs; any value names a subdir
-        if OmegaConf.is_missing(node, key.split(".")[0]) or OmegaConf.select(node, key, default=None) is None:
-            OmegaConf.update(node, key, value, force_add=True)
+    node = with_runtime(hydra_cfg).hydra
     job_dir = root
     if multirun:
         subdir = _select(node, "sweep.subdir")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +42,13 @@ def _npz_with_huge_header(path):
     return path
 
 
+class _EmptiesPrecious:
+    """A pickle that, once loaded, empties precious.txt: what `--experimental-rerun FILE` would run."""
+
+    def __reduce__(self):
+        return open, ("precious.txt", "w")
+
+
 def _user_files(cwd):
     (cwd / "keep").mkdir()
     (cwd / "keep" / "notes.txt").write_text("notes\n")
@@ -71,6 +81,27 @@ CASES = [
     (["regularizer=[none]", "regularizer.none._target_=builtins.open", "+regularizer.none._args_=[precious.txt,w]"],
      ["_target_", "command line"]),
     (["+optimizer._partial_=true"], ["_partial_", "command line"]),
+    # Config is data (runner/safety.py): nothing the command line says runs code or writes outside the run dir.
+    (["+initializer.dtype={_target_: builtins.open, _args_: [precious.txt, w]}"], ["initializer.dtype", "_target_"]),
+    (["+hydra.callbacks.e={_target_: builtins.open, _args_: [precious.txt, w]}"], ["hydra.callbacks.e", "_target_"]),
+    (["+hydra.callbacks.e.x=1"], ["hydra.callbacks.e.x", "callbacks"]),
+    (["~hydra.callbacks.report"], ["hydra.callbacks.report", "callbacks"]),
+    (["hydra.callbacks.report={plots: false}"], ["hydra.callbacks.report", "valid: a new value for"]),
+    (["+initializer.dtype=${regularizer}"], ["initializer.dtype", "config node"]),
+    (["--experimental-rerun", "precious.pickle"], ["--experimental-rerun", "pickle"]),
+    (["hydra.run.dir=outputs/r", "hydra.output_subdir=../../keep"], ["hydra.output_subdir", "outside"]),
+    (["-m", "optimizer=sgd,adam", "hydra.sweep.dir=outputs/s", "hydra.sweep.subdir=../../keep"],
+     ["hydra.sweep.subdir", "outside"]),
+    (["hydra/job_logging=default", "hydra.job_logging.handlers.file.filename=precious.txt"],
+     ["hydra.job_logging.handlers.file.filename", "outside"]),
+    (["+trainer.epoch=1"], ["trainer.epoch", "did you mean epochs"]),
+    (["dataset.name=${oc.env:RUNNER_NO_SUCH_VARIABLE}"], ["dataset.name", "RUNNER_NO_SUCH_VARIABLE", "valid"]),
+    (["trainer.epochs=${trainer.epochs}"], ["trainer.epochs", "Recursive"]),
+    (["hydra.run.dir=${now:}"], ["hydra.run.dir", "valid"]),
+    (["dataset.name=" + "a" * 5000], ["dataset.name", "5,000 characters", "4,096"]),
+    (["--cfg", "job", "optimizer=nosuch"], ["optimizer=nosuch", "unknown choice"]),
+    (["--help", "trainer.epochs=abc"], ["trainer.epochs", "integer"]),
+    (["trainer.resume=true", "hydra.run.dir=outputs/never_ran"], ["hydra.run.dir", "does not exist"]),
     (["-m", "optimizer.learning_rate=fast,0.001"], ["optimizer.learning_rate", "fast"]),
     (["dataset=npz", "dataset.path=huge_header.npz"], ["huge_header.npz", "header claims"]),
     (["dataset=npz", "dataset.path=huge_label.npz"], ["huge_label.npz", "2147483643", "classes"]),
@@ -87,6 +118,7 @@ def test_a_mistake_is_one_line_exit_2_and_leaves_every_file_as_it_was(cli, args,
     _npz_with_huge_header(cli.cwd / "huge_header.npz")
     _npz(cli.cwd / "huge_label.npz", y_train=np.r_[2**31 - 5, np.arange(19) % 3])
     _npz(cli.cwd / "one_class.npz", y_train=np.zeros(20, int), y_test=np.zeros(5, int))
+    (cli.cwd / "precious.pickle").write_bytes(pickle.dumps(_EmptiesPrecious()))
     before = snapshot(cli.cwd)
     result = cli(*args)
     assert result.returncode == 2, (args, result.stdout, result.stderr)
@@ -167,3 +199,75 @@ def test_a_torn_metrics_line_before_the_checkpoint_is_reported_not_silently_lost
     assert result.returncode == 0, result.stderr
     assert "lacks epoch(s) 2" in result.stderr
     assert read_summary(cli.cwd / "outputs" / "r")["missing_metric_epochs"] == [2]
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: a process whose writes past `limit` bytes fail (EFBIG), as on a disk that takes no more."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+# Where the disk fills: the first checkpoint (a 1000-wide net's, after epoch 1's metrics line: 2 MB is enough for the
+# digits data) or the dataset's first build into a new data dir (orbax and array_record are C++ writers).
+@pytest.mark.parametrize("where,limit,args", [
+    ("run/checkpoints", 2 << 20, ["model.width=1000", "trainer.checkpoint_every=1"]),
+    ("data", 64 << 10, ["dataset.data_dir={cwd}/data"])])
+def test_a_disk_that_takes_no_more_ends_the_run_in_one_line_and_keeps_what_was_written(cli, where, limit, args):
+    run_dir = cli.cwd / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "trainer.epochs=3", *[a.format(cwd=cli.cwd) for a in args],
+         f"hydra.run.dir={run_dir}"], cwd=cli.cwd, capture_output=True, text=True, timeout=300,
+        env={**cli.env, "JAX_ENABLE_COMPILATION_CACHE": "false"}, preexec_fn=_file_size_limit(limit))
+    assert result.returncode == 2, result.stderr
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith(f"error: cannot write {cli.cwd / where}") and "File too large" in line, line
+    assert "Traceback" not in result.stdout + result.stderr
+    epochs = [json.loads(r)["epoch"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] \
+        if where == "run/checkpoints" else []
+    assert epochs == ([1] if where == "run/checkpoints" else [])
+    assert read_summary(run_dir)["status"] == "failed"
+
+
+def _read_only_mount_works(tmp_path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {probe} {probe} && "
+                           f"mount -o remount,bind,ro {probe} && ! touch {probe}/x"], capture_output=True)
+    return done.returncode == 0
+
+
+def test_a_read_only_data_dir_is_one_line_naming_it(cli, tmp_path):
+    if shutil.which("unshare") is None or not _read_only_mount_works(tmp_path):
+        pytest.skip("needs a read-only mount (unshare -m and mount, as root), which this machine does not allow")
+    data_dir = cli.cwd / "data"
+    data_dir.mkdir()
+    script = (f"mount --bind {data_dir} {data_dir} && mount -o remount,bind,ro {data_dir} && exec {sys.executable} "
+              f"-m runner trainer.epochs=1 dataset.data_dir={data_dir} hydra.run.dir={cli.cwd / 'run'}")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=cli.cwd, env=cli.env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert str(data_dir) in line and "Read-only file system" in line, line
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(cli):
+    run_dir = cli.cwd / "run"
+    args = ["trainer.epochs=200", "model.width=16", f"hydra.run.dir={run_dir}"]
+    first = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cli.cwd, env=cli.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
+        time.sleep(0.02)
+    first.kill()  # SIGKILL: no checkpoint, no summary
+    first.wait()
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+    fresh = cli(*args)
+    assert fresh.returncode == 2 and "trainer.resume=true" in fresh.stderr, fresh.stderr
+    resumed = cli("trainer.resume=true", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "starting it again from epoch 1" in resumed.stdout
+    epochs = [r["epoch"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    assert epochs == list(range(1, 201))
+    assert read_summary(run_dir)["status"] == "completed"
