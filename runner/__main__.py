@@ -153,7 +153,9 @@ def unwritable(e: BaseException) -> str | None:
     return None
 
 
-DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG)
+# what the file system says when a path cannot be written: full, read-only, not permitted, too large, or in the way
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EEXIST,
+               errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
 _PATH_IN_TEXT = re.compile(r'(?:local file "|writing )(/[^";]+)')
 
 

@@ -271,3 +271,15 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(cli):
     epochs = [r["epoch"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
     assert epochs == list(range(1, 201))
     assert read_summary(run_dir)["status"] == "completed"
+
+
+def test_a_file_in_the_way_of_the_tensorboard_dir_is_one_line_naming_it(cli):
+    pytest.importorskip("tensorboard", reason="the tracking extra (TensorBoard) is not installed")
+    run_dir = cli.cwd / "run"
+    run_dir.mkdir()
+    (run_dir / "tensorboard").write_text("the user's\n")
+    result = cli("trainer.epochs=1", "logger=[jsonl,tensorboard]", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert f"cannot write {run_dir / 'tensorboard'}" in line, line
+    assert (run_dir / "tensorboard").read_text() == "the user's\n"
