@@ -11,6 +11,7 @@ had ended for good, the one line that says there is nothing to train.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import itertools
 import re
@@ -300,9 +301,7 @@ def _explain(e: Exception, job: list[str]) -> str:
     key = getattr(cause, "full_key", None) or ""
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
         parent, _, name = key.rpartition(".")
-        valid = _valid_keys(parent, job)
-        hint = f"; valid keys under {parent or 'the config'}: {', '.join(valid)}" if valid else ""
-        return f"{key}: no such key{hint}"
+        return _no_such_key(key, job)
     message, spec = first_line(cause), _declared_range(cause)
     valid = f"valid: {describe(spec)}" if spec else "give a value"
     if key and "is not Optional" in message:
@@ -320,6 +319,58 @@ def _declared_range(cause: Exception) -> str | None:
         if field.name == name:
             return field.metadata.get("valid") or ("bool" if field.type in ("bool", bool) else None)
     return None
+
+
+def _no_such_key(key: str, job: list[str]) -> str:
+    """What to type instead of a key the chosen config lacks: `+key=value` for an optional argument its conf file
+    declares, the choices of the group that set it, or the close matches and the keys there are."""
+    parent, _, name = key.rpartition(".")
+    value = next((o.split("=", 1)[1] for o in job if override_key(o) == key), "...")
+    group = parent.split(".")[0]
+    choice = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == group), None) or _default_choice(group)
+    chosen = f"{group}={choice}" if choice else parent
+    optional = _declared_optional(parent, job)
+    if name in optional:
+        return f"{key}: {chosen} does not set it; it is an optional argument there: add it with +{key}={value}"
+    setting = _choices_setting(group, parent[len(group) + 1:], name) if parent else []
+    if setting:
+        return (f"{key}: {chosen} has no {name}; " + ", ".join(f"{group}={c}" for c in setting)
+                + f" set{'s' if len(setting) == 1 else ''} it: choose {'it' if len(setting) == 1 else 'one'}")
+    valid = _valid_keys(parent, job)
+    close = difflib.get_close_matches(name, valid, n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    listed = f"; valid keys under {parent or 'the config'}: {', '.join(valid)}" if valid else \
+        (f"; {chosen} takes no settings" if parent else "")
+    return f"{key}: no such key{hint}{listed}"
+
+
+def _default_choice(group: str) -> str | None:
+    defaults = OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", [])
+    return next((str(entry[group]) for entry in defaults if isinstance(entry, DictConfig) and group in entry
+                 and isinstance(entry[group], str)), None)
+
+
+def _declared_optional(parent: str, job: list[str]) -> set[str]:
+    """The optional arguments (`_valid_` entries) of the node `parent` as this job's choices compose it."""
+    choices = [o for o in job if "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
+    try:
+        node = OmegaConf.select(compose_config(*choices), parent) if parent else None
+    except Exception:
+        return set()
+    return set(node.get("_valid_") or {}) - set(node.keys()) if isinstance(node, DictConfig) else set()
+
+
+def _choices_setting(group: str, inner: str, name: str) -> list[str]:
+    """The built-in choices of `group` whose conf file sets `name` (under `inner`, a dotted path inside it)."""
+    found = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        try:
+            node = OmegaConf.select(OmegaConf.load(path), inner) if inner else OmegaConf.load(path)
+        except Exception:
+            continue
+        if isinstance(node, DictConfig) and name in node:
+            found.append(path.stem)
+    return found
 
 
 def _valid_keys(parent: str, job: list[str]) -> list[str]:
