@@ -211,6 +211,25 @@ def check_config(cfg: DictConfig, top_level: TopLevel | None = None) -> None:
                     check_target_node(f"{key}.{name}", child)
 
 
+def unchecked_parameters(cfg: DictConfig) -> list[str]:
+    """The parameters of nodes naming a callable that declare no range under `_valid_` (a conf file of the user's,
+    under -cd DIR): only their names are checked (against the callable's signature), never their values."""
+    found = []
+
+    def walk(key: str, node: DictConfig) -> None:
+        specs = node.get(SPEC_KEY) or {}
+        callable_node = "_target_" in node and not dataclasses.is_dataclass(OmegaConf.get_type(node))
+        for name in (str(k) for k in node if not str(k).startswith("_")):
+            child = node._get_node(name)  # not its value: a missing one (???) is checked elsewhere
+            if isinstance(child, DictConfig):
+                walk(f"{key}.{name}" if key else name, child)
+            elif callable_node and name not in specs:
+                found.append(f"{key}.{name}")
+
+    walk("", cfg)
+    return found
+
+
 def _check_top_level(cfg: DictConfig, top_level: TopLevel) -> None:
     keys = {str(k) for k in cfg}
     valid = ", ".join(sorted(top_level.allowed))

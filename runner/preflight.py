@@ -23,8 +23,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from runner import relaunch
-from runner.checks import TopLevel, describe
+from runner.checks import TopLevel, describe, unchecked_parameters
 from runner.config import CONF_DIR, compose_config, validate
+from runner.console import Console
 from runner.distributed import launched_processes, process_index_from_env, shared_run_dir
 from runner.errors import UserError, first_line
 from runner.resumed import check_same_job, override_key, resumed_overrides
@@ -127,10 +128,12 @@ def preflight(argv: list[str]) -> Invocation:
     hydra_overrides = [o for o in overrides if _is_hydra(o)]
     # A job's dir is named by its overrides only where the user changed how: then each job's is checked.
     per_job_hydra = multirun and any(override_key(o).startswith("hydra.sweep.subdir") for o in overrides)
+    unchecked: dict[str, None] = {}
     for job in expand_sweep(overrides):
         cfg = composer(job)
         check_interpolations(cfg, job)
         validate(cfg, composer.top_level)
+        unchecked.update(dict.fromkeys(unchecked_parameters(cfg)))
         check_paths_inside(composer.hydra(job + hydra_overrides) if per_job_hydra else hydra_cfg, out_dir, multirun)
         if cfg.dataset.check is not None:  # e.g. a local file: read now, before anything is written
             from runner.data import check_dataset  # only now: imports the check's module, no more
@@ -138,6 +141,9 @@ def preflight(argv: list[str]) -> Invocation:
             check_dataset(cfg.dataset)
         if resume and multirun:
             _check_same_job(job, overrides, out_dir, cfg, composer)
+    for key in unchecked:
+        Console().warn(f"warning: {key} has no declared range (`_valid_` in its conf file), so its value is not "
+                       "checked; declare one, e.g. _valid_: {" + key.rsplit(".", 1)[1] + ": '> 0'}")
     if processes > 1 and process_index_from_env() != 0:  # process 0 claims, locks and writes .hydra/
         return Invocation(flags + overrides + ["hydra.output_subdir=null"], False, None)
     claim = RunDirClaim(out_dir, dir_key)

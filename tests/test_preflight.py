@@ -30,3 +30,26 @@ def test_a_key_the_choice_lacks_is_answered_with_what_to_type(args, line, tmp_pa
 def test_the_suggested_plus_form_is_accepted(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     preflight(["optimizer=sgd", "+optimizer.momentum=0.9", f"hydra.run.dir={tmp_path / 'run'}"])
+
+
+def test_a_conf_file_of_ones_own_without_declared_ranges_gets_one_warning_per_parameter(tmp_path, monkeypatch,
+                                                                                          capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "optimizer").mkdir(parents=True)
+    (tmp_path / "mine" / "optimizer" / "lion.yaml").write_text("_target_: optax.lion\nlearning_rate: 0.001\n"
+                                                               "b1: 0.9\n_valid_: {b1: '[0, 1)'}\n")
+    preflight(["-cd", "mine", "-m", "optimizer=lion", "trainer.seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"])
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: optimizer.learning_rate has no declared range")
+
+
+def test_every_built_in_choice_declares_every_parameters_range():
+    from runner.checks import unchecked_parameters
+    from runner.config import CONF_DIR
+    from tests.conftest import compose_config
+
+    for group in ("optimizer", "activation", "initializer", "schedule", "clip", "normalization", "model",
+                  "dataset", "pretraining", "stages", "logger", "regularizer"):
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            choice = f"{group}=[{path.stem}]" if group in ("logger", "regularizer") else f"{group}={path.stem}"
+            assert unchecked_parameters(compose_config(choice)) == [], choice
