@@ -167,9 +167,11 @@ def _check_reachable(name: str, builder: tfds.core.DatasetBuilder) -> None:
 
 
 def _offline(name: str, builder: tfds.core.DatasetBuilder) -> UserError:
-    how = f"python -m runner {_CHOICE.get(name, f'dataset=tfds dataset.name={name}')} dataset.data_dir=DIR"
+    choice = _CHOICE.get(name, f"dataset=tfds dataset.name={name}")
+    how = f"python -m runner {choice} dataset.data_dir=DIR"
+    shown = choice.split("=", 1)[1] if name in _CHOICE else name  # what the user typed, not our builder's name
     return UserError(
-        f"tfds dataset {name} is not prepared in {builder.data_dir_root} and could not be downloaded: it needs network "
+        f"{choice}: {shown} is not prepared in {builder.data_dir_root} and could not be downloaded: it needs network "
         f"once to download (or prepare it where there is network with `{how} trainer.epochs=1`, copy DIR here and "
         f"set dataset.data_dir to the copy), {_OFFLINE}"
     )

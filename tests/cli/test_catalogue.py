@@ -53,7 +53,7 @@ def test_a_catalogue_dataset_offline_fails_fast_in_one_line_and_writes_nothing(c
     result = cli("dataset=mnist", f"dataset.data_dir={data_dir}", "trainer.epochs=1", timeout=120)
     seconds = time.perf_counter() - before
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: tfds dataset mnist_np is not prepared in") and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: dataset=mnist: mnist is not prepared in") and "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1 and "dataset.data_dir" in result.stderr
     assert not (cli.cwd / "outputs").exists() or cli.run_dirs() == []
     # A behaviour, not a speed: the backoff alone would take over 200 s; starting Python and JAX takes a few.

@@ -71,8 +71,9 @@ def test_an_offline_download_is_a_user_error_and_leaves_nothing_half_written(
         load_splits(dataset(*choice.split(), f"dataset.data_dir={tmp_path}"), seed=0)
     how = {"mnist_np": "dataset=mnist", "fashion_mnist_np": "dataset=fashion_mnist",
            "cifar10_np": "dataset=cifar10"}.get(builder, f"dataset=tfds dataset.name={builder}")
+    typed = how.split("=", 1)[1] if builder.endswith("_np") else builder  # the user's word, not our builder's
     assert str(raised.value) == (
-        f"tfds dataset {builder} is not prepared in {tmp_path} and could not be downloaded: it needs network once to "
+        f"{how}: {typed} is not prepared in {tmp_path} and could not be downloaded: it needs network once to "
         f"download (or prepare it where there is network with `python -m runner {how} dataset.data_dir=DIR "
         "trainer.epochs=1`, copy DIR here and set dataset.data_dir to the copy), or use a dataset that needs no "
         "network, e.g. dataset=digits (python -m runner --help lists them)"
