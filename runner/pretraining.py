@@ -121,8 +121,8 @@ def supervised(context: Context, classes: list[int], epochs: int = 10) -> Source
         raise UserError(f"pretraining.classes: {list(classes)} shares class {shared[0]} with dataset.classes "
                         f"{task_b}; valid: classes of the dataset that the run's task does not have")
     # Task A: its classes with every training label; no validation split (its test examples stay untouched).
-    dataset = OmegaConf.merge(cfg.dataset, {"classes": list(classes), "val_fraction": 0.0, "train_subset": None,
-                                            "labeled_examples": None})
+    dataset = OmegaConf.merge(cfg.dataset, {"classes": list(classes), "val_fraction": 0.0, "validation": "random",
+                                            "train_subset": None, "labeled_examples": None})
     try:
         splits = load_splits(dataset, seed=cfg.trainer.seed)
     except UserError as error:  # keep_classes names the run's own key; here the classes are pretraining's

@@ -7,7 +7,6 @@ Tensor features. Files are fetched with `dl_manager.download`, not `download_and
 TensorFlow too, so gzip and tarfile read the archives. Examples keep tfds' keys (the index in file order).
 """
 
-import gzip
 import tarfile
 import urllib.parse
 
@@ -15,6 +14,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.image_classification import cifar, mnist
+
+from runner.data.idx import read_idx  # the one reader of IDX files, local or downloaded
 
 # tfds' cifar10 builds its source description (url, archive prefix, batch file names) in a property that reads only
 # `name`; called on the class, it gives cifar10's.
@@ -27,23 +28,6 @@ _MNIST_FILES = {
     "test_images": mnist._MNIST_TEST_DATA_FILENAME,
     "test_labels": mnist._MNIST_TEST_LABELS_FILENAME,
 }
-
-
-def read_idx(path: epath.PathLike, ndim: int) -> np.ndarray:
-    """The `ndim`-axis uint8 array in a gzipped IDX file, the format of MNIST's files."""
-    with epath.Path(path).open("rb") as raw, gzip.open(raw) as file:
-        data = file.read()
-    # http://yann.lecun.com/exdb/mnist/: the magic number is two zero bytes, the type (0x08: unsigned byte) and the
-    # number of axes; then each axis' size as a big-endian int32, then the values.
-    expected = 0x0800 + ndim
-    magic = int.from_bytes(data[:4], "big")
-    if magic != expected:
-        raise ValueError(f"{path} has IDX magic number {magic:#010x}; valid: {expected:#010x} ({ndim}-axis uint8)")
-    shape = tuple(int(size) for size in np.frombuffer(data, ">i4", count=ndim, offset=4))
-    values = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if values.size != np.prod(shape):
-        raise ValueError(f"{path} holds {values.size} values; its header declares shape {shape}")
-    return values.reshape(shape)
 
 
 def read_cifar_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +83,8 @@ class MnistNp(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         paths = dl_manager.download(self.download_urls)
         return {
-            split: self._generate_examples(read_idx(paths[f"{split}_images"], 3), read_idx(paths[f"{split}_labels"], 1))
+            split: self._generate_examples(read_idx(str(paths[f"{split}_images"]), 3),
+                                           read_idx(str(paths[f"{split}_labels"]), 1))
             for split in ("train", "test")
         }
 

@@ -30,7 +30,8 @@ def load_splits(dataset: DictConfig, *, seed: int, scaling: Scaling | None = Non
 
     Args:
       dataset: the config's `dataset` node (runner/config.py, DatasetConfig): `source` reads the data from
-        `data_dir`; `val_fraction`, `train_subset` and `labeled_examples` shape the splits; `name` names them.
+        `data_dir`; `validation`, `val_fraction`, `val_size`, `train_subset` and `labeled_examples` shape the
+        splits, `scaling` scales them; `name` names them.
       seed: seeds the permutation that picks the validation examples.
       scaling: input statistics to scale by (a reused net's); None: the training split's.
 
@@ -46,7 +47,8 @@ def load_splits(dataset: DictConfig, *, seed: int, scaling: Scaling | None = Non
         data = resize_images(data, list(dataset.resize), dataset.name)
     return split_and_scale(data, name=dataset.name, val_fraction=dataset.val_fraction, seed=seed,
                            train_subset=dataset.train_subset, scaling=scaling,
-                           labeled_examples=dataset.labeled_examples)
+                           labeled_examples=dataset.labeled_examples, validation=dataset.validation,
+                           val_size=dataset.val_size, input_scaling=dataset.scaling)
 
 
 def check_dataset(dataset: DictConfig) -> None:

@@ -60,18 +60,26 @@ class Scaling(NamedTuple):
 
 def split_and_scale(
     data: TrainTest, *, name: str, val_fraction: float, seed: int, train_subset: int | None = None,
-    scaling: Scaling | None = None, labeled_examples: int | None = None,
+    scaling: Scaling | None = None, labeled_examples: int | None = None, validation: str = "random",
+    val_size: int = 5000, input_scaling: str = "standardize",
 ) -> Splits:
-    """Carves validation from train (seeded), keeps `train_subset` examples, and scales all by train statistics.
+    """Carves validation from train, keeps `train_subset` examples, and scales all by train statistics.
 
     Args:
       data: the dataset's train and test arrays.
       name: the dataset's name, carried into the result.
-      val_fraction: share of train moved to validation, in [0, 1); any share > 0 moves at least one example.
-      seed: seeds the permutation that picks validation examples and orders the rest.
-      train_subset: if set, keep only the first `train_subset` of the permuted remaining train examples.
+      val_fraction: share of train moved to validation by `validation="random"`, in [0, 1); any share > 0 moves
+        at least one example.
+      seed: seeds the permutation that picks validation examples and orders the rest (`validation="random"`).
+      train_subset: if set, keep only the first `train_subset` of the remaining train examples.
       scaling: the statistics to scale by (a reused net's, so its layers see inputs as they were trained);
-        None: those of the final training split.
+        None: as `input_scaling` says.
+      validation: "random": `val_fraction` of train, drawn by the seeded permutation, which also orders the rest;
+        "tail": the last `val_size` train examples, the rest in their order (Geron's split of Fashion-MNIST,
+        Hands-On Machine Learning, ch. 10: X_train_full[:-5000], X_train_full[-5000:]).
+      val_size: how many examples `validation="tail"` moves to validation.
+      input_scaling: "standardize": per channel by the mean and std of the final training split; "unit": pixel
+        values / 255, to [0, 1] (the same chapter's scaling of 8-bit images).
       labeled_examples: if set, only the first `labeled_examples` of the training split keep their labels; the
         inputs of the rest become `x_unlabeled` (and count in the training statistics: they are training inputs).
 
@@ -79,9 +87,13 @@ def split_and_scale(
       The splits, inputs scaled per channel, by default to zero mean and unit std over the final training split.
     """
     num_train = len(data.y_train)
-    num_val = _num_val(val_fraction, num_train)
-    order = np.random.default_rng(seed).permutation(num_train)
-    val, train = order[:num_val], order[num_val:]
+    if validation == "tail":
+        num_val = _num_tail(val_size, num_train, name)
+        val, train = np.arange(num_train - num_val, num_train), np.arange(num_train - num_val)
+    else:
+        num_val = _num_val(val_fraction, num_train)
+        order = np.random.default_rng(seed).permutation(num_train)
+        val, train = order[:num_val], order[num_val:]
     if train_subset is not None:
         if not 1 <= train_subset <= len(train):
             raise UserError(
@@ -96,7 +108,10 @@ def split_and_scale(
         )
 
     x_train = data.x_train[train].astype(np.float32)
-    if scaling is None:
+    if scaling is None and input_scaling == "unit":
+        channels = x_train.shape[-1]
+        mean, std = np.zeros(channels, np.float32), np.full(channels, 255.0, np.float32)  # (x - 0) / 255
+    elif scaling is None:
         statistics_axes = tuple(range(x_train.ndim - 1))  # every axis but the channel's
         # Statistics accumulate in float64; the scaling itself stays float32 to keep memory at one copy per split.
         mean = x_train.mean(axis=statistics_axes, dtype=np.float64).astype(np.float32)
@@ -154,6 +169,14 @@ def resize_images(data: TrainTest, size: list[int], name: str) -> TrainTest:
         return np.asarray(jax.image.resize(x.astype(np.float32), shape, "bilinear", antialias=True))
 
     return data._replace(x_train=resize(data.x_train), x_test=resize(data.x_test))
+
+
+def _num_tail(val_size: int, num_train: int, name: str) -> int:
+    """How many train examples `validation="tail"` moves to validation: all of `val_size`, leaving at least one."""
+    if not 0 <= val_size < num_train:
+        raise UserError(f"dataset.val_size={val_size} is out of range; valid: 0..{num_train - 1} with "
+                        f"dataset.validation=tail (the {name} train examples are {num_train})")
+    return val_size
 
 
 def _num_val(val_fraction: float, num_train: int) -> int:

@@ -21,7 +21,7 @@ from tensorflow_datasets.image_classification import cifar, mnist
 from runner.data import load_splits
 from runner.data.catalogue import load_tfds
 from runner.data import catalogue
-from runner.data.catalogue_builders import read_cifar_batch, read_idx
+from runner.data.catalogue_builders import read_cifar_batch
 
 # The names in the real archive's batches.meta.txt, one a line: tfds' cifar10 takes its label names from it.
 _CIFAR10_META = b"airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n"
@@ -116,29 +116,7 @@ def _mnist_files(url: str, num_train: int = 5, num_test: int = 3) -> tuple[dict[
     return files, arrays
 
 
-def test_read_idx_returns_the_values_after_the_magic_number_and_sizes(tmp_path):
-    images, labels = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4), np.array([7, 1], np.uint8)
-    (tmp_path / "images.gz").write_bytes(_idx_gz(images))
-    (tmp_path / "labels.gz").write_bytes(_idx_gz(labels))
-    np.testing.assert_array_equal(read_idx(tmp_path / "images.gz", 3), images)
-    np.testing.assert_array_equal(read_idx(tmp_path / "labels.gz", 1), labels)
-    assert read_idx(tmp_path / "images.gz", 3).dtype == np.uint8
-
-
-def test_read_idx_rejects_a_wrong_magic_number(tmp_path):
-    (tmp_path / "labels.gz").write_bytes(_idx_gz(np.zeros(4, np.uint8)))  # magic 0x00000801: labels, not images
-    with pytest.raises(ValueError, match=r"labels.gz has IDX magic number 0x00000801; valid: 0x00000803"):
-        read_idx(tmp_path / "labels.gz", 3)
-    float_header = bytes([0, 0, 0x0D, 1]) + (4).to_bytes(4, "big")  # type 0x0D: float32 values
-    (tmp_path / "floats.gz").write_bytes(gzip.compress(float_header + np.zeros(4, np.float32).tobytes()))
-    with pytest.raises(ValueError, match=r"magic number 0x00000d01; valid: 0x00000801"):
-        read_idx(tmp_path / "floats.gz", 1)
-
-
-def test_read_idx_rejects_a_file_shorter_than_its_header_declares(tmp_path):
-    (tmp_path / "images.gz").write_bytes(gzip.compress(gzip.decompress(_idx_gz(np.zeros((2, 3, 4), np.uint8)))[:-1]))
-    with pytest.raises(ValueError, match=r"holds 23 values; its header declares shape \(2, 3, 4\)"):
-        read_idx(tmp_path / "images.gz", 3)
+# The IDX reader itself is runner/data/idx.py's, tested in tests/data/test_idx.py.
 
 
 def test_read_cifar_batch_gives_each_record_its_label_and_red_green_blue_planes_as_channels():
