@@ -12,7 +12,6 @@ runs again.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import sys
@@ -31,6 +30,7 @@ from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line
 from runner.interrupts import Interrupted
 from runner.outputs import write_json
+from runner.records import read_summary
 from runner.preflight import Invocation, preflight
 from runner.process import exit_promptly, prepare_training_process
 from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver, track, written_names
@@ -123,7 +123,7 @@ def check_job(cfg: DictConfig) -> None:
     for override in task:
         check_override(override)
     check_interpolations(cfg, task)
-    validate(cfg)
+    validate(cfg, sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 def _take_back() -> None:
@@ -170,10 +170,8 @@ def _record_failure(run_dir: Path, reason: str, console: Console) -> None:
     on a disk that takes no more, a warning instead."""
     summary_path = run_dir / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    except (OSError, ValueError):
-        summary = {}
-    if not isinstance(summary, dict):
+        summary = read_summary(summary_path) if summary_path.exists() else {}
+    except UserError:  # a torn or hand-edited one: the failure is what it says now
         summary = {}
     summary.update(status="failed", reason=reason, written=written_names(run_dir))
     try:
@@ -188,9 +186,9 @@ def failed_jobs(sweep_dir: Path) -> list[Path]:
     failed = []
     for summary in sorted(sweep_dir.rglob("summary.json")):
         try:
-            if json.loads(summary.read_text()).get("status") == "failed":
+            if read_summary(summary).get("status") == "failed":
                 failed.append(summary.parent)
-        except ValueError:
+        except UserError:
             continue
     return failed
 

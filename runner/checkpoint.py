@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization, traverse_util

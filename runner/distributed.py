@@ -16,17 +16,25 @@ process's devices, every process runs the same steps, and only process 0 writes 
 checkpoints, which orbax saves collectively (every process calls save).
 
 Nothing here imports jax at module level: preflight reads `process_index_from_env` before JAX starts.
+
+A process other than 0 first waits, in Python, for process 0's coordinator to listen (`wait_for_coordinator`):
+JAX's own client retries for `initialization_timeout` (300 s) and then aborts the process with a C++ stack dump,
+so an address nothing listens on would cost five minutes and end in one. Processes of one run start together;
+process 0 must listen within RUNNER_COORDINATOR_WAIT_S seconds (10) of this process's start, or the run ends
+with one line naming the address.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import time
 from typing import Any, Mapping
 
 import numpy as np
 
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 
 AXIS = "data"  # the one mesh axis: the batch is split along it
 # A launch by hand, or by a launcher other than srun: every process gets JAX_COORDINATOR_ADDRESS (process 0's
@@ -36,6 +44,9 @@ NUM_PROCESSES, PROCESS_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 # srun sets the SLURM_STEP_* variables for the tasks of a job step; the batch script itself also has SLURM_NTASKS
 # and SLURM_PROCID=0, but is one process, and must not wait for others.
 SLURM_TASKS, SLURM_TASK = "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"
+COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+WAIT, DEFAULT_WAIT_S = "RUNNER_COORDINATOR_WAIT_S", 10.0  # how long after its start a process waits for process 0
+_STARTED = time.monotonic()  # this module loads as the process starts (preflight imports it before anything else)
 
 
 def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
@@ -52,6 +63,7 @@ def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
         if not index.isdigit() or int(index) >= int(count):
             raise UserError(f"{PROCESS_ID}={index}: must be an integer in [0, {int(count) - 1}] "
                             f"({NUM_PROCESSES}={count})")
+        coordinator_address(environ)
         return int(count)
     return int(environ.get(SLURM_TASKS, 1))
 
@@ -79,10 +91,74 @@ def initialize_processes(environ: Mapping[str, str] = os.environ) -> None:
 
     if launched_processes(environ) == 1 or jax.distributed.is_initialized():
         return
-    if NUM_PROCESSES in environ:
-        jax.distributed.initialize(num_processes=int(environ[NUM_PROCESSES]), process_id=int(environ[PROCESS_ID]))
-    else:  # srun: jax reads the count, the index and process 0's node (the step's first) from SLURM's variables
+    if NUM_PROCESSES not in environ:  # srun: jax reads the count, the index and process 0's node from SLURM's variables
         jax.distributed.initialize()
+        return
+    index = int(environ[PROCESS_ID])
+    if index == 0:
+        check_coordinator_port(environ)
+    else:
+        wait_for_coordinator(environ)
+    try:
+        jax.distributed.initialize(coordinator_address=environ[COORDINATOR], num_processes=int(environ[NUM_PROCESSES]),
+                                   process_id=index)
+    except RuntimeError as e:  # JaxRuntimeError: e.g. the coordinator's port was taken between the check and now
+        raise UserError(f"{COORDINATOR}={environ[COORDINATOR]}: cannot start or join the run's processes "
+                        f"({first_line(e)}); valid: process 0's host and a free port") from None
+
+
+def coordinator_address(environ: Mapping[str, str] = os.environ) -> tuple[str, int]:
+    """(host, port) of JAX_COORDINATOR_ADDRESS (`host:port`, `[::1]:port` for an IPv6 address)."""
+    address = environ[COORDINATOR]
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{COORDINATOR}={address}: must be host:port, process 0's host and a port in 1..65535 "
+                        "(e.g. node0:12345)")
+    return host, int(port)
+
+
+def wait_for_coordinator(environ: Mapping[str, str] = os.environ) -> None:
+    """Return once process 0's coordinator accepts a connection; UserError when nothing does at JAX_COORDINATOR_ADDRESS
+    within RUNNER_COORDINATOR_WAIT_S seconds (10) of this process's start (at least 2 s of trying)."""
+    host, port = coordinator_address(environ)
+    try:
+        wait = float(environ.get(WAIT, DEFAULT_WAIT_S))
+    except ValueError:
+        raise UserError(f"{WAIT}={environ[WAIT]}: must be a number of seconds") from None
+    deadline = max(_STARTED + wait, time.monotonic() + min(wait, 2.0))
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+                return
+        except socket.gaierror as e:  # a name no resolver knows: waiting will not change that
+            raise UserError(f"{COORDINATOR}={environ[COORDINATOR]}: unknown host {host} ({e.strerror}); valid: the "
+                            "host:port of process 0") from None
+        except OSError as e:
+            reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
+        if time.monotonic() >= deadline:
+            raise UserError(f"{COORDINATOR}={environ[COORDINATOR]}: no coordinator there ({reason}) {wait:g} s after "
+                            f"this process started; valid: the host:port process 0 ({PROCESS_ID}=0) listens on, with "
+                            f"process 0 started at the same time ({WAIT}=N to wait longer)")
+        time.sleep(0.2)
+
+
+def check_coordinator_port(environ: Mapping[str, str] = os.environ) -> None:
+    """UserError unless process 0 can listen on JAX_COORDINATOR_ADDRESS's port (JAX listens on every interface)."""
+    _, port = coordinator_address(environ)
+    for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+        try:
+            probe = socket.socket(family)
+        except OSError:  # no IPv6 on this host
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a closed run's port is free
+            try:
+                probe.bind((anywhere, port))
+            except OSError as e:
+                raise UserError(f"{COORDINATOR}={environ[COORDINATOR]}: process 0 cannot listen on port {port} "
+                                f"({(e.strerror or type(e).__name__).lower()}); valid: a free port") from None
+        return
 
 
 def is_writer() -> bool:

@@ -40,10 +40,11 @@ from runner.checks import strip_specs
 from runner.diagnostics import layer_names, to_records
 from runner.errors import UserError, first_line
 from runner.handlers import EpochEnd, MetricsWriter
-from runner.outputs import finite_or_none, read_jsonl, write_atomic
+from runner.launchers import environ
+from runner.outputs import finite_or_none, write_atomic
+from runner.records import METRICS_FILE, SUMMARY_FILE, leave_out, read_metrics, read_summary
 from runner.rundir import note_created
 
-METRICS_FILE = "metrics.jsonl"
 INSTALL = "pip install -e '.[tracking]'"  # the extra that holds every tool's package (pyproject.toml)
 # Summary numbers that rank runs: TensorBoard's HParams view and MLflow's run table show them beside the config.
 FINAL_METRICS = ("best_val_accuracy", "test_accuracy", "test_loss")
@@ -90,6 +91,11 @@ def flat_params(cfg: DictConfig) -> dict[str, bool | int | float | str]:
     return flat
 
 
+def _history(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl so far (a resumed run has cut it back to its checkpoint; a torn line is left out)."""
+    return read_metrics(run_dir / METRICS_FILE, on_bad_line=leave_out)
+
+
 def numbers(record: dict) -> dict[str, int | float]:
     """The record's finite numbers (metrics.jsonl writes a non-finite one as null; the tools skip it too)."""
     return {k: v for k, v in record.items()
@@ -128,7 +134,7 @@ class CsvLogger:
 
     def __init__(self, run: RunStart):
         self.path = run.run_dir / "metrics.csv"
-        self.rows = [numbers(r) for r in read_jsonl(run.run_dir / METRICS_FILE)]
+        self.rows = [numbers(r) for r in _history(run.run_dir)]
         self.columns = list(dict.fromkeys(k for row in self.rows for k in row))
         if self.rows or self.path.exists():
             self._rewrite()
@@ -199,7 +205,7 @@ class TensorBoardLogger:
                                           session_log=event.SessionLog(status=event.SessionLog.START)))
         if not continued:
             self._add(self.pb["hparams"].hparams_pb(run.params), 0)
-            for record in read_jsonl(run.run_dir / METRICS_FILE) if run.resumed else ():
+            for record in _history(run.run_dir) if run.resumed else ():
                 self._scalars(record)  # a logger added on resume starts with the history so far
         self.writer.flush()
 
@@ -240,6 +246,24 @@ class TensorBoardLogger:
         self.writer.add_event(self.pb["event"].Event(wall_time=time.time(), step=int(step), summary=summary))
 
 
+# MLflow's HTTP settings for a run's first requests to a tracking server (its defaults: 7 retries with growing
+# backoff, 120 s a request, minutes before a server that is down is reported); the run's later requests keep them.
+MLFLOW_FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+
+
+def _unreachable(error: Exception, settings: dict[str, str]) -> str:
+    """Why a tracking server could not be reached, in a few words; else the error's first line."""
+    text = str(error)
+    valid = "; valid: the URI of a running MLflow server, or a local store (sqlite:///outputs/mlflow.db)"
+    if "Connection refused" in text:
+        return "connection refused: no server listens there" + valid
+    if "timed out" in text or "timeout" in text.lower():
+        return f"no answer within MLFLOW_HTTP_REQUEST_TIMEOUT={settings['MLFLOW_HTTP_REQUEST_TIMEOUT']} s" + valid
+    if "Name or service not known" in text or "Failed to resolve" in text or "nodename nor servname" in text:
+        return "unknown host" + valid
+    return first_line(error)
+
+
 # MLflow run statuses by summary.json status.
 _MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED",
                   "diverged": "FAILED", "failed": "FAILED"}
@@ -270,13 +294,18 @@ class MlflowLogger:
                 artifact_location = str(Path(database).parent / "mlruns")
         if artifact_location is not None and "://" not in artifact_location:
             artifact_location = Path(artifact_location).resolve().as_uri()  # found from any working dir
+        # The first requests bound: a server that is down or silent is one line within seconds, not MLflow's
+        # minutes of retries. A setting of the user's environment stands.
+        first_contact = {k: os.environ.get(k, v) for k, v in MLFLOW_FIRST_CONTACT.items()}
         try:
-            with store_lock(database):
-                self.client = tracking.MlflowClient(tracking_uri=tracking_uri)
-                experiment_id = self._experiment(experiment, artifact_location)
-            self.run_id = self._start(experiment_id, run, run_name)
+            with environ(first_contact):
+                with store_lock(database):
+                    self.client = tracking.MlflowClient(tracking_uri=tracking_uri)
+                    experiment_id = self._experiment(experiment, artifact_location)
+                self.run_id = self._start(experiment_id, run, run_name)
         except (OSError, ImportError, self.errors) as e:  # an unknown scheme, an unreachable server, a bad file
-            raise UserError(f"{self.key}.tracking_uri: cannot record to {tracking_uri}: {first_line(e)}") from None
+            raise UserError(f"{self.key}.tracking_uri: cannot record to {tracking_uri}: "
+                            f"{_unreachable(e, first_contact)}") from None
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -305,7 +334,7 @@ class MlflowLogger:
         created = self.client.create_run(experiment_id, run_name=run_name or str(run.run_dir),
                                          tags={RUN_DIR_TAG: run_dir})
         self._params(created.info.run_id, run.params, {})
-        for record in read_jsonl(run.run_dir / METRICS_FILE) if run.resumed else ():
+        for record in _history(run.run_dir) if run.resumed else ():
             self._metrics(created.info.run_id, record)  # a logger added on resume starts with the history so far
         return created.info.run_id
 
@@ -362,12 +391,16 @@ def store_lock(database: str | None) -> Iterator[None]:
 _OPEN: dict[Path, list[Logger]] = {}  # the loggers of each run dir this process started and has not closed
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, first_epoch: int = 1, step: int = 0) -> list[Logger]:
+def build_loggers(cfg: DictConfig, run_dir: Path, first_epoch: int = 1, step: int = 0,
+                  alongside: bool = False) -> list[Logger]:
     """The loggers the `logger` group chose (jsonl always among them, first), started for this run.
 
     `first_epoch` and `step`: where a resumed run continues (its first epoch, the train steps before it).
+    `alongside`: the run trains beside others of this process that are still open (the members of a
+    trainer.replicas run, runner/replicas.py), so theirs are not closed as left over.
     """
-    _close_left_open()  # runs of this process that never reached close_loggers: they failed
+    if not alongside:
+        _close_left_open()  # runs of this process that never reached close_loggers: they failed
     run = RunStart(Path(run_dir), flat_params(cfg), first_epoch, step)
     loggers: list[Logger] = []
     try:
@@ -404,8 +437,8 @@ def _close_each(loggers: list[Logger], summary: dict) -> None:
 def saved_summary(run_dir: Path) -> dict:
     """The run's summary.json (a failed run's says why), or a failed status when it has none."""
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
+        return read_summary(Path(run_dir) / SUMMARY_FILE)
+    except UserError:
         return {"status": "failed"}
 
 

@@ -60,7 +60,6 @@ import dataclasses
 import io
 import json
 import math
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence

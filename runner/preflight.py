@@ -26,10 +26,11 @@ from runner import relaunch
 from runner.checks import TopLevel, describe, unchecked_parameters
 from runner.config import CONF_DIR, compose_config, validate
 from runner.console import Console
-from runner.distributed import launched_processes, process_index_from_env, shared_run_dir
+from runner.distributed import launched_processes, process_index_from_env, shared_run_dir, wait_for_coordinator
 from runner.errors import UserError, first_line
 from runner.resumed import check_same_job, override_key, resumed_overrides
 from runner.rundir import RUN_OUTPUTS, RunDirClaim, has_checkpoint, holds_run, register_job_dir_resolver
+from runner.search import check_search
 from runner.safety import check_flags, check_interpolations, check_override, check_paths_inside
 
 FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg",
@@ -101,30 +102,54 @@ def preflight(argv: list[str]) -> Invocation:
     multirun = any(a in ("-m", "--multirun") for a in flags)
     processes = launched_processes()  # srun's tasks, or JAX_NUM_PROCESSES by hand (no jax import)
     if processes > 1:
-        if multirun:
-            raise UserError("-m: a sweep cannot run across several processes; valid: one run per srun step")
-        if not any(override_key(o) == "hydra.run.dir" for o in overrides):
-            shared = shared_run_dir()
-            if shared is None:
-                raise UserError("hydra.run.dir: the processes of one run need one run dir; "
-                                "valid: hydra.run.dir=<the same path in every process>")
-            overrides = overrides + [f"hydra.run.dir={shared}"]
+        overrides = _one_dir_for_all_processes(overrides, multirun)
     check_flags(flags)
-    for override in overrides:
-        check_override(override)
     composer = Composer(_flag(flags, "-cn", "--config-name") or "config", _flag(flags, "-cd", "--config-dir"))
-    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    hydra_cfg = composer.hydra(overrides)
-    check_interpolations(hydra_cfg, overrides, hydra=True)
-    check_interpolations(hydra_cfg, expand_sweep(overrides)[0])
-    for override in overrides:
-        check_override(override, hydra_cfg)  # now that the callbacks the conf files declare are known
+    hydra_cfg = _checked_command_line(overrides, composer)
     resume = OmegaConf.select(hydra_cfg, "trainer.resume") is True
     if resume and not multirun:
         overrides = _resumed(overrides, composer)
     if resume and multirun:
         _check_sweep_given(overrides)
+    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     out_dir, overrides = _pin_dir(dir_key, hydra_cfg, overrides)
+    if multirun:
+        check_search(hydra_cfg, overrides)
+    cfg = _check_jobs(overrides, composer, hydra_cfg, out_dir, multirun, resume)
+    if processes > 1 and process_index_from_env() != 0:  # process 0 claims, locks and writes .hydra/
+        wait_for_coordinator()  # before Hydra makes anything: an unreachable one is one line, not a stack dump
+        return Invocation(flags + overrides + ["hydra.output_subdir=null"], False, None)
+    return _claim(flags + overrides, out_dir, dir_key, multirun, cfg)
+
+
+def _one_dir_for_all_processes(overrides: list[str], multirun: bool) -> list[str]:
+    """The processes of one run (srun's tasks) share its run dir: the one given, or the one srun's job names."""
+    if multirun:
+        raise UserError("-m: a sweep cannot run across several processes; valid: one run per srun step")
+    if any(override_key(o) == "hydra.run.dir" for o in overrides):
+        return overrides
+    shared = shared_run_dir()
+    if shared is None:
+        raise UserError("hydra.run.dir: the processes of one run need one run dir; "
+                        "valid: hydra.run.dir=<the same path in every process>")
+    return overrides + [f"hydra.run.dir={shared}"]
+
+
+def _checked_command_line(overrides: list[str], composer: "Composer") -> DictConfig:
+    """The first job's config with Hydra's node, once each override is known to be data (runner/safety.py)."""
+    for override in overrides:
+        check_override(override)
+    hydra_cfg = composer.hydra(overrides)
+    check_interpolations(hydra_cfg, overrides, hydra=True)
+    check_interpolations(hydra_cfg, expand_sweep(overrides)[0])
+    for override in overrides:
+        check_override(override, hydra_cfg)  # now that the callbacks the conf files declare are known
+    return hydra_cfg
+
+
+def _check_jobs(overrides: list[str], composer: "Composer", hydra_cfg: DictConfig, out_dir: Path, multirun: bool,
+                resume: bool) -> DictConfig:
+    """Compose and check every job of the sweep (or the one run); returns the last job's config."""
     hydra_overrides = [o for o in overrides if _is_hydra(o)]
     # A job's dir is named by its overrides only where the user changed how: then each job's is checked.
     per_job_hydra = multirun and any(override_key(o).startswith("hydra.sweep.subdir") for o in overrides)
@@ -132,7 +157,7 @@ def preflight(argv: list[str]) -> Invocation:
     for job in expand_sweep(overrides):
         cfg = composer(job)
         check_interpolations(cfg, job)
-        validate(cfg, composer.top_level)
+        validate(cfg, composer.top_level, sweep=multirun)
         unchecked.update(dict.fromkeys(unchecked_parameters(cfg)))
         check_paths_inside(composer.hydra(job + hydra_overrides) if per_job_hydra else hydra_cfg, out_dir, multirun)
         if cfg.dataset.check is not None:  # e.g. a local file: read now, before anything is written
@@ -144,14 +169,18 @@ def preflight(argv: list[str]) -> Invocation:
     for key in unchecked:
         Console().warn(f"warning: {key} has no declared range (`_valid_` in its conf file), so its value is not "
                        "checked; declare one, e.g. _valid_: {" + key.rsplit(".", 1)[1] + ": '> 0'}")
-    if processes > 1 and process_index_from_env() != 0:  # process 0 claims, locks and writes .hydra/
-        return Invocation(flags + overrides + ["hydra.output_subdir=null"], False, None)
+    return cfg
+
+
+def _claim(argv: list[str], out_dir: Path, dir_key: str, multirun: bool, cfg: DictConfig) -> Invocation:
+    """The claim on the output dir, once what it holds agrees with what the command line asks of it."""
+    resume = bool(cfg.trainer.resume)
     claim = RunDirClaim(out_dir, dir_key)
     if owner := claim.holder():  # a live run: what its dir holds so far says nothing yet
         raise UserError(f"{dir_key}: {claim.path} is in use by another runner process (pid {owner}); "
                         "wait for it to end, or choose another dir")
     found = _earlier_run(claim.path, multirun)
-    if found and not cfg.trainer.resume:  # its files would be appended to and its .hydra/ rewritten
+    if found and not resume:  # its files would be appended to and its .hydra/ rewritten
         raise UserError(f"{dir_key}: {claim.path} already holds a run ({found}); continue with "
                         f"trainer.resume=true {dir_key}={claim.path}, or choose a new dir")
     if resume and multirun and not _earlier_jobs(claim.path):
@@ -160,12 +189,12 @@ def preflight(argv: list[str]) -> Invocation:
     if resume and not multirun:
         plan = relaunch.plan(claim.path, cfg.trainer.epochs)
         if plan.action == "skip":
-            return Invocation(flags + overrides, multirun, claim, finished=plan.line)
+            return Invocation(argv, multirun, claim, finished=plan.line)
         if not has_checkpoint(claim.path):  # killed or failed before its first checkpoint: run it again
-            return Invocation(flags + overrides + ["trainer.resume=false"], multirun, claim,
+            return Invocation(argv + ["trainer.resume=false"], multirun, claim,
                               restart=(f"no checkpoint in {claim.path}/checkpoints (the run stopped before its "
                                        "first): starting it again from epoch 1", plan.clear or RUN_OUTPUTS))
-    return Invocation(flags + overrides, multirun, claim)
+    return Invocation(argv, multirun, claim)
 
 
 def _check_shown(flags: list[str], overrides: list[str]) -> None:

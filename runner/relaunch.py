@@ -18,11 +18,12 @@ epoch that stopped it): restoring it raises `NothingToTrain`. Nothing here impor
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-from runner.outputs import read_jsonl
+from runner.errors import UserError
+from runner.records import METRICS_FILE, SUMMARY_FILE, leave_out, read_metrics
+from runner.records import read_summary as read_summary_file
 from runner.rundir import RUN_OUTPUTS, has_checkpoint, holds_run
 
 FINAL = ("completed", "early_stopped", "diverged")  # statuses after which training on would change nothing
@@ -47,12 +48,12 @@ class Plan:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json of a run dir; {} when there is none (or it is not a JSON object)."""
+    """summary.json of a run dir; {} when there is none, or none the runner wrote (runner/records.py says what is
+    wrong with it): the job then goes as a job whose run stopped before writing one."""
     try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
+        return read_summary_file(Path(run_dir) / SUMMARY_FILE)
+    except UserError:
         return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def finished(summary: dict[str, Any], epochs: int) -> bool:
@@ -94,6 +95,6 @@ def best_val_accuracy(run_dir: Path) -> float | None:
     summary = read_summary(run_dir)
     if summary.get("best_val_accuracy") is not None:
         return summary["best_val_accuracy"]
-    values = [r["val_accuracy"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl")
-              if r.get("val_accuracy") is not None]
+    values = [r["val_accuracy"] for r in read_metrics(Path(run_dir) / METRICS_FILE, on_bad_line=leave_out)
+              if isinstance(r.get("val_accuracy"), (int, float))]
     return max(values) if values else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from runner.errors import UserError
 from runner.preflight import preflight

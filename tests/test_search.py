@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from runner.checks import SPEC_KEY, parse_spec
 from runner.config import CONF_DIR
 from runner.errors import UserError
 from runner.preflight import preflight
-from runner.search import RESULTS_FILE, OptunaSearch
+from runner.search import RESULTS_FILE, OptunaSearch, check_search
 from tests.conftest import compose_config
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
@@ -153,3 +153,51 @@ def test_any_other_error_of_a_study_is_raised(tmp_path):
     with pytest.raises(ValueError, match="GridSampler"):
         failing_search(ValueError("GridSampler only supports discrete distributions."), tmp_path).sweep([])
     assert not any(tmp_path.iterdir())
+
+
+# check_search: what the plugin would find only once the sweep had started, refused in one line before.
+
+def searching(*overrides: str, **params: str):
+    """The learning-rate preset's composed config (with Hydra's node), its search space added to or replaced."""
+    cfg = compose_config("hparams_search=learning_rate", *overrides, hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.sweeper.params.update({key.replace("__", "."): value for key, value in params.items()})
+    return cfg
+
+
+REFUSED_SEARCHES = [
+    # (config, command-line overrides, words the one line must contain)
+    (lambda: searching("hydra.sweeper.n_trials=0"), [], ["hydra.sweeper.n_trials", "an integer >= 1", "got 0"]),
+    (lambda: searching("hydra.sweeper.n_jobs=0"), [], ["hydra.sweeper.n_jobs", "an integer >= 1"]),
+    (lambda: searching(optimizer__learning_rate="tag(log, interval(1e-1, 1e-4))"), [],
+     ["hydra.sweeper.params.optimizer.learning_rate", "low 0.1 is above high 0.0001", "low <= high"]),
+    (lambda: searching(optimizer__learning_rate="interval(a, 0.1)"), [],
+     ["hydra.sweeper.params.optimizer.learning_rate", "cannot parse 'interval(a, 0.1)'", "valid"]),
+    (lambda: searching(optimizer__learning_rate="interval(1e-4, inf)"), [], ["finite numbers"]),
+    (lambda: searching(optimizer__learning_rate="tag(log, interval(0, 0.1))"), [], ["log scale", "low > 0"]),
+    (lambda: searching(trainer__batch_size="range(64, 16)"), [], ["trainer.batch_size", "start 64 is above stop 16"]),
+    (lambda: searching(), ["model.width=int(interval(256, 16))"], ["model.width", "low 256 is above high 16"]),
+    (lambda: searching("dataset.val_fraction=0"), [],
+     ["hydra.sweeper", "best validation accuracy", "dataset.val_fraction=0", "valid"]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(REFUSED_SEARCHES)))
+def test_a_search_optuna_cannot_run_is_one_line_before_anything_runs(case):
+    make, overrides, words = REFUSED_SEARCHES[case]
+    with pytest.raises(UserError) as refused:
+        check_search(make(), overrides)
+    line = str(refused.value)
+    assert "\n" not in line
+    for word in words:
+        assert word in line, (word, line)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_and_a_command_line_search_pass(name):
+    check_search(compose_config(f"hparams_search={name}", hydra=True),
+                 ["model.width=int(interval(16, 256))", "optimizer=sgd,adam", "hydra.sweeper.n_trials=3"])
+
+
+def test_a_config_without_optuna_is_not_checked():
+    check_search(compose_config(hydra=True), ["model.width=interval(5, 1)"])  # the basic sweeper: not Optuna's

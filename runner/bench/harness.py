@@ -32,6 +32,7 @@ from runner.bench.reference import NUM_CLASSES, init_limit, limit_spec, make_lim
 from runner.build import build_parts
 from runner.distributed import DataParallel
 from runner.loop import CHUNK_SECONDS, Pacer, StageProgram, train_in_chunks
+from runner.records import SUMMARY_FILE, read_summary
 from runner.stages import Stage
 from runner.config import compose_config, validate
 from runner.train import create_train_state, make_evaluate, make_train_epoch
@@ -318,7 +319,7 @@ def _run_default(cwd: Path, env: dict[str, str], timeout: float) -> DefaultRun:
         if code != 0 or first_step is None or run_dir is None:
             stderr.seek(0)
             raise RuntimeError(f"python -m runner exited {code} without an epoch line or run dir:\n{stderr.read()}")
-    compile_time = json.loads((run_dir / "summary.json").read_text())["compile_time_s"]
+    compile_time = read_summary(run_dir / SUMMARY_FILE)["compile_time_s"]
     return DefaultRun(first_step, compile_time, _kib_or_bytes_to_mib(int(peak_file.read_text())))
 
 

@@ -201,13 +201,6 @@ def test_a_torn_metrics_line_before_the_checkpoint_is_reported_not_silently_lost
     assert read_summary(cli.cwd / "outputs" / "r")["missing_metric_epochs"] == [2]
 
 
-def _file_size_limit(limit: int):
-    """preexec_fn: a process whose writes past `limit` bytes fail (EFBIG), as on a disk that takes no more."""
-    import resource
-
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
 # Where the disk fills: the first checkpoint (a 1000-wide net's, after epoch 1's metrics line: 2 MB is enough for the
 # digits data) or the dataset's first build into a new data dir (orbax and array_record are C++ writers).
 @pytest.mark.parametrize("where,limit,args", [
@@ -215,10 +208,12 @@ def _file_size_limit(limit: int):
     ("data", 64 << 10, ["dataset.data_dir={cwd}/data"])])
 def test_a_disk_that_takes_no_more_ends_the_run_in_one_line_and_keeps_what_was_written(cli, where, limit, args):
     run_dir = cli.cwd / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "trainer.epochs=3", *[a.format(cwd=cli.cwd) for a in args],
-         f"hydra.run.dir={run_dir}"], cwd=cli.cwd, capture_output=True, text=True, timeout=300,
-        env={**cli.env, "JAX_ENABLE_COMPILATION_CACHE": "false"}, preexec_fn=_file_size_limit(limit))
+    command = [sys.executable, "-m", "runner", "trainer.epochs=3", *[a.format(cwd=cli.cwd) for a in args],
+               f"hydra.run.dir={run_dir}"]
+    # The shell's file-size limit: writes past it fail (EFBIG), as on a disk that takes no more.
+    result = subprocess.run(["bash", "-c", f'ulimit -f {limit // 1024} && exec "$@"', "limited", *command],
+                            cwd=cli.cwd, capture_output=True, text=True, timeout=300,
+                            env={**cli.env, "JAX_ENABLE_COMPILATION_CACHE": "false"})
     assert result.returncode == 2, result.stderr
     [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert line.startswith(f"error: cannot write {cli.cwd / where}") and "File too large" in line, line
