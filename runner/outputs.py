@@ -88,3 +88,21 @@ def read_jsonl(path: Path) -> list[dict]:
 def rewrite_jsonl(path: Path, records: Iterable[dict]) -> None:
     """Atomically replace a JSON-lines file (used when a resumed run drops records past its checkpoint)."""
     write_atomic(path, "".join(json.dumps(_clean(r)) + "\n" for r in records))
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """`path` itself if it is a run dir, else every run dir below it, in name order (the report's and the
+    catalog's runs)."""
+    from runner.errors import UserError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such directory; give run dirs or multirun dirs (e.g. outputs/multirun/...)")
+    def is_run(p: Path) -> bool:
+        return (p / ".hydra").is_dir() and ((p / "metrics.jsonl").exists() or (p / "summary.json").exists())
+
+    # A run dir is itself; anything else (a multirun dir, outputs/, a trainer.replicas run) holds its runs below.
+    runs = [path] if is_run(path) else sorted(p.parent for p in path.rglob(".hydra") if is_run(p.parent))
+    if not runs:
+        raise UserError(f"{path}: no run dirs in it (a run dir has .hydra/ and metrics.jsonl or summary.json)")
+    return runs

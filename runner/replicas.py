@@ -6,8 +6,9 @@ from its seed), initialization, dropout draws and data order; the compiled epoch
 K members in one program fill them.
 
 Each member writes its own run dir, `<run dir>/seed_<s>/` (.hydra/ with its config and overrides, metrics.jsonl,
-summary.json, model.safetensors), which `python -m runner.report` reads like any other run, so seed groups and
-intervals come for free. The run dir itself gets `replicas.json`, naming the members.
+summary.json, model.safetensors, and what the chosen loggers write: logger=[csv,tensorboard,mlflow] as for a
+single run), which `python -m runner.report` reads like any other run, so seed groups and intervals come for free.
+The run dir itself gets `replicas.json`, naming the members.
 
 What a member cannot do alone inside one program is refused in one line: early stopping, performance
 scheduling (plateau), stages and transfer, per-layer diagnostics, checkpoints and resume. A member whose loss
@@ -32,8 +33,11 @@ from runner import weights
 from runner.build import build_parts
 from runner.console import Console
 from runner.errors import UserError
+from runner.handlers import EpochEnd
 from runner.interrupts import Interrupted, deferred_signals
-from runner.outputs import append_jsonl, read_jsonl, write_atomic, write_json
+from runner.loggers import build_loggers, close_loggers
+from runner.outputs import write_atomic, write_json
+from runner.records import read_metrics
 from runner.train import create_train_state, make_evaluate, make_train_epoch
 
 MEMBER_DIR = "seed_{seed}"
@@ -92,6 +96,8 @@ def train_replicas(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str
     typed = run_dir / ".hydra" / "overrides.yaml"  # what Hydra saved of the command line
     overrides = yaml.safe_load(typed.read_text()) or [] if typed.is_file() else []
     dirs = [_member_dir(run_dir, cfg, overrides, s) for s in seeds]
+    # Each member's loggers, as its run alone would have them (metrics.jsonl first); open side by side.
+    loggers = [build_loggers(m, d, alongside=i > 0) for i, (m, d) in enumerate(zip(members, dirs))]
     status = ["completed"] * len(seeds)
     diverged_at: list[int | None] = [None] * len(seeds)
     with deferred_signals() as interrupt, console.training(tc.epochs, steps_per_epoch) as view:
@@ -109,10 +115,14 @@ def train_replicas(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str
                 if not finite[i]:
                     status[i], diverged_at[i] = "diverged", int(raw["first_nonfinite_step"][i])
                     continue
-                append_jsonl(d / "metrics.jsonl", {
+                record = {
                     "epoch": e, "step": int(states.step[i]), "lr": float(parts.schedule.learning_rate_at(states.step[i])),
                     "train_loss": float(raw["loss"][i]), "train_accuracy": float(raw["accuracy"][i]),
-                    "val_loss": scores["loss"][i], "val_accuracy": scores["accuracy"][i], "epoch_time_s": seconds})
+                    "val_loss": scores["loss"][i], "val_accuracy": scores["accuracy"][i], "epoch_time_s": seconds}
+                # The member's own state only for loggers beyond metrics.jsonl, which reads the record alone.
+                end = EpochEnd(e, 0, _member(states, i) if len(loggers[i]) > 1 else None, record, {}, e == tc.epochs)
+                for logger in loggers[i]:
+                    logger.on_epoch_end(end)
             view.epoch(e, {"train_loss": float(np.mean(raw["loss"])), "val_accuracy": float(np.mean(scores["accuracy"]))})
             if interrupt.is_set():
                 status = ["interrupted" if s == "completed" else s for s in status]
@@ -120,15 +130,17 @@ def train_replicas(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str
         test = _Evaluation([(s.x_test, s.y_test) for s in splits], tc.eval_batch_size)(states, eval_keys)
         summaries = []
         for i, (d, s) in enumerate(zip(dirs, seeds)):
-            member = jax.tree_util.tree_map(lambda leaf: leaf[i], states)
+            member = _member(states, i)
             weights.save(d / "model.safetensors", member.params, member.batch_stats)
-            metrics = read_jsonl(d / "metrics.jsonl")
+            metrics = read_metrics(d / "metrics.jsonl")
             summary = {"status": status[i], "epochs": len(metrics), "steps": int(states.step[i]),
                        "best_val_accuracy": max((r["val_accuracy"] for r in metrics), default=None),
                        "test_loss": test["loss"][i], "test_accuracy": test["accuracy"][i], "seed": s,
                        "replica": i, "replicas": len(seeds), "wall_time_s": time.perf_counter() - start,
+                       "input_shape": list(first.x_train.shape[1:]),
                        **({"diverged_at_step": diverged_at[i]} if diverged_at[i] is not None else {})}
             write_json(d / "summary.json", summary)
+            close_loggers(d, summary)
             summaries.append(summary)
         trained = sum(s["epochs"] for s in summaries) * steps_per_epoch * tc.batch_size
         result = {"status": "interrupted" if interrupt.is_set() else "completed", "replicas": len(seeds),
@@ -155,6 +167,11 @@ def _member_dir(run_dir: Path, cfg: DictConfig, overrides: list[str], seed: int)
     write_atomic(d / ".hydra" / "config.yaml", OmegaConf.to_yaml(member_config(cfg, seed)))
     write_atomic(d / ".hydra" / "overrides.yaml", yaml.safe_dump([*own, f"trainer.seed={seed}"]))
     return d
+
+
+def _member(states: Any, i: int) -> Any:
+    """Member i's train state, out of the stacked states of all members."""
+    return jax.tree_util.tree_map(lambda leaf: leaf[i], states)
 
 
 @jax.jit

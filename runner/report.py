@@ -3,7 +3,10 @@
 A PATH is a run dir (it has `.hydra/` and metrics.jsonl or summary.json) or any dir above run dirs (a multirun
 dir, `outputs/`): run dirs are found recursively. The report goes to `PATH/report/` for one PATH and beside
 the first PATH (`PATH/../report/`) for several; `--out DIR` puts it elsewhere. It is built in a temp dir and
-renamed into place, so a reader never sees half a report.
+renamed into place, so a reader never sees half a report. A run whose summary.json or .hydra/overrides.yaml is not
+what the runner writes (empty, cut off, not JSON, the wrong type: runner/records.py) is left out, and so is a bad
+line of metrics.jsonl, each with one warning line naming the file; when no run can be read, one error line says
+why (exit 2).
 
     report.md, report.csv one row per run, sorted by best validation accuracy (also printed)
     report_groups.csv     per config over seeds: n, and mean, sd, 95% interval of each metric (when a config
@@ -35,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import shutil
@@ -48,8 +50,9 @@ from typing import Callable, Sequence
 import yaml
 
 from runner.console import Console, error, format_cell
-from runner.errors import UserError
-from runner.outputs import read_jsonl
+from runner.errors import UserError, first_line
+from runner.outputs import find_run_dirs, read_jsonl
+from runner.records import METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
 from runner.report_plots import draw
 from runner.stats import (COUNTED_STATUSES, Interval, config_of, exclusion_note, find_baseline, group_indices,
                           mean_interval, paired_difference, per_seed, seed_of, short_override, sort_seeds)
@@ -129,30 +132,53 @@ class Ablation:
     rows: list[tuple[Group, dict[str, tuple[list[str], Interval | None]]]]
 
 
-def find_run_dirs(path: Path) -> list[Path]:
-    """`path` itself if it is a run dir, else every run dir below it, in name order."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: no such directory; give run dirs or multirun dirs (e.g. outputs/multirun/...)")
-    def is_run(p: Path) -> bool:
-        return (p / ".hydra").is_dir() and ((p / "metrics.jsonl").exists() or (p / "summary.json").exists())
-
-    # A run dir is itself; anything else (a multirun dir, outputs/, a trainer.replicas run) holds its runs below.
-    runs = [path] if is_run(path) else sorted(p.parent for p in path.rglob(".hydra") if is_run(p.parent))
-    if not runs:
-        raise UserError(f"{path}: no run dirs in it (a run dir has .hydra/ and metrics.jsonl or summary.json)")
-    return runs
-
-
-def load_run(path: Path) -> Run:
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    summary_file = path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "running"}
+def load_run(path: Path, warn: Callable[[str], None] | None = None) -> Run:
+    """One run dir's files. A summary.json or .hydra/overrides.yaml the runner did not write raises UserError naming
+    it; a bad line of metrics.jsonl too, or, given `warn`, is left out and told to it (one line for the file)."""
+    overrides = _overrides(path / ".hydra" / "overrides.yaml")
+    summary_file = path / SUMMARY_FILE
+    summary = read_summary(summary_file) if summary_file.exists() else {"status": "running"}
+    bad: list[str] = []
+    metrics = read_metrics(path / METRICS_FILE, on_bad_line=None if warn is None else bad.append)
+    if bad:
+        more = f" (and {len(bad) - 1} more bad line{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        warn(f"{bad[0]}{more}; left out of the report")
     # hydra.* and trainer.resume say where and how a run ran, not what it is (a relaunch adds trainer.resume).
-    kept = [o for o in overrides or [] if not o.lstrip("+~").startswith(("hydra.", "trainer.resume="))]
-    return Run(path, kept, summary or {},
-               read_jsonl(path / "metrics.jsonl"), read_jsonl(path / "diagnostics.jsonl"))
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "trainer.resume="))]
+    return Run(path, kept, summary, metrics,
+               [r for r in read_jsonl(path / "diagnostics.jsonl") if isinstance(r, dict)])
+
+
+def _overrides(path: Path) -> list[str]:
+    """What Hydra saved of the run's command line ([] when it saved none)."""
+    if not path.exists():
+        return []
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: not readable as YAML ({first_line(e)})") from None
+    if overrides is not None and not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise UserError(f"{path}: not a list of overrides, as Hydra saves them")
+    return overrides or []
+
+
+def load_runs(run_dirs: Sequence[Path], console: Console | None = None) -> list[Run]:
+    """The runs of these dirs. One whose files cannot be read is left out, and a bad line of metrics.jsonl, each
+    with one warning line naming the file and what is wrong; when no run can be read, one UserError says why."""
+    warn = console.warn if console is not None else Console(live=False).warn
+    runs, lines, unread = [], [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir, lines.append))
+        except UserError as e:
+            unread.append(str(e))
+            lines.append(f"{e}; this run is left out of the report")
+    if not runs:
+        more = f" (and {len(unread) - 1} more run dir{'s' if len(unread) > 2 else ''})" if len(unread) > 1 else ""
+        raise UserError(f"no run could be read: {unread[0]}{more}")
+    for line in lines:
+        warn(line)
+    return runs
 
 
 def label_runs(runs: list[Run]) -> list[str]:
@@ -180,7 +206,7 @@ def write_report(paths: Sequence[Path], out: Path | None = None, plots: bool = T
     `baseline` (overrides naming one group) adds the ablation; one that names no group or several is a
     runner.stats.BaselineError, raised before anything is written."""
     run_dirs = sorted({d.resolve() for p in paths for d in find_run_dirs(Path(p))})
-    runs = sorted((load_run(d) for d in run_dirs), key=lambda r: (r.sort_key, str(r.path)))
+    runs = sorted(load_runs(run_dirs, console), key=lambda r: (r.sort_key, str(r.path)))
     common = label_runs(runs)
     groups = make_groups(runs)
     grouped = any(len(group.runs) > 1 for group in groups)

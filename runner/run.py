@@ -35,6 +35,7 @@ from runner.loggers import build_loggers, close_loggers
 from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
+from runner.records import leave_out, read_metrics
 from runner.pretraining import pretrain
 from runner.replicas import train_replicas
 from runner.stages import Stage, stage_optimizer
@@ -118,8 +119,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
         raise UserError("optimizer.learning_rate: auto runs the range test in one process; valid with several "
                         "processes: a number (find it first with python -m runner.lr_find)")
     # pretraining=...: the lower layers learn first, held in memory; else another net's, if transfer.source names one
-    source = pretrain(cfg, run_dir, console) or (read_source(cfg.transfer) if cfg.transfer.source else None)
+    # (transfer.source=best:DATASET picks a run whose input shape fits this dataset's: the data's shape, asked first)
+    source = pretrain(cfg, run_dir, console) or (read_source(cfg.transfer, lambda: load_data(cfg).x_train.shape[1:])
+                                                 if cfg.transfer.source else None)
     splits = load_data(cfg, source.scaling if source else None)
+    input_shape = list(splits.x_train.shape[1:])  # one example's; before transfer.cache swaps inputs for features
     cfg, found = resolve_auto_learning_rate(cfg, splits, run_dir, console)  # optimizer.learning_rate=auto
     tc = cfg.trainer
     steps_per_epoch = len(splits.x_train) // tc.batch_size
@@ -175,7 +179,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
                    "best_val_accuracy": best_val_accuracy(files.metrics),
                    "train_examples_per_s": steps_per_epoch * tc.batch_size * outcome.timed_epochs / outcome.train_time
                    if outcome.train_time else None, "compile_time_s": outcome.compile_time, "devices": devices,
-                   "seed": tc.seed, **found,
+                   "seed": tc.seed, "input_shape": input_shape, **found,
+                   **({"transfer_source": str(source.path)} if cfg.transfer.source else {}),
                    **({"missing_metric_epochs": missing} if missing else {})}
         return finish(cfg, splits, outcome, stopper, summary, run_dir, console, eval_key, start, interrupt,
                       data_parallel, writer)
@@ -307,10 +312,10 @@ def resume(checkpoints: Checkpoints, state: TrainState, parts: Parts, stages: Se
         checkpoints.close()
         raise NothingToTrain("early_stopped", f"early stopping ended the run at epoch {epoch} (best epoch "
                              f"{stopper.best_epoch}), as its checkpoint records; nothing to train in {files.run_dir}")
-    for path in (files.metrics, files.diagnostics) if writer else ():
+    for path, read in ((files.metrics, _metrics), (files.diagnostics, read_jsonl)) if writer else ():
         if path.exists():
-            rewrite_jsonl(path, [r for r in read_jsonl(path) if r["epoch"] <= epoch])
-    missing = sorted(set(range(1, epoch + 1)) - {r["epoch"] for r in read_jsonl(files.metrics)})
+            rewrite_jsonl(path, [r for r in read(path) if r["epoch"] <= epoch])
+    missing = sorted(set(range(1, epoch + 1)) - {r["epoch"] for r in _metrics(files.metrics)})
     if missing:  # a torn line (a crash mid-write) cannot be rebuilt: that epoch's weights are gone
         console.warn(f"metrics.jsonl lacks epoch(s) {', '.join(map(str, missing))} (torn or removed lines); "
                      "they stay missing, and summary.json lists them as missing_metric_epochs")
@@ -318,6 +323,11 @@ def resume(checkpoints: Checkpoints, state: TrainState, parts: Parts, stages: Se
     return trees["state"], meta.get("stage", 0), epoch + 1, missing
 
 
+def _metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a torn line (a crash mid-write) is left out, and its epoch counts as missing."""
+    return read_metrics(path, on_bad_line=leave_out)
+
+
 def best_val_accuracy(metrics_path: Path) -> float | None:
-    values = [r["val_accuracy"] for r in read_jsonl(metrics_path) if r.get("val_accuracy") is not None]
+    values = [r["val_accuracy"] for r in _metrics(metrics_path) if r.get("val_accuracy") is not None]
     return max(values) if values else None

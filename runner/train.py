@@ -254,6 +254,13 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(tree)]))
 
 
+def predictive_passes(apply_fn: Callable, variables: dict, x: jax.Array, keys: jax.Array) -> jax.Array:
+    """Class probabilities of one stochastic pass per key, (len(keys), N, K): MC dropout (Gal & Ghahramani 2016),
+    dropout active, normalization on its running statistics."""
+    return jax.vmap(lambda k: jax.nn.softmax(apply_fn(variables, x, train=False, dropout=True,
+                                                      rngs={"dropout": k})))(keys)
+
+
 def make_evaluate(batch_size: int, mc_samples: int = 0,
                   batch_sharding: jax.sharding.Sharding | None = None) -> Callable:
     """`evaluate(state, x, y, mask, key) -> metrics`: loss and accuracy over padded batches, one program.
@@ -270,9 +277,8 @@ def make_evaluate(batch_size: int, mc_samples: int = 0,
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         if mc_samples == 0:
             return jax.nn.log_softmax(state.apply_fn(variables, x, train=False))
-        passes = jax.vmap(lambda k: jax.nn.softmax(
-            state.apply_fn(variables, x, train=False, dropout=True, rngs={"dropout": k})))
-        return jnp.log(passes(jax.random.split(key, mc_samples)).mean(0) + 1e-12)
+        passes = predictive_passes(state.apply_fn, variables, x, jax.random.split(key, mc_samples))
+        return jnp.log(passes.mean(0) + 1e-12)
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array, key: jax.Array):
         batches = x.shape[0] // batch_size

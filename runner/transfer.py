@@ -1,10 +1,11 @@
 """Transfer: a new net that starts from the lowest K hidden layers of another, with a fresh head.
 
 `transfer.source` is either a run dir of this runner (its `model.safetensors`, written at the end of every run
-with the final or restored best weights, and its `input_scaling.json`) or a `.safetensors` file from any
-framework (`transfer.layout` says how it stores weights, runner/weights.py). From a run dir each reused layer
-brings its block too: normalization parameters and batch statistics, PReLU slopes. From a foreign file only the
-weight layers are matched, in order; blocks start fresh.
+with the final or restored best weights, and its `input_scaling.json`; read by runner/trained.py), `best:DATASET`
+(the most accurate finished run on that dataset under outputs/ whose input shape fits this run's, from the catalog
+of runner/models.py), or a `.safetensors` file from any framework (`transfer.layout` says how it stores weights,
+runner/weights.py). From a run dir each reused layer brings its block too: normalization parameters and batch
+statistics, PReLU slopes. From a foreign file only the weight layers are matched, in order; blocks start fresh.
 
 The reused layers are frozen (`transfer.freeze`, the default: inference mode, parameters held after the whole
 optax chain, runner/stages.py), optionally only for `transfer.unfreeze_after` epochs, after which a second stage
@@ -15,22 +16,21 @@ them: exact, because a frozen layer runs in inference mode (no dropout, fixed ba
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from runner import weights
 from runner.data.splits import Scaling, Splits
 from runner.errors import UserError
 from runner.stages import Stage
+from runner.trained import SCALING_FILE, WEIGHTS_FILE, read_run  # noqa: F401 (WEIGHTS_FILE: run.py imports it here)
 
-SCALING_FILE = "input_scaling.json"
-WEIGHTS_FILE = "model.safetensors"
+BEST = "best:"  # transfer.source=best:DATASET
 
 
 @dataclass
@@ -53,8 +53,16 @@ class Source:
     scaling: Scaling | None
 
 
-def read_source(cfg: DictConfig) -> Source:
-    """The source `transfer.source` names; a missing or unusable one is one line naming what is wrong."""
+def read_source(cfg: DictConfig, input_shape: Callable[[], Sequence[int]] | None = None) -> Source:
+    """The source `transfer.source` names; a missing or unusable one is one line naming what is wrong.
+
+    `input_shape` gives this run's example shape (channels last), asked only to pick `best:DATASET`'s run.
+    """
+    if str(cfg.source).startswith(BEST):
+        from runner.models import best_run
+
+        shape = tuple(input_shape()) if input_shape is not None else None
+        return _read_run_dir(best_run(str(cfg.source)[len(BEST):], shape).path)
     path = Path(cfg.source).expanduser()
     if path.is_dir():
         return _read_run_dir(path)
@@ -71,16 +79,8 @@ def read_source(cfg: DictConfig) -> Source:
 
 
 def _read_run_dir(path: Path) -> Source:
-    if not (path / ".hydra" / "config.yaml").is_file():
-        raise UserError(f"transfer.source: {path} is not a run dir (no .hydra/config.yaml); valid: the run dir of "
-                        "a finished run")
-    if not (path / WEIGHTS_FILE).is_file():
-        summary = path / "summary.json"
-        status = json.loads(summary.read_text()).get("status") if summary.is_file() else "unfinished"
-        raise UserError(f"transfer.source: {path} has no {WEIGHTS_FILE} (its status: {status}); valid: a run that "
-                        "finished (completed, early_stopped or diverged)")
-    flat = weights.load(path / WEIGHTS_FILE)
-    source_cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+    run = read_run(path, "transfer.source")
+    flat, source_cfg = run.weights, run.cfg
     layers = []
     for name in _hidden_layer_names(flat):
         index = name.split("_")[1]
@@ -90,9 +90,7 @@ def _read_run_dir(path: Path) -> Source:
                                   name.split("_")[0], {k: flat[f"{name}.{k}"] for k in ("kernel", "bias")
                                                        if f"{name}.{k}" in flat},
                                   {k: v for k, v in block.items() if k not in stats}, stats))
-    scaling_file = path / SCALING_FILE
-    scaling = Scaling.from_json(json.loads(scaling_file.read_text())) if scaling_file.is_file() else None
-    return Source(path, layers, scaling)
+    return Source(run.path, layers, run.scaling)
 
 
 def _hidden_layer_names(flat: dict) -> list[str]:

@@ -58,18 +58,18 @@ def save(path: Path, params: Any, batch_stats: Any) -> None:
     write_atomic(Path(path), save(flat_weights(params, batch_stats), metadata={"format": "runner", "layout": "flax"}))
 
 
-def load(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file by name; a missing or unreadable file is one line naming it."""
+def load(path: Path, key: str = "transfer.source") -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file by name; a missing or unreadable file is one line naming it (and `key`,
+    what the user typed to name it)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     if not Path(path).is_file():
-        raise UserError(f"transfer.source: {path} does not exist; valid: a run dir of a finished run or a "
-                        ".safetensors file")
+        raise UserError(f"{key}: {path} does not exist; valid: a run dir of a finished run or a .safetensors file")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"transfer.source: {path} is not a readable safetensors file ({error})") from None
+        raise UserError(f"{key}: {path} is not a readable safetensors file ({error})") from None
 
 
 class WeightLayer(NamedTuple):

@@ -54,3 +54,34 @@ def test_each_member_matches_its_seed_run_alone_and_the_report_groups_them(cli):
     assert report.returncode == 0, report.stderr
     groups = (cli.cwd / "outputs/replicas/report/report.md").read_text().split("## Over seeds")[1]
     assert "| `model.depth=2 model.width=32 trainer.epochs=2` | 3 |" in groups  # one config over 3 seeds
+
+
+def test_each_member_gets_the_chosen_loggers_as_a_run_alone_would(tmp_path, tfds_dir):
+    """logger=[csv,tensorboard,mlflow] with replicas: each member's run dir gets each tool's record of that member."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from runner.console import Console
+    from runner.replicas import train_replicas
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_config("model.depth=1", "model.width=8", "trainer.epochs=2", "trainer.batch_size=64",
+                         "dataset.train_subset=256", "trainer.replicas=2", "trainer.seed=3",
+                         "logger=[jsonl,csv,tensorboard,mlflow]", f"logger.mlflow.tracking_uri={store}")
+    train_replicas(cfg, tmp_path / "run", Console(live=False))
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    assert sorted(r.data.params["trainer.seed"] for r in runs) == ["3", "4"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for seed in (3, 4):
+        member = tmp_path / "run" / f"seed_{seed}"
+        metrics = read_metrics(member)
+        assert [r["epoch"] for r in metrics] == [1, 2]
+        rows = (member / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 3 and rows[0].startswith("epoch,step,lr,train_loss")
+        [found] = [r for r in runs if r.data.params["trainer.seed"] == str(seed)]
+        history = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "train_loss")}
+        assert history == pytest.approx({r["epoch"]: r["train_loss"] for r in metrics})
+        events = EventAccumulator(str(member / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+        assert [e.step for e in events.Tensors("val_accuracy")] == [r["step"] for r in metrics]
+        assert "dense_0/kernel" in events.Tags()["tensors"]  # the member's own weights, as histograms

@@ -5,7 +5,9 @@ does) and the limit's epoch (runner/bench/reference.py) timed alternately on the
 (runner/bench/harness.py). Then the runner's epoch data parallel over `--devices` devices against one device
 (on a machine with fewer, over CPU devices forced in a subprocess: the cost of splitting, not a speedup),
 the evaluation throughput, how fast `python -m runner` answers a mistyped
-override, the default run's time to its first epoch line, and peak host memory. Everything lands in
+override, the default run's time to its first epoch line, and peak host memory; and the run-time cost of a
+prediction (runner/bench/inference.py: latency at batch 1, throughput at batch 1024, for the default net, the
+fast and sparse presets and the default net with batch norm folded). Everything lands in
 `<out>/<YYYY-mm-dd_HH-MM-SS>/results.json`.
 """
 
@@ -23,6 +25,7 @@ import jax
 
 from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measure_case, measure_data_parallel_anywhere,
                                   measure_evaluation, measure_first_step, measure_mistake_answer, own_peak_memory_mib)
+from runner.bench.inference import measure_inference
 from runner.console import Console
 from runner.loop import CHUNK_SECONDS
 from runner.outputs import write_json
@@ -64,7 +67,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=4,
                         help="also time the epoch data parallel over N devices against one (default 4; 0 skips)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="base dir of the results")
+    parser.add_argument("--inference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time predictions: latency at batch 1, throughput at batch 1024 (default: on)")
+    parser.add_argument("--inference-only", action="store_true", help="only the predictions' section")
     args = parser.parse_args(argv)
+    args.training = not args.inference_only
+    if args.inference_only:
+        args.inference, args.devices, args.first_step = True, 0, False
     if args.examples is None:
         args.examples = SMOKE["examples"] if args.smoke else 4096
     if args.epochs is None:
@@ -111,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                  f"devices {jax.devices()}")
     results: dict[str, Any] = {"machine": machine(), "examples": args.examples, "epochs": args.epochs,
                                "host_memory_kept": kept, "cases": []}
-    for case in chosen_cases(args):
+    for case in chosen_cases(args) if args.training else []:
         results["cases"].append(measure_case(case, args.examples, args.epochs))
     smoke_overrides = SMOKE["overrides"] if args.smoke else ()
     if args.devices:
@@ -119,10 +128,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         batch = args.devices * max(1, min(batch, args.examples) // args.devices)  # whole batches split evenly
         results["data_parallel"] = measure_data_parallel_anywhere(overrides + smoke_overrides, batch,
                                                                   max(args.examples, batch), args.epochs, args.devices)
-    results["eval_examples_per_s"] = measure_evaluation(MLP20X100 + smoke_overrides, args.eval_examples, args.epochs)
-    results["time_to_answer_mistake_s"] = measure_mistake_answer()
+    if args.training:
+        results["eval_examples_per_s"] = measure_evaluation(MLP20X100 + smoke_overrides, args.eval_examples,
+                                                            args.epochs)
+        results["time_to_answer_mistake_s"] = measure_mistake_answer()
     if args.first_step:
         results.update(measure_first_step())
+    if args.inference:
+        results["inference"] = measure_inference(args.smoke)
     results["peak_host_memory_mib"] = own_peak_memory_mib()
     path = out_dir / "results.json"
     write_json(path, results)
@@ -133,13 +146,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 def show(console: Console, results: dict[str, Any]) -> None:
     """The throughput table, then the single measurements."""
-    console.table("training throughput (examples/s, median epoch)",
-                  ["case", "batch", "runner", "limit", "runner/limit", "per-step loop", f"{CHUNKS} chunks/whole",
-                   "ms/chunk", f"cost at {CHUNK_SECONDS:g} s chunks"],
-                  [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
-                    c["ratio"], c.get("per_step_examples_per_s"), c.get("chunked_over_whole"),
-                    c.get("chunk_call_cost_ms"), _percent(c.get("run_chunk_cost"))]
-                   for c in results["cases"]])
+    if results["cases"]:
+        console.table("training throughput (examples/s, median epoch)",
+                      ["case", "batch", "runner", "limit", "runner/limit", "per-step loop", f"{CHUNKS} chunks/whole",
+                       "ms/chunk", f"cost at {CHUNK_SECONDS:g} s chunks"],
+                      [[c["name"], c["batch_size"], c["runner_examples_per_s"], c["limit_examples_per_s"],
+                        c["ratio"], c.get("per_step_examples_per_s"), c.get("chunked_over_whole"),
+                        c.get("chunk_call_cost_ms"), _percent(c.get("run_chunk_cost"))]
+                       for c in results["cases"]])
     if "data_parallel" in results:
         dp = results["data_parallel"]
         where = "CPU devices forced on this machine's cores" if dp["forced_cpu_devices"] else dp["device_kind"]
@@ -147,6 +161,17 @@ def show(console: Console, results: dict[str, Any]) -> None:
                       ["batch", "1 device", f"{dp['devices']} devices", "speedup"],
                       [[dp["batch_size"], dp["one_device_examples_per_s"], dp["data_parallel_examples_per_s"],
                         dp["speedup"]]])
+    if "inference" in results:
+        inference = results["inference"]
+        batch = inference["throughput_batch"]
+        console.table(f"predictions (inputs {'x'.join(map(str, inference['input_shape']))}; BCOO kept in: "
+                      + "; ".join(f"batch {b}: {', '.join(layers) or 'no layer'}"
+                                  for b, layers in inference["bcoo_layers"].items())
+                      + f"; sparse net's weight sparsity {inference['weight_sparsity']:.2f})",
+                      ["net", "checks", "parameters", "batch 1 p50 (us)", "batch 1 p99 (us)",
+                       f"batch {batch} (examples/s)"],
+                      [[r["name"], r.get("note") or r["guideline"], r.get("parameters"), r.get("latency_p50_us"),
+                        r.get("latency_p99_us"), r.get("examples_per_s")] for r in inference["rows"]])
     labels = {"time_to_answer_mistake_s": f"time to answer a mistake, python -m runner {' '.join(MISTAKE)} (s)",
               "time_to_first_step_s": "time to first step (s)", "compile_time_s": "compile time (s)",
               "time_to_first_step_cached_s": "time to first step, compilation cached (s)",
