@@ -6,8 +6,8 @@ all splits scaled per channel by the mean and std of the final training split (o
 names its source with `_target_` (load.py): `load_tfds` for tfds builders, the embedded `digits` and `mnist1d`
 generated offline (embedded.py), any tfds catalogue name (catalogue.py), and cifar10 through a builder that prepares
 it from tfds' download without TensorFlow (catalogue_builders.py); `load_idx_or_tfds` for mnist and fashion_mnist,
-local IDX files or else such a builder's copy, and `read_idx_set` for any local IDX set (idx.py); `read_npz` for a
-local .npz (npz.py).
+local IDX files or else such a builder's copy (catalogue.py), and `read_idx_set` for any local IDX set (idx.py, the
+one IDX reader, imported by both); `read_npz` for a local .npz (npz.py).
 """
 
 from runner.data.load import check_dataset, load_splits

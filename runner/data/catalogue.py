@@ -17,9 +17,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import requests
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import hashing
 from etils import epath
 
 from runner.data import catalogue_builders, embedded  # noqa: F401  (defining builders registers them with tfds)
+from runner.data import idx
 from runner.data.splits import TrainTest
 from runner.errors import UserError
 
@@ -226,3 +228,36 @@ def _quiet_logs() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def load_idx_or_tfds(name: str, path: str | None, data_dir: str | None, installed: str | None = None) -> TrainTest:
+    """An mnist-format tfds dataset from local IDX files if there are any, else from tfds' download.
+
+    Args:
+      name: the tfds builder that downloads and prepares the dataset (`fashion_mnist_np`, catalogue_builders.py).
+      path: the user's dir of IDX files (`dataset.path`); read if given.
+      data_dir: the tfds data dir, for tfds' copy.
+      installed: where a system package puts the files (Debian's dataset-fashion-mnist: /usr/share/datasets/
+        fashion-mnist); read if `path` is None and it holds all four.
+
+    Returns:
+      The arrays of tfds' copy, in tfds' order, with tfds' number of classes, from whichever copy is there.
+    """
+    local = idx.local_dir(path, installed)
+    if local is None:
+        return load_tfds(name, data_dir)
+    num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
+    data = idx.read_idx_set(local, num_classes=num_classes)
+    train, test = tfds_order(len(data.y_train), "train"), tfds_order(len(data.y_test), "test")
+    return TrainTest(data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test], num_classes)
+
+
+def tfds_order(count: int, split: str) -> np.ndarray:
+    """The file index of each example of a split, in the order tfds' copy of an mnist-format dataset holds them.
+
+    tfds' mnist builders (tensorflow_datasets/image_classification/mnist.py, and ours in catalogue_builders.py)
+    yield the files' examples keyed by their index; tfds' writer stores a split sorted by the md5 hash of its key
+    salted with the split's name (tensorflow_datasets/core/writer.py, hashing.py), and shards keep that order.
+    """
+    hasher = hashing.Hasher(split)
+    return np.array(sorted(range(count), key=hasher.hash_key), dtype=np.int64)

@@ -175,56 +175,17 @@ def _validate(stamped_files: tuple, path: str) -> None:
     read_idx_set(path)
 
 
-def load_idx_or_tfds(name: str, path: str | None, data_dir: str | None, installed: str | None = None) -> TrainTest:
-    """An mnist-format tfds dataset from local IDX files if there are any, else from tfds' download.
-
-    Args:
-      name: the tfds builder that downloads and prepares the dataset (`fashion_mnist_np`, catalogue_builders.py).
-      path: the user's dir of IDX files (`dataset.path`); read if given.
-      data_dir: the tfds data dir, for tfds' copy.
-      installed: where a system package puts the files (Debian's dataset-fashion-mnist: /usr/share/datasets/
-        fashion-mnist); read if `path` is None and it holds all four.
-
-    Returns:
-      The arrays of tfds' copy, in tfds' order, with tfds' number of classes, from whichever copy is there.
-    """
-    local = _local_dir(path, installed)
-    import tensorflow_datasets as tfds  # only now: the check imports this module before anything runs
-
-    from runner.data import catalogue
-
-    if local is None:
-        return catalogue.load_tfds(name, data_dir)
-    num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
-    data = read_idx_set(local, num_classes=num_classes)
-    train, test = tfds_order(len(data.y_train), "train"), tfds_order(len(data.y_test), "test")
-    return TrainTest(data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test], num_classes)
-
-
 def check_idx_or_tfds(path: str | None, installed: str | None = None) -> None:
-    """Raises UserError where `load_idx_or_tfds` would on local files; tfds' download is checked when it runs."""
-    local = _local_dir(path, installed)
+    """Raises UserError where `catalogue.load_idx_or_tfds` would on local files; tfds' download is checked when it runs."""
+    local = local_dir(path, installed)
     if local is not None:
         validate_idx_set(local)
 
 
-def _local_dir(path: str | None, installed: str | None) -> str | None:
+def local_dir(path: str | None, installed: str | None) -> str | None:
     """The dir to read: the user's, else the system package's when it holds the whole set, else None (tfds)."""
     if path is not None or installed is None:
         return path
     has_set = all(any(os.path.isfile(os.path.join(installed, n)) for n in (name, f"{name}.gz"))
                   for name in FILES.values())
     return installed if has_set else None
-
-
-def tfds_order(count: int, split: str) -> np.ndarray:
-    """The file index of each example of a split, in the order tfds' copy of an mnist-format dataset holds them.
-
-    tfds' mnist builders (tensorflow_datasets/image_classification/mnist.py, and ours in catalogue_builders.py)
-    yield the files' examples keyed by their index; tfds' writer stores a split sorted by the md5 hash of its key
-    salted with the split's name (tensorflow_datasets/core/writer.py, hashing.py), and shards keep that order.
-    """
-    from tensorflow_datasets.core import hashing
-
-    hasher = hashing.Hasher(split)
-    return np.array(sorted(range(count), key=hasher.hash_key), dtype=np.int64)

@@ -21,8 +21,8 @@ from tensorflow_datasets.core.download import checksums
 from tensorflow_datasets.image_classification import mnist
 
 from runner.data import catalogue, check_dataset, load_splits
-from runner.data.catalogue import load_tfds
-from runner.data.idx import FILES, load_idx_or_tfds, read_idx, read_idx_set, tfds_order, validate_idx_set
+from runner.data.catalogue import load_idx_or_tfds, load_tfds, tfds_order
+from runner.data.idx import FILES, read_idx, read_idx_set, validate_idx_set
 from runner.data.splits import TrainTest, split_and_scale
 from runner.errors import UserError
 
