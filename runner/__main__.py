@@ -77,10 +77,12 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) 
     failed on the user's mistake, takes back what it wrote and exits 2."""
     try:
         check_job(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
-        from runner.run import train_and_evaluate  # jax and tfds load only once the config is known good
-
-        prepare_training_process()
-        summary = train_and_evaluate(cfg, run_dir, console)
+        prepare_training_process()  # jax and tfds load only once the config is known good
+        if cfg.trainer.replicas > 1:  # K seeds as one vmapped program, each member its own run dir
+            from runner.replicas import train_replicas as train
+        else:
+            from runner.run import train_and_evaluate as train
+        summary = train(cfg, run_dir, console)
     except relaunch.NothingToTrain as e:  # resumed from the checkpoint of a run that had ended
         console.info(str(e))
         return relaunch.best_val_accuracy(run_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import optax
@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 from runner.checks import strip_specs
 from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
+from runner.stages import Stage
 from runner.techniques.regularizers import Regularizer, combine
 from runner.techniques.schedules import Schedule
+
 
 @dataclasses.dataclass(frozen=True)
 class Parts:
@@ -64,6 +66,11 @@ def build_schedule(cfg: DictConfig, steps_per_epoch: int) -> Schedule:
     """The learning-rate schedule, with durations in steps."""
     return instantiate(cfg.schedule, "schedule", learning_rate=cfg.optimizer.learning_rate,
                        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.trainer.epochs)
+
+
+def build_stages(cfg: DictConfig, layers: Sequence[str]) -> list[Stage]:
+    """The run's stages from the stages group, for the run's epochs and the model's hidden layers."""
+    return instantiate(cfg.stages, "stages", epochs=cfg.trainer.epochs, layers=tuple(layers))
 
 
 def build_parts(cfg: DictConfig, num_classes: int, steps_per_epoch: int) -> Parts:

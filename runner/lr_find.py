@@ -72,6 +72,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from runner.build import Parts, build_model, build_regularizer, instantiate
 from runner.checks import check_value
 from runner.console import Console, error
+from runner.data import load_data
 from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
 from runner.outputs import write_atomic, write_json
@@ -456,7 +457,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out if args.out is not None else \
             Path("outputs/lr_find") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         check_out_dir(out)
-        from runner.run import load_data  # run.py imports this module (the auto hook): imported here, not above
 
         prepare_training_process()
         splits = load_data(cfg)

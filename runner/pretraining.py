@@ -81,13 +81,17 @@ class Context:
         return jax.random.fold_in(jax.random.PRNGKey(self.cfg.trainer.seed), _KEY_SALT)
 
 
+def pretraining_method(cfg: DictConfig) -> Any:
+    """The pretraining the config chooses, built (a partial of one of the functions below); None for none."""
+    node = cfg.get("pretraining")
+    method = None if node is None else instantiate(node, "pretraining", _partial_=True)
+    return None if method is None or method.func is none else method
+
+
 def pretrain(cfg: DictConfig, run_dir: Path, console: Console) -> Source | None:
     """The source the run reuses, pretrained as `pretraining` says; None for pretraining=none."""
-    node = cfg.get("pretraining")
-    if node is None:
-        return None
-    method = instantiate(node, "pretraining", _partial_=True)
-    if method.func is none:
+    method = pretraining_method(cfg)
+    if method is None:
         return None
     context = Context(cfg, run_dir, console)
     if cfg.transfer.source:

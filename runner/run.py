@@ -16,15 +16,13 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import flax
-import numpy as np
 from omegaconf import DictConfig
 
 from runner import weights
-from runner.build import Parts, build_parts, instantiate
+from runner.build import Parts, build_parts, build_stages
 from runner.checkpoint import Checkpoints
 from runner.console import Console
-from runner.data import Splits, load_splits
-from runner.data.splits import Scaling
+from runner.data import Splits, load_data
 from runner.diagnostics import layer_names, summarize
 from runner.distributed import AgreedEvent, DataParallel, initialize_processes, is_writer
 from runner.errors import UserError
@@ -37,68 +35,12 @@ from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.records import leave_out, read_metrics
 from runner.pretraining import pretrain
-from runner.replicas import train_replicas
 from runner.stages import Stage, stage_optimizer
 from runner.techniques.schedules import beyond_run
 from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
                              transfer_stages, with_cached_inputs)
-from runner.train import TrainState, create_train_state, make_evaluate
-
-
-def load_data(cfg: DictConfig, scaling: Scaling | None = None) -> Splits:
-    """The dataset's splits (scaled by `scaling`, a reused net's, if given), checked against the batch size."""
-    splits = load_splits(cfg.dataset, seed=cfg.trainer.seed, scaling=scaling)
-    n = len(splits.x_train)
-    if cfg.trainer.batch_size > n:
-        raise UserError(f"trainer.batch_size: {cfg.trainer.batch_size} is larger than the training set "
-                        f"({n} examples); use at most {n}")
-    return splits
-
-
-def padded(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs, labels and a mask of real examples, padded to a whole number of batches."""
-    n = len(x)
-    total = -(-n // batch_size) * batch_size
-    pad = total - n
-    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-    y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-    mask = np.arange(total) < n
-    return x, y, mask
-
-
-class Evaluator:
-    """A compiled evaluation of one split (padded once, kept on device).
-
-    With `data_parallel`, the split is replicated on the run's devices and each batch split over them, as in
-    training; a split smaller than a batch is one batch padded to a multiple of the device count.
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mc_samples: int = 0,
-                 data_parallel: DataParallel | None = None):
-        self.size, self.data_parallel = len(x), data_parallel
-        if self.size:
-            devices = 1 if data_parallel is None else data_parallel.size
-            batch = max(1, min(batch_size, -(-self.size // devices) * devices))
-            self.arrays = self._placed(padded(x, y, batch))
-            split, placed = None, {}
-            if data_parallel is not None:
-                split = data_parallel.batch
-                placed = {"in_shardings": data_parallel.replicated, "out_shardings": data_parallel.replicated}
-            self._jitted = self._fn = jax.jit(make_evaluate(batch, mc_samples, split), **placed)
-
-    def _placed(self, tree: Any) -> Any:
-        return jax.device_put(tree) if self.data_parallel is None else self.data_parallel.put(tree)
-
-    def compile(self, state: TrainState, key: jax.Array) -> None:
-        """Compile for this state's structure now (each stage's optimizer state has its own)."""
-        if self.size:
-            self._fn = self._jitted.lower(self._placed(state), *self.arrays, self._placed(key)).compile()
-
-    def __call__(self, state: TrainState, key: jax.Array) -> dict[str, float]:
-        if not self.size:
-            return {"loss": float("nan"), "accuracy": float("nan")}
-        metrics = self._fn(self._placed(state), *self.arrays, self._placed(key))
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+from runner.evaluate import Evaluator
+from runner.train import TrainState, create_train_state
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str, Any]:
@@ -107,8 +49,6 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     Returns the summary; raises Interrupted (after saving) on SIGTERM/SIGINT.
     With several processes (runner/distributed.py) every process trains; only process 0 writes files.
     """
-    if cfg.trainer.replicas > 1:  # K seeds as one vmapped program, each member its own run dir
-        return train_replicas(cfg, run_dir, console)
     start, tc = time.perf_counter(), cfg.trainer
     initialize_processes()  # several processes (SLURM, JAX_COORDINATOR_ADDRESS): join them before any JAX work
     data_parallel = DataParallel.over(tc.devices)
@@ -199,11 +139,6 @@ def start_from_source(cfg: DictConfig, source: Source, reused: Sequence[str], st
         splits = with_cached_inputs(splits, parts.model, {"params": params, "batch_stats": batch_stats}, len(reused))
         state = state.replace(apply_fn=functools.partial(parts.model.apply, start=len(reused)))
     return state, splits
-
-
-def build_stages(cfg: DictConfig, layers: Sequence[str]) -> list[Stage]:
-    """The run's stages from the stages group, for the run's epochs and the model's hidden layers."""
-    return instantiate(cfg.stages, "stages", epochs=cfg.trainer.epochs, layers=tuple(layers))
 
 
 @dataclasses.dataclass(frozen=True)

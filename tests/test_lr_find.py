@@ -166,7 +166,7 @@ def test_a_config_with_a_number_is_left_as_it_is(tmp_path):
 
 def test_auto_trains_at_the_suggestion_and_records_it_in_the_run_dir(tmp_path, tfds_dir):
     from runner.console import Console
-    from runner.run import load_data
+    from runner.data import load_data
 
     overrides = ("optimizer.learning_rate=auto", "model.depth=1", "model.width=16", "dataset.train_subset=256")
     _saved_run(tmp_path, *overrides)

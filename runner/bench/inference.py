@@ -38,7 +38,8 @@ from runner.bench.harness import validated_config
 from runner.bench.reference import NUM_CLASSES, run_once
 from runner.build import build_parts
 from runner.export import fold_batch_norm
-from runner.run import load_data, sparsify, weight_sparsity
+from runner.data import load_data
+from runner.run import sparsify, weight_sparsity
 from runner.train import create_train_state, make_train_epoch
 
 SPARSE = ("+experiment=sparse",)

@@ -10,7 +10,7 @@ local IDX files or else such a builder's copy (catalogue.py), and `read_idx_set`
 one IDX reader, imported by both); `read_npz` for a local .npz (npz.py).
 """
 
-from runner.data.load import check_dataset, load_splits
+from runner.data.load import check_dataset, load_data, load_splits
 from runner.data.npz import validate_npz
 from runner.data.splits import Splits
 

@@ -65,3 +65,13 @@ def _build(node: DictConfig, key: str) -> Any:
         if isinstance(error.__cause__, UserError):
             raise error.__cause__ from None
         raise UserError(f"{key}: {first_line(error.__cause__ or error)}") from None
+
+
+def load_data(cfg: DictConfig, scaling: Scaling | None = None) -> Splits:
+    """The dataset's splits (scaled by `scaling`, a reused net's, if given), checked against the batch size."""
+    splits = load_splits(cfg.dataset, seed=cfg.trainer.seed, scaling=scaling)
+    n = len(splits.x_train)
+    if cfg.trainer.batch_size > n:
+        raise UserError(f"trainer.batch_size: {cfg.trainer.batch_size} is larger than the training set "
+                        f"({n} examples); use at most {n}")
+    return splits
