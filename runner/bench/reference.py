@@ -13,10 +13,15 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
+from hydra.utils import get_object
 from omegaconf import DictConfig
 
+from runner import stages
 from runner.conv import conv
+from runner.model import Net
+from runner.techniques import schedules
 
 NUM_CLASSES = 10
 
@@ -44,19 +49,19 @@ class LimitState(NamedTuple):
 
 def limit_spec(cfg: DictConfig) -> LimitSpec:
     """The limit's description of `cfg`'s net; raises for choices the hand-written loop does not model."""
-    modelled = {"model": "runner.model.Net", "activation": "jax.nn.elu", "initializer": "jax.nn.initializers.he_normal",
-                "optimizer": "optax.adam", "schedule": "runner.techniques.schedules.constant",
-                "clip": "optax.identity", "stages": "runner.stages.single"}
-    for group, target in modelled.items():
-        if cfg[group]._target_ != target:
-            raise ValueError(f"the limit models {group} {target} only, not {cfg[group]._target_}")
+    modelled = {"model": Net, "activation": jax.nn.elu, "initializer": jax.nn.initializers.he_normal,
+                "optimizer": optax.adam, "schedule": schedules.constant, "clip": optax.identity,
+                "stages": stages.single}
+    for group, callable_ in modelled.items():
+        if get_object(cfg[group]._target_) is not callable_:  # the callable itself, not its name
+            raise ValueError(f"the limit models {group} {callable_.__name__} only, not {cfg[group]._target_}")
     if cfg.activation.get("alpha", 1.0) != 1.0:
         raise ValueError(f"the limit models elu with alpha 1 only, not {cfg.activation.alpha}")
     regularizers = dict(cfg.get("regularizer") or {})
     if set(regularizers) - {"dropout"} or (regularizers and regularizers["dropout"].on_inputs):
         raise ValueError(f"the limit models hidden dropout only, not regularizer={list(regularizers)}")
     layer = cfg.normalization.layer
-    if layer is not None and (layer._target_ != "flax.linen.BatchNorm" or cfg.normalization.position != "pre"):
+    if layer is not None and (get_object(layer._target_) is not nn.BatchNorm or cfg.normalization.position != "pre"):
         raise ValueError(f"the limit models batch norm before the activation only, not {layer._target_}")
     widths = cfg.model.widths
     if widths is not None and len(set(widths)) > 1:
