@@ -20,7 +20,7 @@ import numpy as np
 
 from runner.checkpoint import Checkpoints
 from runner.diagnostics import to_records
-from runner.optim import plateau_state, schedule_count, with_plateau_state
+from runner.optim import applied_rate, plateau_state, rate_inputs, with_plateau_state, written_rate
 from runner.outputs import append_jsonl, read_jsonl, rewrite_jsonl
 
 
@@ -97,20 +97,18 @@ class LearningRateTrace:
     def __init__(self, path: Path, learning_rate_at: Callable, steps_per_epoch: int):
         self.path, self.steps, self.started = path, steps_per_epoch, False
         before = jnp.arange(steps_per_epoch) - steps_per_epoch  # the epoch's counts, relative to the count after it
-        self.rates = jax.jit(lambda count, scale: jax.vmap(learning_rate_at)(count + before) * scale)
+        self.rates = jax.jit(lambda count, scale: applied_rate(learning_rate_at, count, scale, before))
 
     def on_epoch_end(self, end: EpochEnd) -> None:
         if not self.started and self.path.exists():
             rewrite_jsonl(self.path, [r for r in read_jsonl(self.path) if r["epoch"] < end.epoch])
         self.started = True
-        count, plateau = schedule_count(end.state.opt_state), plateau_state(end.state.opt_state)
         # Read to the host first (replicated state: every process holds it), so that the rates are computed on
         # this process's own device: only the process that writes the run's files calls this.
-        count, scale = jax.device_get((end.state.step if count is None else count,
-                                       1.0 if plateau is None else plateau.scale))
+        count, scale = jax.device_get(rate_inputs(end.state.opt_state, end.state.step))
         rates = jax.device_get(self.rates(count, scale))
         append_jsonl(self.path, {"epoch": end.epoch, "step": end.record["step"] - self.steps,
-                                 "lr": [float(str(r)) for r in rates]})  # float32's shortest form
+                                 "lr": [written_rate(r) for r in rates]})
 
 
 class DiagnosticsWriter:

@@ -26,7 +26,7 @@ from runner.build import Parts
 from runner.diagnostics import layer_names
 from runner.distributed import DataParallel
 from runner.handlers import EpochEnd, Handler, write_diagnostics
-from runner.optim import continue_schedule, plateau_state
+from runner.optim import applied_rate, continue_schedule, rate_inputs, written_rate
 from runner.stages import Stage, stage_at, stage_optimizer
 from runner.train import TrainState, make_epoch_programs, make_train_epoch
 
@@ -179,7 +179,7 @@ class Loop:
             outcome.status, outcome.epoch = "diverged", epoch - 1
             return True
         state = carry.state
-        record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(self.parts, state),
+        record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(self.parts, before),
                   "train_loss": float(raw["loss"]), "train_accuracy": float(raw["accuracy"]), "epoch_time_s": seconds}
         end = EpochEnd(epoch, index, state, record, raw, last=epoch == self.total_epochs)
         for handler in self.handlers:
@@ -241,7 +241,7 @@ def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Ar
 
 
 def current_lr(parts: Parts, state: TrainState) -> float:
-    """The learning rate the next step will use: the schedule's, times the plateau scale in the optimizer state."""
-    plateau = plateau_state(state.opt_state)
-    scale = 1.0 if plateau is None else float(plateau.scale)
-    return float(parts.schedule.learning_rate_at(state.step)) * scale
+    """The learning rate the next step of `state` applies (runner/optim.py's one formula of it): for the state an
+    epoch starts from, its first step's, lr_trace.jsonl's first entry of the epoch."""
+    count, scale = jax.device_get(rate_inputs(state.opt_state, state.step))
+    return written_rate(applied_rate(parts.schedule.learning_rate_at, count, scale))

@@ -13,11 +13,13 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
 from hydra.utils import get_method
 
 from runner.errors import UserError
+from runner.techniques.optimizers import FtrlState
 from runner.techniques.schedules import Schedule
 
 MOMENTUM_NAMES = ("b1", "momentum")  # how optax spells the momentum coefficient, Adam family first
@@ -48,7 +50,8 @@ def _is_plateau(node: Any) -> bool:
 
 
 # The states whose count a learning-rate (or momentum) schedule is read at; Adam's own count is its moments' age.
-_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectStatefulHyperparamsState)
+# FTRL reads its rate at its own count (runner/techniques/optimizers.py), so a stage continues it like the others.
+_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectStatefulHyperparamsState, FtrlState)
 
 
 def schedule_count(opt_state: Any) -> jax.Array | None:
@@ -64,6 +67,27 @@ def schedule_count(opt_state: Any) -> jax.Array | None:
     scheduled = [node.count for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_schedule)
                  if _is_schedule(node)]
     return scheduled[0] if scheduled else found[0] if found else None
+
+
+def rate_inputs(opt_state: Any, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(count, scale): the count the chain's schedule is read at next (`schedule_count`; the run's `step` where
+    nothing in the chain counts) and the plateau's scale (1 without one): all the applied rate depends on."""
+    count, plateau = schedule_count(opt_state), plateau_state(opt_state)
+    return (step if count is None else count), (jnp.float32(1.0) if plateau is None else plateau.scale)
+
+
+def applied_rate(learning_rate_at: optax.Schedule, count: Any, scale: Any, offsets: Any = 0) -> jax.Array:
+    """The learning rate the optimizer applies `offsets` updates after the one it makes next, given `rate_inputs`:
+    the schedule at the count, times the scale. The one formula of the applied rate: metrics.jsonl's `lr` (the
+    rate of an epoch's first step), lr_trace.jsonl (every step's), a replicas run's members."""
+    counts = jnp.asarray(count) + jnp.asarray(offsets)
+    return jax.vmap(learning_rate_at)(jnp.atleast_1d(counts)).reshape(jnp.shape(counts)) * scale
+
+
+def written_rate(rate: Any) -> float:
+    """A float32 rate as metrics.jsonl and lr_trace.jsonl write it: its shortest decimal form (0.001, not
+    0.0010000000474974513), so that equal rates read back as equal floats."""
+    return float(str(np.float32(rate)))
 
 
 def continue_schedule(opt_state: Any, step: jax.Array) -> Any:

@@ -40,6 +40,7 @@ from runner.handlers import EpochEnd
 from runner.interrupts import Interrupted, deferred_signals
 from runner.loggers import build_loggers, close_loggers
 from runner.outputs import write_atomic, write_json
+from runner.optim import applied_rate, rate_inputs, written_rate
 from runner.pretraining import pretraining_method
 from runner.records import read_metrics
 from runner.train import create_train_state, make_train_epoch
@@ -136,8 +137,11 @@ def _train(members: Members, parts: Parts, states: Any, data: tuple[jax.Array, j
     tc = members.configs[0].trainer
     epoch = jax.jit(jax.vmap(make_train_epoch(parts, tc.batch_size)))
     val = MemberEvaluator([(s.x_val, s.y_val) for s in members.splits], tc.eval_batch_size)
+    rates_of = jax.jit(jax.vmap(lambda opt_state, step: applied_rate(parts.schedule.learning_rate_at,
+                                                                      *rate_inputs(opt_state, step))))
     for e in range(1, tc.epochs + 1):
         began = time.perf_counter()
+        rates = jax.device_get(rates_of(states.opt_state, states.step))  # each member's first step's rate
         new, raw = epoch(states, *data, jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys[:, 1], e))
         raw = jax.device_get(raw)
         seconds = time.perf_counter() - began
@@ -151,7 +155,7 @@ def _train(members: Members, parts: Parts, states: Any, data: tuple[jax.Array, j
                 members.status[i], members.diverged_at[i] = "diverged", int(raw["first_nonfinite_step"][i])
                 continue
             record = {
-                "epoch": e, "step": int(states.step[i]), "lr": float(parts.schedule.learning_rate_at(states.step[i])),
+                "epoch": e, "step": int(states.step[i]), "lr": written_rate(rates[i]),
                 "train_loss": float(raw["loss"][i]), "train_accuracy": float(raw["accuracy"][i]),
                 "val_loss": scores["loss"][i], "val_accuracy": scores["accuracy"][i], "epoch_time_s": seconds}
             # The member's own state only for loggers beyond metrics.jsonl, which reads the record alone.
