@@ -40,10 +40,15 @@ _quiet_closed_loop_callbacks()
 
 class _RaisedAgainInTheCaller(logging.Filter):
     """Orbax's worker threads log a failed write with its traceback, then the same error is raised where the
-    checkpoint was saved, which reports it (in one line, for a full or read-only disk): drop the log."""
+    checkpoint was saved, which reports it (in one line, for a full or read-only disk): drop the log. Orbax also
+    logs each checkpoint whose _CHECKPOINT_METADATA is missing or torn as it lists them; `restore_latest` says in
+    one line which checkpoint is unusable and why, so those logs go too."""
+
+    DROPPED = ("_SignalingThread.run() raised an exception", "Failed to json parse Metadata file",
+               "Metadata file does not exist")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "_SignalingThread.run() raised an exception" not in str(record.msg)
+        return not any(text in str(record.msg) for text in self.DROPPED)
 
 
 logging.getLogger("absl").addFilter(_RaisedAgainInTheCaller())
@@ -105,11 +110,12 @@ class Checkpoints:
             return restored
         self.close()
         detail = "; ".join(f"checkpoint {e}: {p}" for e, p in problems) if problems else "none found"
-        raise UserError(f"trainer.resume: no usable checkpoint in {self.directory} ({detail}); "
-                        "resume needs hydra.run.dir=<the run dir of the run to continue>")
+        raise UserError(f"trainer.resume: no usable checkpoint in {self.directory} ({detail}); valid: the run dir "
+                        "of the run to continue, with an intact checkpoint (a run dir without checkpoints/ starts "
+                        "again from epoch 1)")
 
     def _restore(self, epoch: int, templates_for: Callable[[dict], dict[str, Any]]) -> tuple[dict, dict]:
-        meta = json.loads((self.directory / str(epoch) / "meta" / "metadata").read_text())
+        meta = _read_meta(self.directory / str(epoch) / "meta" / "metadata")
         templates = templates_for(meta)
         names = [n for n in templates if (self.directory / str(epoch) / n).is_dir()]
         for name in names:  # checked first: orbax fails on a mismatch only after starting background reads
@@ -119,6 +125,24 @@ class Checkpoints:
         restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
         trees = {n: serialization.from_state_dict(templates[n], restored[n]) for n in names}
         return trees, dict(restored["meta"])
+
+
+def _read_meta(path: Path) -> dict:
+    """A checkpoint's own record (epoch, stage, shapes): ValueError saying what is wrong with the file."""
+    where = "/".join(path.parts[-2:])
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"its {where} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    if not text.strip():
+        raise ValueError(f"its {where} is empty")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"its {where} is not JSON ({e.msg}: line {e.lineno} column {e.colno})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"its {where} is not a JSON object")
+    return meta
 
 
 def _shapes(state: dict) -> dict[str, tuple]:
@@ -139,7 +163,7 @@ def _check_shapes(item_dir: Path, template: dict, recorded: dict | None = None) 
         saved = {".".join(str(k["key"]) for k in entry["key_metadata"]): entry["value_metadata"].get("write_shape")
                  for entry in tree.values()}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"has no readable _METADATA ({type(e).__name__})") from None
+        raise ValueError(f"its {item_dir.name}/_METADATA is missing or torn ({type(e).__name__})") from None
     if recorded is not None:
         saved = {k: recorded.get(k, v) for k, v in saved.items()}
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}

@@ -17,6 +17,7 @@ import itertools
 import re
 from pathlib import Path
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -28,6 +29,7 @@ from runner.config import CONF_DIR, compose_config, validate
 from runner.console import Console
 from runner.distributed import launched_processes, process_index_from_env, shared_run_dir, wait_for_coordinator
 from runner.errors import UserError, first_line
+from runner.records import not_yaml
 from runner.resumed import check_same_job, override_key, resumed_overrides
 from runner.rundir import RUN_OUTPUTS, RunDirClaim, has_checkpoint, holds_run, register_job_dir_resolver
 from runner.search import check_search
@@ -288,6 +290,8 @@ class Composer:
         # `-cd DIR` adds the user's conf files to every group they name, as Hydra's own --config-dir does.
         if config_dir is not None and not Path(config_dir).is_dir():
             raise UserError(f"--config-dir {config_dir}: no such directory; valid: a dir of <group>/<choice>.yaml files")
+        if config_dir is not None:
+            _check_conf_dir(Path(config_dir), config_name)
         self.extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
         self.top_level = _top_level(config_name, tuple(self.extra))
 
@@ -309,13 +313,108 @@ def _compose(config_name: str, extra: list[str], job: list[str], hydra: bool) ->
         return compose_config(*job, *extra, config_name=config_name, hydra=hydra)
     except MissingConfigException as e:
         group, _, choice = (e.missing_cfg_file or "").rpartition("/")
-        if e.options and group:
-            raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(e.options))}") from None
+        # A list group (logger=[jsonl,nosuch], regularizer=[...]) gets no options from Hydra: the same line anyway.
+        options = e.options or (_group_choices(group, tuple(extra)) if group else [])
+        if options and group:
+            raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(options))}") from None
         if not group and choice == config_name:
             raise UserError(f"-cn {choice}: no such primary config; valid: config") from None
         raise UserError(first_line(e)) from None
     except (HydraException, OmegaConfBaseException) as e:
+        if (line := _not_in_defaults(e, job, extra)) is not None:
+            raise UserError(line) from None
         raise UserError(_explain(e, job)) from None
+    except yaml.YAMLError as e:  # a conf file Hydra reads that _check_conf_dir did not (a group of the user's own)
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        raise UserError(f"{mark.name if mark else 'a conf file'}: not YAML ({not_yaml(e)}); valid: a YAML mapping, "
+                        "like the runner's conf/<group>/<choice>.yaml") from None
+
+
+def _not_in_defaults(e: Exception, job: list[str], extra: list[str]) -> str | None:
+    """`experiment=fast`, where the group has no default to override: the line saying to add it with `+`, or, for
+    an unknown choice, the line every group's unknown choice gets."""
+    found = re.match(r"Could not override '([\w/]+)'\. No match in the defaults list", str(e))
+    if found is None:
+        return None
+    group = found[1]
+    choice = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == group), "CHOICE")
+    options = _group_choices(group, tuple(extra))
+    if options and choice not in options:
+        return f"{group}={choice}: unknown choice; valid: {', '.join(options)} (added with +{group}=CHOICE)"
+    return f"{group}={choice}: {group} has no default choice to override; valid: +{group}={choice} (adds it)"
+
+
+@functools.lru_cache(maxsize=32)
+def _group_choices(group: str, extra: tuple[str, ...]) -> list[str]:
+    """The choices of a config group where Hydra looks: conf/, then a -cd DIR (`extra` names it)."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.object_type import ObjectType
+
+    search_path = create_config_search_path(f"file://{CONF_DIR}")
+    for path in (path for override in extra for path in re.findall(r"file://[^,\]]+", override)):
+        search_path.append("command-line", path)
+    repository = ConfigRepository(config_search_path=search_path)
+    return sorted(repository.get_group_options(group, results_filter=ObjectType.CONFIG))
+
+
+def _check_conf_dir(conf_dir: Path, config_name: str) -> None:
+    """The conf files of a `-cd DIR` that Hydra may read, each read first: one that is not a YAML mapping (broken,
+    cut off, not text, a list) is one line naming it, as is a primary config there, which Hydra never reads."""
+    primary, builtin = conf_dir / f"{config_name}.yaml", CONF_DIR / f"{config_name}.yaml"
+    if primary.is_file() and builtin.is_file():  # (a -cn only the dir has is refused as no such primary config)
+        mine = _read_conf_file(primary, None)
+        if mine != OmegaConf.to_container(OmegaConf.load(builtin)):  # a copy of conf/ changes nothing
+            raise UserError(f"{primary}: not read, so what it sets would be silently ignored: the runner's own "
+                            f"conf/{config_name}.yaml is the primary config, and --config-dir adds choices to its "
+                            f"groups; valid: remove it, or put what it changes in {conf_dir}/experiment/NAME.yaml "
+                            "(starting with '# @package _global_') and add +experiment=NAME")
+    for group in _conf_groups():
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            _read_conf_file(path, group)
+
+
+@functools.lru_cache(maxsize=1)
+def _conf_groups() -> tuple[str, ...]:
+    """The runner's config groups, nested ones included (experiment/transfer, hydra/launcher)."""
+    return tuple(sorted(str(d.relative_to(CONF_DIR)) for d in CONF_DIR.rglob("*") if d.is_dir()))
+
+
+def _read_conf_file(path: Path, group: str | None) -> dict | None:
+    """A user's conf file as Hydra will read it; UserError naming the file unless it is a YAML mapping (or empty),
+    and, in a group whose every choice names a callable, one that names a callable too (or a defaults list)."""
+    from omegaconf._utils import get_yaml_loader  # the loader Hydra reads conf files with
+
+    example = _callable_example(group) if group else None
+    if example:
+        valid = f"valid: a YAML mapping naming a callable with _target_, like conf/{group}/{example}.yaml"
+    else:
+        valid = f"valid: a YAML mapping, like the runner's conf/{f'{group}/*' if group else 'config'}.yaml"
+    try:
+        value = yaml.load(path.read_text(), Loader=get_yaml_loader())
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not text (it is not UTF-8); {valid}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or type(e).__name__}); {valid}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not YAML ({not_yaml(e)}); {valid}") from None
+    if value is not None and not isinstance(value, dict):
+        kind = "a list" if isinstance(value, list) else f"the {type(value).__name__} {str(value)[:40]!r}"
+        raise UserError(f"{path}: holds {kind}, not a mapping of keys; {valid}")
+    if example and not (value and ("_target_" in value or "defaults" in value)):
+        raise UserError(f"{path}: {'empty' if not value else 'names no callable (no _target_)'}; {valid}")
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _callable_example(group: str) -> str | None:
+    """A built-in choice of `group` when every one of them names a callable (`_target_`), so a choice of the user's
+    must too; None for groups of plain settings (dataset, experiment, ...)."""
+    files = sorted((CONF_DIR / group).glob("*.yaml"))
+    loaded = [OmegaConf.load(f) for f in files]
+    if files and all(isinstance(node, DictConfig) and "_target_" in node for node in loaded):
+        return files[0].stem
+    return None
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,23 +1,33 @@
-"""A run dir's two records, each read in one place: summary.json (how the run ended) and metrics.jsonl (one line
-per epoch).
+"""A run dir's files that the runner reads back, each read in one place: summary.json (how the run ended),
+metrics.jsonl (one line per epoch), .hydra/config.yaml and .hydra/overrides.yaml (what Hydra saved of the config
+and the command line, read to resume a run or to reuse its net) and input_scaling.json (what its inputs were
+scaled by).
 
-The runner writes both so that a reader never sees half of one (runner/outputs.py), but a run dir is a plain
-dir: a file can be cut off by a full disk, copied in part, or edited. What is not what the runner writes is a
-`UserError` naming the file and what is wrong with it; a reader that can go on without one line of
-metrics.jsonl (a crash mid-write leaves its last line cut off) passes `on_bad_line` and gets that line's
-message instead. Nothing here imports jax.
+The runner writes them so that a reader never sees half of one (runner/outputs.py), but a run dir is a plain
+dir: a file can be cut off by a full disk, copied in part, or edited. What is not what the runner writes (empty,
+cut off, not JSON or YAML, the wrong type, the wrong shape) is a `UserError` naming the file and what is wrong with
+it; a reader that can go on without one line of metrics.jsonl (a crash mid-write leaves its last line cut off)
+passes `on_bad_line` and gets that line's message instead. Nothing here imports jax.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from runner.data.splits import Scaling
 from runner.errors import UserError
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+SCALING_FILE = "input_scaling.json"
 
 
 def _text(path: Path) -> str:
@@ -33,17 +43,36 @@ def _error(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: {problem}")
 
 
-def _kind(value: Any) -> str:
-    """What a JSON value is, in JSON's words: a list, a string, a number, ..."""
+def _kind(value: Any, mapping: str = "an object") -> str:
+    """What a JSON value is, in JSON's words: a list, a string, a number, ... (`mapping`: what YAML calls a dict)."""
     if isinstance(value, bool):
         return "true or false"
-    names = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+    names = {dict: mapping, list: "a list", str: "a string", int: "a number", float: "a number",
              type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 
 def _not_json(e: json.JSONDecodeError) -> str:
     return f"{e.msg}: line {e.lineno} column {e.colno}"
+
+
+def _yaml(path: Path, text: str, valid: str = "") -> Any:
+    """The YAML value of a file's text, read as OmegaConf reads it (`1e-07` a number); not YAML: one line."""
+    from omegaconf._utils import get_yaml_loader  # OmegaConf's own loader: what OmegaConf.load would read
+
+    try:
+        return yaml.load(text, Loader=get_yaml_loader())
+    except yaml.YAMLError as e:
+        raise _error(path, f"not YAML ({not_yaml(e)}){valid}") from None
+
+
+def not_yaml(e: yaml.YAMLError) -> str:
+    """What a YAML parser found wrong and where, in one line: `expected ',' or ']', but got '<stream end>': line 2
+    column 1`."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or type(e).__name__
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f": line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return " ".join(str(problem).split()) + where
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -112,3 +141,69 @@ def _record(line: str, last: bool) -> tuple[dict[str, Any] | None, str | None]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return None, f"has {_kind(value)} for {key}, not a number"
     return record, None
+
+
+def read_config(path: Path) -> DictConfig:
+    """A config Hydra saved (a run dir's .hydra/config.yaml). Raises UserError naming the file when it is missing
+    or unreadable, empty, not YAML, or not a mapping of config groups."""
+    path = Path(path)
+    text = _text(path)
+    valid = "valid: the config Hydra saves in a run dir when the run starts"
+    if not text.strip():
+        raise _error(path, f"empty; {valid}")
+    config = _yaml(path, text, f"; {valid}")
+    if not isinstance(config, dict):
+        raise _error(path, f"holds {_kind(config, 'a mapping')}, not a mapping of config groups; {valid}")
+    try:
+        return OmegaConf.create(config)
+    except Exception as e:  # e.g. a key OmegaConf cannot take
+        raise _error(path, f"not a config ({' '.join(str(e).split()[:30])}); {valid}") from None
+
+
+def read_overrides(path: Path) -> list[str]:
+    """The command line Hydra saved (a run dir's .hydra/overrides.yaml): a list of overrides, [] for none. Raises
+    UserError naming the file when it is missing or unreadable, empty, not YAML, or not a list of strings."""
+    path = Path(path)
+    text = _text(path)
+    valid = "valid: a YAML list of overrides, as Hydra saves them ([] for none)"
+    if not text.strip():
+        raise _error(path, f"empty; {valid}")
+    overrides = _yaml(path, text, f"; {valid}")
+    if not isinstance(overrides, list):
+        raise _error(path, f"holds {_kind(overrides, 'a mapping')}, not a list of overrides; {valid}")
+    for number, override in enumerate(overrides, 1):
+        if not isinstance(override, str) or "=" not in override and not override.startswith("~"):
+            raise _error(path, f"its entry {number} ({json.dumps(override, default=str)}) is not an override "
+                               f"(key=value); {valid}")
+    return overrides
+
+
+def read_scaling(path: Path) -> Scaling:
+    """What a run's inputs were scaled by (its input_scaling.json): per channel, (x - mean) / std. Raises UserError
+    naming the file when it is missing or unreadable, empty, not JSON, or not equally long lists of finite numbers
+    (std > 0) under mean and std."""
+    path = Path(path)
+    text = _text(path)
+    valid = 'valid: {"mean": [...], "std": [...]}, one finite number per input channel each, std > 0'
+    if not text.strip():
+        raise _error(path, f"empty; {valid}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _error(path, f"not JSON ({_not_json(e)}); {valid}") from None
+    if not isinstance(data, dict):
+        raise _error(path, f"holds {_kind(data)}, not a JSON object; {valid}")
+    for key in ("mean", "std"):
+        values = data.get(key)
+        if key not in data:
+            raise _error(path, f"has no {key}; {valid}")
+        if not isinstance(values, list) or not values:
+            raise _error(path, f"its {key} is {_kind(values) if values != [] else 'an empty list'}, not a list of "
+                               f"numbers; {valid}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise _error(path, f"its {key} holds a value that is not a finite number; {valid}")
+    if len(data["mean"]) != len(data["std"]):
+        raise _error(path, f"has {len(data['mean'])} means but {len(data['std'])} stds; {valid}")
+    if min(data["std"]) <= 0:
+        raise _error(path, f"has a std of {min(data['std'])}; {valid}")
+    return Scaling.from_json(data)

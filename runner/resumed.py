@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.errors import UserError, first_line
+from runner.checks import SPEC_KEY
+from runner.errors import UserError
+from runner.records import CONFIG_FILE, OVERRIDES_FILE, read_config, read_overrides
 
 
 def override_key(override: str) -> str:
@@ -28,7 +30,10 @@ def resumed_overrides(run_dir: Path, overrides: list[str], compose: Callable[[li
     new_keys = {override_key(o) for o in overrides}
     merged = [o for o in saved_overrides if override_key(o) not in new_keys | {"trainer.resume"}] + overrides
     # Keys the run's config lacks came with a later version of the runner: at their defaults they change nothing.
-    defaults = OmegaConf.to_container(compose([o for o in saved_overrides if override_key(o) != "trainer.resume"]))
+    try:
+        defaults = OmegaConf.to_container(compose([o for o in saved_overrides if override_key(o) != "trainer.resume"]))
+    except UserError as e:  # an override saved there that this runner's conf files no longer take (or an edit)
+        raise UserError(f"{run_dir / OVERRIDES_FILE}: {e}") from None
     _refuse_changes(saved_cfg, compose(merged), f"these overrides change what {run_dir} was trained with", defaults)
     return merged
 
@@ -46,27 +51,43 @@ def _refuse_changes(saved_cfg: DictConfig, cfg: DictConfig, what: str, defaults:
                if not _may_change(cfg, key, old, new) and not _found_at_start(key, old, new)
                and not (old is _ABSENT and defaults is not None and _at(defaults, key) == new)]
     if refused:
-        shown = ", ".join(f"{key} ({_show(old)} -> {_show(new)})" for key, old, new in refused)
+        shown = ", ".join(f"{key} ({_show(old)} -> {_show(new)})" for key, old, new in _as_told(refused))
         raise UserError(f"trainer.resume: {what}: {shown}; valid on resume: {', '.join(_resume_keys(cfg))}")
 
 
+def _as_told(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """The changes as a person would name them: a node that names another callable (`optimizer=sgd` for adam) as
+    one change of that node, not one per argument."""
+    replaced = {key[:-len("._target_")] for key, _, _ in changes if key.endswith("._target_")}
+    told = []
+    for key, old, new in changes:
+        node = key[:-len("._target_")] if key.endswith("._target_") else None
+        if node is not None:
+            told.append((node, old, new))
+        elif not any(key.startswith(f"{r}.") for r in replaced):
+            told.append((key, old, new))
+    return told
+
+
 def _saved(run_dir: Path) -> tuple[DictConfig, list[str]]:
-    hydra_dir = run_dir / ".hydra"
-    try:
-        return OmegaConf.load(hydra_dir / "config.yaml"), list(OmegaConf.load(hydra_dir / "overrides.yaml"))
-    except FileNotFoundError:
-        raise UserError(f"trainer.resume: {hydra_dir} has no config.yaml/overrides.yaml to resume from; "
-                        "valid: the run dir of a run started by python -m runner") from None
-    except Exception as e:  # a hand-edited or torn YAML file
-        raise UserError(f"trainer.resume: cannot read the saved config in {hydra_dir}: {first_line(e)}") from None
+    """The run's saved config and overrides (runner/records.py: a file that is not what Hydra saves is one line)."""
+    config_file, overrides_file = run_dir / CONFIG_FILE, run_dir / OVERRIDES_FILE
+    if not config_file.exists() or not overrides_file.exists():
+        raise UserError(f"trainer.resume: {run_dir / '.hydra'} has no config.yaml/overrides.yaml to resume from; "
+                        "valid: the run dir of a run started by python -m runner")
+    return read_config(config_file), read_overrides(overrides_file)
 
 
 _ABSENT = object()  # a key one config has and the other lacks
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    if isinstance(old, dict) and isinstance(new, dict) or old is _ABSENT and isinstance(new, dict):
-        old = {} if old is _ABSENT else old
+    """Each (key, old, new) where the two configs differ, leaf by leaf; a conf file's `_valid_` declarations are
+    not the run's values (a later runner may declare more) and are left out."""
+    if isinstance(old, dict) and isinstance(new, dict) or old is _ABSENT and isinstance(new, dict) \
+            or isinstance(old, dict) and new is _ABSENT:
+        old = {} if old is _ABSENT else {k: v for k, v in old.items() if k != SPEC_KEY}
+        new = {} if new is _ABSENT else {k: v for k, v in new.items() if k != SPEC_KEY}
         return [d for k in sorted(old.keys() | new.keys(), key=str)
                 for d in _differences(old.get(k, _ABSENT), new.get(k, _ABSENT),
                                       f"{prefix}{k}" if not prefix else f"{prefix}.{k}")]
@@ -129,4 +150,6 @@ def _resume_keys(cfg: DictConfig) -> list[str]:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, dict):  # a node where the other config has a value: the callable it names
+        return str(value.get("_target_", "{...}"))
     return "(absent)" if value is _ABSENT else "null" if value is None else str(value)

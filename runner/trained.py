@@ -10,7 +10,6 @@ to get the best weights; nothing here looks at checkpoints.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 from runner import weights
 from runner.data.splits import Scaling
 from runner.errors import UserError, first_line
-from runner.records import SUMMARY_FILE, read_summary
+from runner.records import CONFIG_FILE, SCALING_FILE, SUMMARY_FILE, read_config, read_scaling, read_summary
 
-SCALING_FILE = "input_scaling.json"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = Path(".hydra") / "config.yaml"
+WEIGHTS_FILE = weights.WEIGHTS_FILE
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +63,8 @@ class TrainedRun:
 
 
 def read_run(path: Path, key: str) -> TrainedRun:
-    """The run in `path`; a dir that is no run dir, or a run without weights: one line naming `key`."""
+    """The run in `path`; a dir that is no run dir, or a run without weights: one line naming `key`. A file of it
+    that is not what the runner writes is one line naming the file (runner/records.py, runner/weights.py)."""
     path = Path(path).expanduser()
     if not (path / CONFIG_FILE).is_file():
         what = ": no such directory" if not path.is_dir() else f" is not a run dir (no {CONFIG_FILE})"
@@ -75,14 +73,12 @@ def read_run(path: Path, key: str) -> TrainedRun:
     if not (path / WEIGHTS_FILE).is_file():
         raise UserError(f"{key}: {path} has no {WEIGHTS_FILE} (its status: {summary.get('status', 'unfinished')}); "
                         "valid: a run that finished (completed, early_stopped or diverged)")
-    try:
-        cfg = OmegaConf.load(path / CONFIG_FILE)
-        scaling_file = path / SCALING_FILE
-        scaling = Scaling.from_json(json.loads(scaling_file.read_text())) if scaling_file.is_file() else None
-    except (OmegaConfBaseException, ValueError, KeyError, OSError) as error:
-        raise UserError(f"{key}: {path} has an unreadable {CONFIG_FILE} or {SCALING_FILE} ({first_line(error)}); "
-                        "valid: the run dir of a finished run") from None
-    return TrainedRun(path, cfg, weights.load(path / WEIGHTS_FILE, key), scaling, summary)
+    cfg = read_config(path / CONFIG_FILE)
+    if not isinstance(cfg.get("model"), DictConfig):
+        raise UserError(f"{path / CONFIG_FILE}: has no model node; valid: the config Hydra saves in a run dir when "
+                        "the run starts")
+    scaling = read_scaling(path / SCALING_FILE) if (path / SCALING_FILE).exists() else None
+    return TrainedRun(path, cfg, weights.load_runner(path / WEIGHTS_FILE, key), scaling, summary)
 
 
 def _read_summary(path: Path) -> dict:

@@ -3,9 +3,11 @@
 `transfer.source` is either a run dir of this runner (its `model.safetensors`, written at the end of every run
 with the final or restored best weights, and its `input_scaling.json`; read by runner/trained.py), `best:DATASET`
 (the most accurate finished run on that dataset under outputs/ whose input shape fits this run's, from the catalog
-of runner/models.py), or a `.safetensors` file from any framework (`transfer.layout` says how it stores weights,
-runner/weights.py). From a run dir each reused layer brings its block too: normalization parameters and batch
-statistics, PReLU slopes. From a foreign file only the weight layers are matched, in order; blocks start fresh.
+of runner/models.py), or a `.safetensors` file. A runner's own weights file (named as runner/weights.py names a
+net's, wherever it lies) gives what its run dir gives: its hidden layers by name, each with its block
+(normalization parameters and batch statistics, PReLU slopes), never its head, and the `input_scaling.json` beside
+it when there is one. A file from any other framework is matched by weight layer, in order (`transfer.layout` says
+how it stores them); blocks start fresh.
 
 The reused layers are frozen (`transfer.freeze`, the default: inference mode, parameters held after the whole
 optax chain, runner/stages.py), optionally only for `transfer.unfreeze_after` epochs, after which a second stage
@@ -27,8 +29,9 @@ from omegaconf import DictConfig
 from runner import weights
 from runner.data.splits import Scaling, Splits
 from runner.errors import UserError
+from runner.records import SCALING_FILE, read_scaling
 from runner.stages import Stage
-from runner.trained import SCALING_FILE, WEIGHTS_FILE, read_run  # noqa: F401 (WEIGHTS_FILE: run.py imports it here)
+from runner.trained import WEIGHTS_FILE, read_run  # noqa: F401 (WEIGHTS_FILE: run.py imports it here)
 
 BEST = "best:"  # transfer.source=best:DATASET
 
@@ -67,9 +70,12 @@ def read_source(cfg: DictConfig, input_shape: Callable[[], Sequence[int]] | None
     if path.is_dir():
         return _read_run_dir(path)
     if path.suffix == ".safetensors":
+        tensors = weights.load(path)
+        if weights.is_runner_file(tensors):
+            return _read_runner_file(path, tensors, cfg.layout)
         layers = [SourceLayer(w.name, "dense" if w.kernel.ndim == 2 else "conv",
                               {"kernel": w.kernel, **({"bias": w.bias} if w.bias is not None else {})})
-                  for w in weights.weight_layers(weights.load(path), cfg.layout)]
+                  for w in weights.weight_layers(tensors, cfg.layout)]
         if not layers:
             raise UserError(f"transfer.source: {path} holds no weight of two or more axes; valid: a file of "
                             "dense or convolution weights")
@@ -80,17 +86,34 @@ def read_source(cfg: DictConfig, input_shape: Callable[[], Sequence[int]] | None
 
 def _read_run_dir(path: Path) -> Source:
     run = read_run(path, "transfer.source")
-    flat, source_cfg = run.weights, run.cfg
+    return Source(run.path, _runner_layers(run.weights, run.cfg.model.get("_target_", "the source model")),
+                  run.scaling)
+
+
+def _read_runner_file(path: Path, tensors: dict[str, np.ndarray], layout: str) -> Source:
+    """A run's weights file given by itself: what its run dir would give (the input scaling only if it lies
+    beside the file)."""
+    if layout != "flax":
+        raise UserError(f"transfer.layout={layout}: {path} is a runner's weights file (dense_0.kernel, ..., "
+                        "head.kernel), read by name in Flax's layout; valid: transfer.layout=flax (the default) "
+                        "with it")
+    weights.check_runner_file(path, tensors)
+    scaling_file = path.parent / SCALING_FILE
+    return Source(path, _runner_layers(tensors, str(path)),
+                  read_scaling(scaling_file) if scaling_file.exists() else None)
+
+
+def _runner_layers(flat: dict[str, np.ndarray], label: str) -> list[SourceLayer]:
+    """The hidden layers of a runner's weights, from the input up, each with its block; the head is not one."""
     layers = []
     for name in _hidden_layer_names(flat):
         index = name.split("_")[1]
         block = {k[len(f"block_{index}."):]: v for k, v in flat.items() if k.startswith(f"block_{index}.")}
         stats = {k: v for k, v in block.items() if k.rsplit(".", 1)[-1] in ("mean", "var")}
-        layers.append(SourceLayer(f"{name} of {source_cfg.model.get('_target_', 'the source model')}",
-                                  name.split("_")[0], {k: flat[f"{name}.{k}"] for k in ("kernel", "bias")
-                                                       if f"{name}.{k}" in flat},
+        layers.append(SourceLayer(f"{name} of {label}", name.split("_")[0],
+                                  {k: flat[f"{name}.{k}"] for k in ("kernel", "bias") if f"{name}.{k}" in flat},
                                   {k: v for k, v in block.items() if k not in stats}, stats))
-    return Source(run.path, layers, run.scaling)
+    return layers
 
 
 def _hidden_layer_names(flat: dict) -> list[str]:
@@ -101,11 +124,20 @@ def _hidden_layer_names(flat: dict) -> list[str]:
 
 def reused_layers(cfg: DictConfig, source: Source, layers: Sequence[str]) -> tuple[str, ...]:
     """The new model's hidden layers that take the source's: the lowest `reuse_layers` (default: all it has)."""
-    k = cfg.reuse_layers if cfg.reuse_layers is not None else len(source.layers)
-    if k > len(source.layers) or k > len(layers):
-        raise UserError(f"transfer.reuse_layers: {k}, but the source has {len(source.layers)} hidden layers and this "
-                        f"model {len(layers)}; valid: 1..{min(len(source.layers), len(layers))}")
-    return tuple(layers[:k])
+    have, fit = len(source.layers), min(len(source.layers), len(layers))
+    if not have:
+        raise UserError(f"transfer.source: {source.path} has no hidden layers (its net is only a head); valid: a "
+                        "source with at least one hidden layer")
+    if cfg.reuse_layers is None:  # not set: all the source has, which must fit
+        if have > len(layers):
+            raise UserError(f"transfer.source: {source.path} has {have} layers to reuse and this model {len(layers)} "
+                            f"hidden layers, so not all of them fit; valid: transfer.reuse_layers=1..{fit}, or a "
+                            f"model with at least {have} hidden layers")
+        return tuple(layers[:have])
+    if cfg.reuse_layers > fit:
+        raise UserError(f"transfer.reuse_layers: {cfg.reuse_layers}, but the source has {have} hidden layers and "
+                        f"this model {len(layers)}; valid: 1..{fit}")
+    return tuple(layers[:cfg.reuse_layers])
 
 
 def graft(params: Any, batch_stats: Any, source: Source, reused: Sequence[str]) -> tuple[dict, dict]:

@@ -10,10 +10,11 @@ Parameters and batch statistics share one namespace, `<layer>.<name>`, in Flax's
     block_1.act.alpha                                            PReLU's slopes
     head.kernel, head.bias                                       the classifier
 
-A file written by another framework is read by layer order instead of by name (`weight_layers`): its weight
-tensors of two or more axes, each with the bias beside it, in natural order of their names ("2.weight" before
-"10.weight"). `layout` says how that framework stores them: `flax` and `keras` as above, `torch` as
-`nn.Linear` [out, in] and `nn.Conv1d`/`nn.Conv2d` [out, in, (H,) W], transposed here.
+A file named this way is a runner's weights file wherever it lies (`is_runner_file`): read by name, its hidden
+layers are conv_i and dense_i, never the head. A file written by another framework is read by layer order instead
+(`weight_layers`): its weight tensors of two or more axes, each with the bias beside it, in natural order of their
+names ("2.weight" before "10.weight"). `layout` says how that framework stores them: `flax` and `keras` as above,
+`torch` as `nn.Linear` [out, in] and `nn.Conv1d`/`nn.Conv2d` [out, in, (H,) W], transposed here.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ from typing import Any, NamedTuple
 import numpy as np
 from flax import traverse_util
 
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 
 LAYOUTS = ("flax", "torch", "keras")
+WEIGHTS_FILE = "model.safetensors"  # what every run writes in its run dir
+# The names `flat_weights` gives a net of runner/model.py: a weight layer, its block, the classifier.
+_RUNNER_NAME = re.compile(r"(conv|dense)_\d+\.(kernel|bias)|block_\d+\.[\w.]+|head\.(kernel|bias)")
+_VALID_RUNNER_FILE = (f"valid: the {WEIGHTS_FILE} a run writes (dense_0.kernel, dense_0.bias, ..., head.kernel, "
+                      "head.bias)")
 
 
 def flat_weights(params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
@@ -67,9 +73,50 @@ def load(path: Path, key: str = "transfer.source") -> dict[str, np.ndarray]:
     if not Path(path).is_file():
         raise UserError(f"{key}: {path} does not exist; valid: a run dir of a finished run or a .safetensors file")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{key}: {path} is not a readable safetensors file ({error})") from None
+        raise UserError(f"{key}: {path} is not a readable safetensors file ({first_line(error)})") from None
+    except TypeError as error:  # a dtype NumPy lacks: bfloat16
+        raise UserError(f"{key}: {path} holds a tensor NumPy cannot read ({first_line(error)}); valid: float32 or "
+                        "float16 tensors (from PyTorch: save model.float().state_dict())") from None
+    if not tensors:
+        raise UserError(f"{key}: {path} holds no tensors; valid: a file of a net's weights")
+    return tensors
+
+
+def is_runner_file(tensors: dict[str, np.ndarray]) -> bool:
+    """Whether the tensors are named as the runner names a net's (a run's model.safetensors, wherever it lies)."""
+    return "head.kernel" in tensors and all(_RUNNER_NAME.fullmatch(name) for name in tensors)
+
+
+def load_runner(path: Path, key: str) -> dict[str, np.ndarray]:
+    """A run's weights file (`load`), checked to be what `save` writes: a head and weight layers whose biases fit
+    their kernels, every tensor floating point. Anything else is one line naming the file and the tensor."""
+    tensors = load(path, key)
+    check_runner_file(path, tensors)
+    return tensors
+
+
+def check_runner_file(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Raises UserError naming the file and tensor unless `tensors` are a net's as `save` writes them."""
+    for name in ("head.kernel", "head.bias"):
+        if name not in tensors:
+            raise UserError(f"{path}: has no {name}; {_VALID_RUNNER_FILE}")
+    for name in sorted(tensors):
+        if not _RUNNER_NAME.fullmatch(name):
+            raise UserError(f"{path}: has {name}, a name no runner net's tensor has; {_VALID_RUNNER_FILE}")
+    for name, value in sorted(tensors.items()):
+        if value.dtype.kind != "f":
+            raise UserError(f"{path}: {name} has dtype {value.dtype}; {_VALID_RUNNER_FILE}, floating point")
+    for name in sorted(n for n in tensors if n.endswith(".kernel")):
+        kernel, bias = tensors[name], tensors.get(name[:-len("kernel")] + "bias")
+        rank_ok = kernel.ndim == 2 if name.startswith(("dense_", "head.")) else kernel.ndim in (3, 4)
+        if not rank_ok:
+            raise UserError(f"{path}: {name} has shape {kernel.shape}, which no layer of this kind has; "
+                            f"{_VALID_RUNNER_FILE}")
+        if bias is not None and bias.shape != kernel.shape[-1:]:
+            raise UserError(f"{path}: {name} has shape {kernel.shape} but its bias {bias.shape}; valid: a bias of "
+                            f"shape {kernel.shape[-1:]} (one per output), as {WEIGHTS_FILE} holds them")
 
 
 class WeightLayer(NamedTuple):

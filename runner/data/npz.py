@@ -6,6 +6,7 @@ file before anything is written.
 
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -28,6 +29,8 @@ def read_npz(path: str | None, data_dir: str | None = None) -> TrainTest:
         raise UserError(f"dataset.path: needs a value, e.g. dataset.path=data.npz; valid: {_VALID_FILE}")
     if not os.path.isfile(path):
         raise UserError(f"dataset.path={path}: no such file; valid: {_VALID_FILE}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty; valid: {_VALID_FILE}")
     arrays = _read_arrays(path)
     for split in ("train", "test"):
         _check_split(path, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
@@ -59,7 +62,7 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
         # allow_pickle=False: a dataset file must not run code on load.
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path} is not a readable .npz ({error}); valid: {_VALID_FILE}") from error
+        raise UserError(f"{path} is not a readable .npz ({error}); valid: {_VALID_FILE}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UserError(f"{path} holds a single .npy array, not an .npz archive; valid: {_VALID_FILE}")
     with archive:
@@ -69,7 +72,7 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
         _check_headers(path)
         try:
             return {key: archive[key] for key in _KEYS}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise UserError(f"{path} has an unreadable array ({error}); valid: {_VALID_FILE}") from error
 
 
@@ -78,19 +81,22 @@ def _check_headers(path: str) -> None:
     dimensions would otherwise make NumPy try to allocate them (MemoryError, or a stall)."""
     with zipfile.ZipFile(path) as archive:
         for key in _KEYS:
-            info = archive.getinfo(f"{key}.npy")
-            with archive.open(info) as member:
-                try:
+            try:
+                info = archive.getinfo(f"{key}.npy")
+            except KeyError:  # NumPy lists a member without the .npy suffix too, but np.savez writes none
+                raise UserError(f"{path}: {key} is not a .npy member ({key}.npy); valid: {_VALID_FILE}") from None
+            try:
+                with archive.open(info) as member:
                     version = np.lib.format.read_magic(member)
                     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                    else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read_header(member)
-                except (ValueError, EOFError) as error:
-                    raise UserError(f"{path}: {key} has an unreadable header ({error}); valid: {_VALID_FILE}") from None
-                claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                if claimed > info.file_size:
-                    raise UserError(f"{path}: {key}'s header claims shape {shape} ({claimed:,} bytes) but the file "
-                                    f"holds {info.file_size:,}; valid: {_VALID_FILE}")
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as error:
+                raise UserError(f"{path}: {key} has an unreadable header ({error}); valid: {_VALID_FILE}") from None
+            claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if claimed > info.file_size:
+                raise UserError(f"{path}: {key}'s header claims shape {shape} ({claimed:,} bytes) but the file "
+                                f"holds {info.file_size:,}; valid: {_VALID_FILE}")
 
 
 def _with_channel_axis(x: np.ndarray) -> np.ndarray:

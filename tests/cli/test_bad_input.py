@@ -21,6 +21,8 @@ CASES = [
     (["trainer.batch_size=0"], ["trainer.batch_size", ">= 1"]),
     (["trainer.batch_size=100000"], ["trainer.batch_size", "larger than the training set"]),
     (["clip=sometimes"], ["clip=sometimes", "unknown choice", "global_norm"]),
+    (["logger=[jsonl,nosuch]"], ["logger=nosuch: unknown choice; valid: csv, jsonl, mlflow, tensorboard"]),
+    (["experiment=nosuch"], ["experiment=nosuch: unknown choice", "fast", "+experiment="]),
     (["dataset.val_fraction=1.5"], ["dataset.val_fraction", "[0, 1)"]),
     (["dataset=npz"], ["dataset.path", "npz"]),
     (["dataset=npz", "dataset.path=/no/such/file.npz"], ["/no/such/file.npz"]),
