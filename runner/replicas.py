@@ -44,6 +44,7 @@ from runner.optim import applied_rate, rate_inputs, written_rate
 from runner.pretraining import pretraining_method
 from runner.records import read_metrics
 from runner.train import create_train_state, make_train_epoch
+from runner.transfer import save_scaling
 
 MEMBER_DIR = "seed_{seed}"
 
@@ -59,6 +60,8 @@ def check_replicas(cfg: DictConfig) -> None:
         (cfg.transfer.source is not None, "transfer.source", "null"),
         (pretraining_method(cfg) is not None, "pretraining", "pretraining=none"),
         (tc.diagnostics_every > 0, "trainer.diagnostics_every", "0"),
+        (tc.mc_dropout_samples > 0, "trainer.mc_dropout_samples", "0 (python -m runner.predict RUN --mc-samples N "
+                                                                  "on each member's dir)"),
         (tc.checkpoint_every > 0, "trainer.checkpoint_every", "0"),
         (tc.resume, "trainer.resume", "false"),
         (str(cfg.optimizer.get("learning_rate")) == "auto", "optimizer.learning_rate=auto", "a number"),
@@ -179,6 +182,7 @@ def _finish(members: Members, states: Any, eval_keys: jax.Array, run_dir: Path, 
     for i, (d, s) in enumerate(zip(members.dirs, members.seeds)):
         member = _member(states, i)
         weights.save(d / "model.safetensors", member.params, member.batch_stats)
+        save_scaling(d, members.splits[i].scaling)  # what predict, export and transfer scale raw inputs by
         metrics = read_metrics(d / "metrics.jsonl")
         summary = {"status": members.status[i], "epochs": len(metrics), "steps": int(states.step[i]),
                    "best_val_accuracy": max((r["val_accuracy"] for r in metrics), default=None),

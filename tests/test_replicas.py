@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from runner.errors import UserError
-from runner.replicas import check_replicas
+from runner.data import load_data
+from runner.replicas import check_replicas, member_config
 from tests.conftest import compose_config, read_metrics, read_summary
 
 SMALL = ("model.depth=2", "model.width=32", "trainer.epochs=2")
@@ -21,6 +22,7 @@ SMALL = ("model.depth=2", "model.width=32", "trainer.epochs=2")
     ("stages=freeze_lower", "stages"),
     ("trainer.diagnostics_every=10", "trainer.diagnostics_every"),
     ("trainer.checkpoint_every=1", "trainer.checkpoint_every"),
+    ("trainer.mc_dropout_samples=10", "trainer.mc_dropout_samples"),
 ])
 def test_what_a_member_cannot_do_alone_is_refused_naming_the_key(override, key):
     with pytest.raises(UserError, match=f"trainer.replicas=4: {key} acts on each run alone"):
@@ -75,6 +77,9 @@ def test_each_member_gets_the_chosen_loggers_as_a_run_alone_would(tmp_path, tfds
     assert {r.info.status for r in runs} == {"FINISHED"}
     for seed in (3, 4):
         member = tmp_path / "run" / f"seed_{seed}"
+        # the member's own input scaling, as a run of its seed writes it (predict and transfer read it)
+        scaling = json.loads((member / "input_scaling.json").read_text())
+        assert scaling == load_data(member_config(cfg, seed)).scaling.to_json()
         metrics = read_metrics(member)
         assert [r["epoch"] for r in metrics] == [1, 2]
         rows = (member / "metrics.csv").read_text().splitlines()
