@@ -56,6 +56,14 @@ class Runner:
         return sorted(p.parent for p in (self.cwd / "outputs").rglob("summary.json"))
 
 
+def trained_run(tmp_path_factory, tfds_dir: Path, name: str, *overrides: str) -> Path:
+    """The run dir of one `python -m runner *overrides` in a fresh working dir: a module's shared finished run."""
+    runner = Runner(tmp_path_factory.mktemp(name), tfds_dir)
+    result = runner(*overrides, "hydra.run.dir=outputs/a")
+    assert result.returncode == 0, result.stderr
+    return runner.cwd / "outputs" / "a"
+
+
 @pytest.fixture
 def cli(tmp_path, tfds_dir) -> Runner:
     return Runner(tmp_path, tfds_dir)

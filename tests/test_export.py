@@ -18,7 +18,7 @@ from runner.build import build_parts
 from runner.config import CONF_DIR
 from runner.export import FOLDED_FILE, MANIFEST_FILE, PROGRAM_FILE, fold_batch_norm, main
 from runner.trained import build_net, read_run
-from tests.conftest import Runner, compose_config, snapshot
+from tests.conftest import trained_run, compose_config, snapshot
 
 NORMALIZATIONS = sorted(p.stem for p in (CONF_DIR / "normalization").glob("*.yaml"))  # every conf choice
 X = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
@@ -96,10 +96,7 @@ assert not [m for m in sys.modules if m.split(".")[0] in ("runner", "flax", "opt
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tfds_dir):
-    runner = Runner(tmp_path_factory.mktemp("export"), tfds_dir)
-    result = runner(*TINY, "hydra.run.dir=outputs/a")
-    assert result.returncode == 0, result.stderr
-    return runner.cwd / "outputs" / "a"
+    return trained_run(tmp_path_factory, tfds_dir, "export", *TINY)
 
 
 def test_the_exported_program_runs_with_only_jax_and_numpy_at_any_batch(cli, run_dir):

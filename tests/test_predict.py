@@ -12,17 +12,14 @@ from runner.data.splits import Scaling
 from runner.predict import main, predict_arrays
 from runner.trained import build_net, read_run
 from runner.train import predictive_passes
-from tests.conftest import Runner, read_summary, snapshot
+from tests.conftest import trained_run, read_summary, snapshot
 
 TINY = ("trainer.epochs=1", "model.depth=2", "model.width=16")  # the default net's blocks: batch norm, dropout
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tfds_dir):
-    runner = Runner(tmp_path_factory.mktemp("predict"), tfds_dir)
-    result = runner(*TINY, "hydra.run.dir=outputs/a")
-    assert result.returncode == 0, result.stderr
-    return runner.cwd / "outputs" / "a"
+    return trained_run(tmp_path_factory, tfds_dir, "predict", *TINY)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runner import weights
-from tests.conftest import Runner, read_metrics, read_summary, sample
+from tests.conftest import trained_run, read_metrics, read_summary, sample
 
 SMALL = ("model.depth=3", "model.width=32", "trainer.batch_size=16")
 TASK_A = (*SMALL, "dataset.classes=[0,1,2,3,4]", "trainer.epochs=2")
@@ -18,10 +18,7 @@ TASK_B = (*SMALL, "dataset.classes=[5,6]", "dataset.train_subset=40", "trainer.e
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, tfds_dir):
-    runner = Runner(tmp_path_factory.mktemp("task_a"), tfds_dir)
-    result = runner(*TASK_A, "hydra.run.dir=outputs/a")
-    assert result.returncode == 0, result.stderr
-    return runner.cwd / "outputs" / "a"
+    return trained_run(tmp_path_factory, tfds_dir, "task_a", *TASK_A)
 
 
 def _without_times(records):
