@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner import relaunch
-from runner.config import CONF_DIR, register_schemas, validate
+from runner.config import CONF_DIR, capped, register_schemas, validate
 from runner.console import Console, error
 from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line
@@ -77,6 +77,7 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) 
     failed on the user's mistake, takes back what it wrote and exits 2."""
     try:
         check_job(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
+        cfg = capped(cfg)  # RUNNER_MAX_EPOCHS, a test aid (runner/config.py)
         prepare_training_process()  # jax and tfds load only once the config is known good
         if cfg.trainer.replicas > 1:  # K seeds as one vmapped program, each member its own run dir
             from runner.replicas import train_replicas as train
@@ -111,10 +112,7 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) 
             raise
         traceback.print_exc()
         return None
-    console.table("results", ["status", "test_accuracy", "test_loss", "best_val_accuracy", "epochs",
-                              "train_examples_per_s", "wall_time_s"],
-                  [[summary[k] for k in ("status", "test_accuracy", "test_loss", "best_val_accuracy", "epochs",
-                                         "train_examples_per_s", "wall_time_s")]])
+    console.results(summary)
     console.info(f"results in {run_dir}")
     return summary["best_val_accuracy"]
 

@@ -10,13 +10,15 @@ and what is valid.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from runner.checks import TopLevel, check_config
 from runner.errors import UserError
@@ -231,3 +233,21 @@ def _check_transfer_acts(cfg: DictConfig, reusing: bool, pretraining: str) -> No
                  "scales the reused layers' rate once they train, and with transfer.freeze=true and "
                  "transfer.unfreeze_after=null they never do; valid: transfer.unfreeze_after=N or "
                  f"transfer.freeze=false, or {default('reused_lr_scale')}")
+
+
+MAX_EPOCHS_VARIABLE = "RUNNER_MAX_EPOCHS"
+
+
+def capped(cfg: DictConfig) -> DictConfig:
+    """The config with trainer.epochs at most $RUNNER_MAX_EPOCHS, when that is set: a test aid, so that a test can
+    run a command exactly as a person types it (tests/test_readme_commands.py) in less time. The run's saved
+    config keeps what was typed; summary.json's `epochs` says how many ran."""
+    cap = os.environ.get(MAX_EPOCHS_VARIABLE)
+    if cap is not None and not cap.strip().isdigit():
+        raise UserError(f"{MAX_EPOCHS_VARIABLE}={cap!r}: a test aid's epoch cap; valid: an integer >= 1, or unset")
+    if not cap or cfg.trainer.epochs <= int(cap):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.trainer.epochs = max(int(cap), 1)
+    return cfg

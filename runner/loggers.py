@@ -12,7 +12,9 @@ read it), so the jsonl logger is always built, chosen or not. Every logger write
 before the next begins, so a crash loses at most the epoch being written; a run that ends without reaching
 `close_loggers` (an exception, a failed job of a sweep) is closed as its summary.json says when the next run of
 the process starts, or when the process exits. The tools' packages (pip extra `tracking`) are imported only
-when chosen.
+when chosen; `check_logger_packages` says before the run starts that one is missing, and how to install it the
+way the runner itself was installed (`install_command`). Importing this module imports no JAX: the checks run
+before it loads.
 """
 
 from __future__ import annotations
@@ -23,29 +25,30 @@ import csv
 import dataclasses
 import fcntl
 import importlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from urllib.parse import unquote, urlparse
 
-import flax
-import numpy as np
 from omegaconf import DictConfig
 
-from runner.build import instantiate
 from runner.checks import strip_specs
-from runner.diagnostics import layer_names, to_records
 from runner.errors import UserError, first_line
-from runner.handlers import EpochEnd, MetricsWriter
 from runner.launchers import environ
-from runner.outputs import finite_or_none, write_atomic
+from runner.outputs import append_jsonl, finite_or_none, write_atomic
 from runner.records import METRICS_FILE, SUMMARY_FILE, leave_out, read_metrics, read_summary
 from runner.rundir import note_created
 
-INSTALL = "pip install -e '.[tracking]'"  # the extra that holds every tool's package (pyproject.toml)
+if TYPE_CHECKING:  # the loop's types; importing them would import JAX
+    from runner.handlers import EpochEnd
+
+EXTRA = "tracking"  # the pip extra that holds every tool's package (pyproject.toml)
 # Summary numbers that rank runs: TensorBoard's HParams view and MLflow's run table show them beside the config.
 FINAL_METRICS = ("best_val_accuracy", "test_accuracy", "test_loss")
 
@@ -102,22 +105,67 @@ def numbers(record: dict) -> dict[str, int | float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and finite_or_none(float(v)) is not None}
 
 
+def install_command(extra: str = EXTRA, distribution: str = "runner") -> str:
+    """The pip command that adds `extra` to the runner as it is installed here.
+
+    pip records how it installed a distribution in its direct_url.json (PEP 610): an editable install of a checkout
+    (`dir_info.editable`) takes the checkout again, in compat mode as `make install` does (README: hydra_plugins/);
+    any other install (a wheel, an index) takes the extra by the distribution's name, which pip adds to the
+    installed version."""
+    # The installed distribution's record; a checkout's own runner.egg-info (on sys.path too) has none.
+    recorded = (d.read_text("direct_url.json") for d in importlib.metadata.distributions(name=distribution))
+    try:
+        direct = json.loads(next((text for text in recorded if text), "{}"))
+    except ValueError:
+        direct = {}
+    if direct.get("dir_info", {}).get("editable") and direct.get("url", "").startswith("file:"):
+        checkout = Path(unquote(urlparse(direct["url"]).path))
+        where = "." if checkout.resolve() == Path.cwd().resolve() else str(checkout)
+        return f"pip install -e '{where}[{extra}]' --config-settings editable_mode=compat"
+    return f"pip install '{distribution}[{extra}]'"
+
+
+def _missing(key: str, package: str) -> UserError:
+    """The one line for a chosen tool whose package is not installed."""
+    return UserError(f"{key}: needs the {package} package, which is not installed; valid: install the "
+                     f"{EXTRA} extra ({install_command()}), or drop {key.split('.')[-1]} from the logger list")
+
+
 def _import(key: str, module: str) -> Any:
     """A tool's module, or the one-line UserError that says how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        package = module.split(".")[0]
-        raise UserError(f"{key}: needs the {package} package, which is not installed; "
-                        f"valid: install the tracking extra ({INSTALL}), or drop {key.split('.')[-1]} "
-                        "from the logger list") from None
+        raise _missing(key, module.split(".")[0]) from None
 
 
-class JsonlLogger(MetricsWriter):
-    """metrics.jsonl: one JSON line per epoch, appended and synced (runner/handlers.py's MetricsWriter)."""
+def check_logger_packages(cfg: DictConfig) -> None:
+    """Raise the one-line UserError for the first chosen logger whose tool is not installed, before anything runs.
+
+    A logger class of this module names the modules it imports as `PACKAGES`; a logger of one's own (a `_target_`
+    elsewhere) is not looked into. Finding a module imports nothing (importlib.util.find_spec)."""
+    for name, node in (cfg.get("logger") or {}).items():
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        module, _, attribute = target.rpartition(".")
+        if module != __name__:
+            continue
+        for package in getattr(globals().get(attribute), "PACKAGES", ()):
+            try:
+                found = importlib.util.find_spec(package) is not None
+            except (ImportError, ValueError):  # a parent package that is not there, or a broken one
+                found = False
+            if not found:
+                raise _missing(f"logger.{name}", package)
+
+
+class JsonlLogger:
+    """metrics.jsonl: one JSON line per epoch, appended and synced (a crash loses at most the line being written)."""
 
     def __init__(self, run: RunStart):
-        super().__init__(run.run_dir / METRICS_FILE)
+        self.path = run.run_dir / METRICS_FILE
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        append_jsonl(self.path, end.record)
 
     def close(self, summary: dict) -> None:
         del summary  # every line was synced as it was written
@@ -181,6 +229,8 @@ class TensorBoardLogger:
     drains its queue on flush, done once per epoch.
     """
 
+    PACKAGES = ("tensorboard",)
+
     def __init__(self, run: RunStart, histograms: bool = True):
         key = "logger.tensorboard"
         writer = _import(key, "tensorboard.summary.writer.event_file_writer")
@@ -210,6 +260,11 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def on_epoch_end(self, end: EpochEnd) -> None:
+        import flax
+        import numpy as np
+
+        from runner.diagnostics import layer_names, to_records
+
         self._scalars(end.record)
         step = end.record["step"]
         if "diagnostics" in end.raw:
@@ -278,6 +333,8 @@ class MlflowLogger:
     made, artifacts go to mlruns/ beside it, and <store>.lock lets one job at a time of a parallel sweep open it.
     A resumed run continues the MLflow run tagged with its run dir.
     """
+
+    PACKAGES = ("mlflow",)  # mlflow-skinny's; its SQLite store's sqlalchemy and alembic come with the extra too
 
     def __init__(self, run: RunStart, tracking_uri: str, experiment: str, artifact_location: str | None = None,
                  run_name: str | None = None):
@@ -401,6 +458,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, first_epoch: int = 1, step: in
     """
     if not alongside:
         _close_left_open()  # runs of this process that never reached close_loggers: they failed
+    from runner.build import instantiate  # imports JAX: only once a run builds its loggers
+
     run = RunStart(Path(run_dir), flat_params(cfg), first_epoch, step)
     loggers: list[Logger] = []
     try:

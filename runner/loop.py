@@ -8,7 +8,8 @@ non-finite it replays the epoch with per-layer checks and ends the run `diverged
 end, it hands an `EpochEnd` to the handlers (runner/handlers.py), which validate, write, decide and
 checkpoint. A signal that arrives before an epoch's last chunk drops that epoch's steps: the run stops at the
 previous epoch's end, which resumes bit for bit. Entering a stage gives the state that stage's optimizer
-chain and a fresh optimizer state.
+chain and a fresh optimizer state, and tells `on_stage` (the run prints runner/stages.py:entering's line: which
+layers unfreeze).
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ class Loop:
     handlers: Sequence[Handler]
     diagnostics_path: Any  # where a diverged epoch's diagnostics still go
     on_compile: Any = None  # called with the state when a stage's program is built (e.g. to compile evaluation)
+    on_compiling: Callable[[], None] | None = None  # called before a stage's program is built (the bar says so)
+    on_stage: Callable[[Stage, Stage, int], None] | None = None  # (stage left, stage entered, its first epoch)
     on_steps: Callable[[int, int, int, dict], None] | None = None  # (epoch, steps done, steps, metrics so far)
     interrupt: threading.Event | None = None  # set by a signal: the epoch stops at its next chunk
     pacer: Pacer = dataclasses.field(default_factory=Pacer)
@@ -144,6 +147,8 @@ class Loop:
         for epoch in range(first_epoch, self.total_epochs + 1):
             index = stage_at(self.stages, epoch)
             if index != state_stage:
+                if self.on_stage is not None:
+                    self.on_stage(self.stages[state_stage], self.stages[index], epoch)
                 outcome.state, state_stage = enter_stage(outcome.state, self.parts, self.stages[index]), index
                 outcome.stage = index
             if index not in programs:
@@ -153,6 +158,8 @@ class Loop:
         return outcome
 
     def _compile(self, index: int, outcome: Outcome) -> StageProgram:
+        if self.on_compiling is not None:
+            self.on_compiling()
         start = time.perf_counter()
         program = StageProgram(self.parts, self.stages[index], self.batch_size, self.diagnostics_every,
                                self._placed(outcome.state), self.x, self.y, self._placed(self.data_key),

@@ -29,6 +29,7 @@ from runner.config import CONF_DIR, compose_config, validate
 from runner.console import Console
 from runner.distributed import launched_processes, process_index_from_env, shared_run_dir, wait_for_coordinator
 from runner.errors import UserError, first_line
+from runner.loggers import check_logger_packages
 from runner.records import not_yaml
 from runner.resumed import check_same_job, override_key, resumed_overrides
 from runner.rundir import RUN_OUTPUTS, RunDirClaim, has_checkpoint, holds_run, register_job_dir_resolver
@@ -160,6 +161,7 @@ def _check_jobs(overrides: list[str], composer: "Composer", hydra_cfg: DictConfi
         cfg = composer(job)
         check_interpolations(cfg, job)
         validate(cfg, composer.top_level, sweep=multirun)
+        check_logger_packages(cfg)  # a chosen tool not installed: before Hydra writes anything
         unchecked.update(dict.fromkeys(unchecked_parameters(cfg)))
         check_paths_inside(composer.hydra(job + hydra_overrides) if per_job_hydra else hydra_cfg, out_dir, multirun)
         if cfg.dataset.check is not None:  # e.g. a local file: read now, before anything is written

@@ -24,10 +24,11 @@ why (exit 2).
 
 Runs whose overrides differ only in `trainer.seed` are one config (runner.stats has every definition): its
 metrics are best_val_accuracy, test_accuracy and the final epoch's train_loss and val_loss, each as mean, sample
-sd and 95% Student-t interval of the mean over the runs that finished (completed, early stopped or diverged);
-failed, interrupted and running runs are counted, not used. `--baseline "activation=relu"` names the baseline
-config by overrides (several: space- or comma-separated); each other config's difference from it is taken seed
-by seed over the seeds both ran, `*` where its 95% interval excludes 0. The PNGs are drawn by runner.report_plots.
+sd and 95% Student-t interval of the mean, clipped to the metric's range (accuracies [0, 1], losses >= 0), over
+the runs that finished (completed, early stopped or diverged); failed, interrupted and running runs are counted,
+not used. `--baseline "activation=relu"` names the baseline config by overrides (several: space- or
+comma-separated); each other config's difference from it is taken seed by seed over the seeds both ran, `*`
+where its 95% interval excludes 0. The PNGs are drawn by runner.report_plots.
 
 The two diagnostics plots need runs with trainer.diagnostics_every > 0. A multirun writes its report into its
 sweep dir when it ends (runner.callbacks.MultirunReport).
@@ -54,8 +55,9 @@ from runner.errors import UserError, first_line
 from runner.outputs import find_run_dirs, read_jsonl
 from runner.records import METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
 from runner.report_plots import draw
-from runner.stats import (COUNTED_STATUSES, Interval, config_of, exclusion_note, find_baseline, group_indices,
-                          mean_interval, paired_difference, per_seed, seed_of, short_override, sort_seeds)
+from runner.stats import (COUNTED_STATUSES, INTERVAL_METHOD, Interval, bounds_of, config_of, difference_bounds,
+                          exclusion_note, find_baseline, group_indices, mean_interval, paired_difference, per_seed,
+                          seed_of, short_override, sort_seeds)
 
 CSV_COLUMNS = ("run_dir", "overrides", "status", "best_val_accuracy", "test_accuracy", "epochs", "wall_time_s",
                "diverged_at_step", "diverged_layer", "grad_norm_ratio", "reason")
@@ -113,7 +115,8 @@ class Group:
         return [run for run in self.runs if run.summary.get("status") in COUNTED_STATUSES]
 
     def interval(self, metric: str) -> Interval | None:
-        return mean_interval(v for v in (run.value(metric) for run in self.counted) if v is not None)
+        return mean_interval((v for v in (run.value(metric) for run in self.counted) if v is not None),
+                             bounds=bounds_of(metric))
 
     def by_seed(self, metric: str) -> dict[str, float]:
         return per_seed((run.seed, run.value(metric)) for run in self.counted)
@@ -253,7 +256,7 @@ def make_groups(runs: list[Run]) -> list[Group]:
 
 def ablate(groups: list[Group], baseline: str) -> Ablation:
     base = groups[find_baseline(baseline, [g.config for g in groups], [g.label for g in groups])]
-    rows = [(g, {m: paired_difference(g.by_seed(m), base.by_seed(m)) for m in ABLATION_METRICS})
+    rows = [(g, {m: paired_difference(g.by_seed(m), base.by_seed(m), difference_bounds(m)) for m in ABLATION_METRICS})
             for g in groups if g is not base]
 
     def effect(row) -> tuple:
@@ -318,8 +321,8 @@ def groups_table(groups: list[Group], metrics: Sequence[str]) -> tuple[str, list
             interval = group.interval(metric)
             row += [interval.mean, interval.sd, _ci(interval, n=len(group.counted))] if interval else ["", "", ""]
         rows.append(row)
-    title = (f"{len(groups)} configs over seeds: mean, sample sd and 95% t-interval of the mean, "
-             "best validation accuracy first")
+    title = (f"{plural(len(groups), 'config')} over seeds: mean, sample sd and 95% t-interval of the mean "
+             "(clipped to the metric's range), best validation accuracy first")
     return title, columns, rows
 
 
@@ -346,9 +349,9 @@ def ablation_table(ablation: Ablation) -> tuple[str, list[str], list[list]]:
 def groups_markdown(groups: list[Group]) -> list[str]:
     _, columns, rows = groups_table(groups, GROUP_METRICS)
     return ["## Over seeds", "",
-            f"{len(groups)} configs; runs whose overrides differ only in `trainer.seed` are one. Per metric: the "
-            "mean, the sample standard deviation (sd) and the 95% confidence interval of the mean "
-            "(mean ± t₀.₉₇₅,ₙ₋₁ · sd/√n); failed, interrupted and running runs are left out and counted "
+            f"{plural(len(groups), 'config')}; runs whose overrides differ only in `trainer.seed` are one. Per "
+            "metric: the mean, the sample standard deviation (sd) and the 95% confidence interval of the mean, a "
+            f"{INTERVAL_METHOD}; failed, interrupted and running runs are left out and counted "
             "(`4 of 5 (1 failed)`). `report_groups.csv` has every number.", "",
             *_markdown_table(columns, [[f"`{row[0]}`", *row[1:]] for row in rows]), ""]
 
@@ -357,7 +360,8 @@ def ablation_markdown(ablation: Ablation) -> list[str]:
     _, columns, rows = ablation_table(ablation)
     return ["## Ablation", "",
             f"Baseline: `{ablation.baseline.label}`. For each seed both configs ran, the config's value minus "
-            "the baseline's; Δ is the mean of those differences with its 95% t-interval, `*` where the interval "
+            f"the baseline's; Δ is the mean of those differences with its 95% interval (a {INTERVAL_METHOD}), "
+            "`*` where the interval "
             "excludes 0 (the difference holds beyond seed-to-seed noise at that level). Largest Δ best "
             "validation accuracy first; `report_ablation.csv` has every number.", "",
             *_markdown_table(columns, [[f"`{row[0]}`", *row[1:]] for row in rows]), ""]
@@ -405,7 +409,12 @@ def to_markdown(runs: list[Run], rows: list[dict], common: list[str], figures: l
 
 
 def _runs(count: int) -> str:
-    return f"{count} run" + ("s" if count != 1 else "")
+    return plural(count, "run")
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 config`, `2 configs`."""
+    return f"{count} {noun}" + ("s" if count != 1 else "")
 
 
 def _cell(value) -> str:

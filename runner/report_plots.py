@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.outputs import read_jsonl
-from runner.stats import Interval, is_numeric, isolation_axes, per_epoch, short_override, varying_keys
+from runner.stats import Interval, bounds_of, is_numeric, isolation_axes, per_epoch, short_override, varying_keys
 
 if TYPE_CHECKING:
     from runner.report import Group, Run
@@ -70,6 +70,15 @@ class Curve:
     high: list[float] | None = None
 
 
+def _below(interval: Interval) -> float:
+    """How far the (clipped) interval reaches below the mean; 0 without an interval."""
+    return 0.0 if interval.low is None else interval.mean - interval.low
+
+
+def _above(interval: Interval) -> float:
+    return 0.0 if interval.high is None else interval.high - interval.mean
+
+
 def run_curves(runs: list[Run], key: str) -> list[Curve]:
     return [Curve(run.label, [r["epoch"] for r in run.metrics], _values(run.metrics, key)) for run in runs]
 
@@ -79,7 +88,7 @@ def group_curves(groups: list[Group], key: str) -> list[Curve]:
     curves = []
     for group in groups:
         points = per_epoch([[(r["epoch"], v) for r, v in zip(run.metrics, _values(run.metrics, key))]
-                            for run in group.counted])
+                            for run in group.counted], bounds=bounds_of(key))
         if points:
             curves.append(Curve(f"{group.label} (n={len(group.counted)})", [e for e, _ in points],
                                 [i.mean for _, i in points], [math.nan if i.low is None else i.low for _, i in points],
@@ -136,7 +145,8 @@ def plot_isolation(groups: list[Group], common: list[str], path: Path) -> str:
         # side by side at a category, so that error bars of different lines do not hide each other
         shift = 0 if numeric else 0.08 * (j - (len(lines) - 1) / 2)
         ax.errorbar([x + shift for x, _ in points], [i.mean for _, i in points],
-                    yerr=[i.half_width or 0 for _, i in points], marker="o", capsize=4, label=name or None)
+                    yerr=[[_below(i) for _, i in points], [_above(i) for _, i in points]],  # clipped: uneven
+                    marker="o", capsize=4, label=name or None)
     if numeric:
         _log_if_decades(ax, [float(v) for v in varying[x_key]], axis="x")
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import flax
 from omegaconf import DictConfig
 
 from runner import weights
+from runner.config import MAX_EPOCHS_VARIABLE, capped  # noqa: F401 (MAX_EPOCHS_VARIABLE: tests import it here)
 from runner.build import Parts, build_parts, build_stages
 from runner.checkpoint import Checkpoints
 from runner.console import Console
@@ -29,13 +31,13 @@ from runner.errors import UserError
 from runner.handlers import (Checkpointer, DiagnosticsWriter, EarlyStopping, Interrupt, LearningRateTrace, Plateau,
                              Progress, Validation, weights_of)
 from runner.interrupts import Interrupted, deferred_signals
-from runner.loggers import build_loggers, close_loggers
+from runner.loggers import build_loggers, check_logger_packages, close_loggers
 from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.records import leave_out, read_metrics
 from runner.pretraining import pretrain
-from runner.stages import Stage, stage_optimizer
+from runner.stages import Stage, entering, stage_optimizer
 from runner.techniques.schedules import beyond_run
 from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
                              transfer_stages, with_cached_inputs)
@@ -49,6 +51,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     Returns the summary; raises Interrupted (after saving) on SIGTERM/SIGINT.
     With several processes (runner/distributed.py) every process trains; only process 0 writes files.
     """
+    check_logger_packages(cfg)  # a tool that is not installed: one line before the data loads
+    cfg = capped(cfg)
     start, tc = time.perf_counter(), cfg.trainer
     initialize_processes()  # several processes (SLURM, JAX_COORDINATOR_ADDRESS): join them before any JAX work
     data_parallel = DataParallel.over(tc.devices)
@@ -109,10 +113,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
                         *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
                         *writers, stopper, Interrupt(interrupt), checkpointer]
             loop = Loop(parts, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,
-                        files.diagnostics, on_compile=lambda s: val.compile(s, eval_key),
+                        files.diagnostics, on_compile=lambda s: val.compile(s, eval_key), on_compiling=view.compiling,
+                        on_stage=functools.partial(announce_stage, console) if writer else None,
                         on_steps=lambda epoch, done, _, metrics: view.steps(epoch, done, metrics), interrupt=interrupt,
                         pacer=AgreedPacer() if several else Pacer(), data_parallel=data_parallel)
             outcome = loop.run(state, state_stage, first_epoch)
+            if outcome.status == "interrupted":
+                view.discard()  # the bar goes: the lines that follow say where the run stopped
         if outcome.abandoned:  # stopped mid-epoch: the run continues from the end of the epoch before
             checkpointer.save(outcome.epoch, outcome.stage, outcome.state)
         summary = {"status": outcome.status, "epochs": outcome.epoch, "steps": int(outcome.state.step),
@@ -124,6 +131,49 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
                    **({"missing_metric_epochs": missing} if missing else {})}
         return finish(cfg, splits, outcome, stopper, summary, run_dir, console, eval_key, start, interrupt,
                       data_parallel, writer)
+
+
+def announce_stage(console: Console, left: Stage, entered: Stage, epoch: int) -> None:
+    """One console line when a stage changes which layers train (transferred layers unfreeze)."""
+    line = entering(left, entered, epoch)
+    if line is not None:
+        console.info(line)
+
+
+def _sweep() -> Any:
+    """Hydra's config of this job when it is one of a multirun's, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
+
+
+def continue_with(run_dir: Path) -> str:
+    """`continue with: COMMAND`: the command that takes up what a signal stopped. A single run resumes from its
+    dir; a sweep's job names the whole sweep (its command line: runner.callbacks.sweep_command_line), since the
+    signal stopped the sweep, and continuing the job alone would leave the others undone."""
+    hydra = _sweep()
+    if hydra is None:
+        typed = _typed_run_dir() or str(run_dir)
+        return f"continue with: python -m runner trainer.resume=true hydra.run.dir={shlex.quote(typed)}"
+    from runner.callbacks import sweep_command_line
+
+    given = sweep_command_line(Path(hydra.sweep.dir)) or ["-m", *hydra.overrides.task]
+    kept = [a for a in given if a.partition("=")[0].lstrip("+~") not in ("trainer.resume", "hydra.sweep.dir")]
+    command = [*kept, "trainer.resume=true", f"hydra.sweep.dir={hydra.sweep.dir}"]
+    return "continue the sweep with: python -m runner " + " ".join(shlex.quote(a) for a in command)
+
+
+def _typed_run_dir() -> str | None:
+    """hydra.run.dir as the command line gave it (`outputs/long`; the pre-run checks pin a default's `${now:}`),
+    where Hydra runs this job; None elsewhere."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    typed = OmegaConf.select(HydraConfig.get(), "run.dir", default=None) if HydraConfig.initialized() else None
+    return None if typed is None else str(typed)
 
 
 def start_from_source(cfg: DictConfig, source: Source, reused: Sequence[str], state: TrainState, parts: Parts,
@@ -171,7 +221,7 @@ def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStop
             close_loggers(run_dir, summary)
         where = (f"during epoch {outcome.epoch + 1} (its steps so far dropped): checkpoint of epoch {outcome.epoch}"
                  if outcome.abandoned else f"at epoch {outcome.epoch}: checkpoint")
-        console.warn(f"interrupted {where} saved; continue with trainer.resume=true hydra.run.dir={run_dir}")
+        console.warn(f"interrupted {where} saved; {continue_with(run_dir)}")
         raise Interrupted(interrupt.signum)
     if outcome.divergence is not None:
         where = outcome.divergence["diverged_layer"]
@@ -193,7 +243,8 @@ def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStop
         write_json(run_dir / "summary.json", summary)
         close_loggers(run_dir, summary)
     if interrupt.is_set():  # after the last epoch's end: the run is whole, but the user asked to stop
-        console.warn(f"interrupted after training ended: the run is complete, summary.json written ({run_dir})")
+        console.warn(f"interrupted after training ended: the run is complete, summary.json written ({run_dir})"
+                     + (f"; {continue_with(run_dir)}" if _sweep() is not None else ""))
         raise Interrupted(interrupt.signum)
     return summary
 

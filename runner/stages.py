@@ -81,6 +81,30 @@ def stage_at(stages: Sequence[Stage], epoch: int) -> int:
     return len(stages) - 1
 
 
+def entering(left: Stage, entered: Stage, epoch: int) -> str | None:
+    """The console line for a run that leaves stage `left` for `entered` at `epoch`: the layers that unfreeze or
+    freeze, and the scale of the reused layers' steps; None when no layer changes."""
+    unfrozen, frozen = _in_order(left.frozen - entered.frozen), _in_order(entered.frozen - left.frozen)
+    changes = []
+    if unfrozen:
+        scaled = [name for name in unfrozen if name in entered.scaled]
+        changes.append(f"{', '.join(unfrozen)} unfrozen" + (
+            f" (their steps scaled by {entered.scale:g})" if scaled and entered.scale != 1.0 else ""))
+    if frozen:
+        changes.append(f"{', '.join(frozen)} frozen")
+    if not changes:
+        return None
+    return f"epoch {epoch}: {'; '.join(changes)}; a fresh optimizer state, the learning-rate schedule goes on"
+
+
+def _in_order(layers: frozenset[str]) -> list[str]:
+    """Layer names from the input up: `dense_2` before `dense_10`."""
+    def key(name: str) -> tuple:
+        kind, _, index = name.rpartition("_")
+        return (kind, int(index) if index.isdigit() else -1, name)
+    return sorted(layers, key=key)
+
+
 def first_epoch_of(stages: Sequence[Stage], index: int) -> int:
     """The global epoch (1-based) with which stage `index` starts."""
     return 1 + sum(stage.epochs for stage in stages[:index])

@@ -6,8 +6,12 @@ Pure functions of overrides and numbers; no files, no plotting. The definitions 
   a *group* (`-m trainer.seed=range(0,5) activation=relu,elu` gives 2 groups of 5).
 - Only runs that finished (COUNTED_STATUSES) enter statistics; the others are counted and named by status.
 - `mean_interval`: mean, sample standard deviation (ddof=1) and the 95% confidence interval for the mean by
-  Student's t, mean ± t_{0.975, n-1} · s / √n; with one value there is no sd and no interval.
-- `paired_difference`: over the seeds both configs have, d_s = value_s − baseline_s, then `mean_interval(d)`.
+  Student's t, mean ± t_{0.975, n-1} · s / √n, clipped to the metric's range (`BOUNDS`: accuracies [0, 1], losses
+  ≥ 0); with one value there is no sd and no interval. Clipping costs no coverage: the true mean lies in the range,
+  so it is inside the clipped interval exactly when it is inside the t-interval (`INTERVAL_METHOD` says this in
+  the report).
+- `paired_difference`: over the seeds both configs have, d_s = value_s − baseline_s, then `mean_interval(d)`,
+  clipped to the range of a difference (accuracies [−1, 1]).
 - A baseline is given as overrides separated by whitespace or by commas outside brackets and quotes
   (`"activation=relu optimizer=sgd"`, `"activation=relu,optimizer=sgd"`; `regularizer=[l2,dropout]` stays one);
   it is the one group whose config holds all of them.
@@ -30,6 +34,13 @@ CONFIDENCE = 0.95
 # interrupted and still-running runs stopped for reasons that say nothing about the config.
 COUNTED_STATUSES = ("completed", "early_stopped", "diverged")
 NOT_SET = "(default)"  # a varying key's value in a config that does not override it
+# The range of each metric the report gives intervals for: a t-interval is symmetric, so near a bound it reaches past
+# it (accuracies 0.78 and 0.87 over two seeds gave [0.297, 1.356]); its part outside the range is cut off.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "best_val_accuracy": (0.0, 1.0), "test_accuracy": (0.0, 1.0), "val_accuracy": (0.0, 1.0),
+    "train_accuracy": (0.0, 1.0), "train_loss": (0.0, None), "val_loss": (0.0, None), "test_loss": (0.0, None)}
+INTERVAL_METHOD = ("Student-t interval of the mean, mean ± t(0.975, n−1)·sd/√n, clipped to the metric's range "
+                   "(accuracies [0, 1], losses ≥ 0; differences of accuracies [−1, 1])")
 
 
 class BaselineError(UserError):
@@ -38,25 +49,37 @@ class BaselineError(UserError):
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of n values with its sample sd and confidence interval (sd, low, high are None when n < 2)."""
+    """Mean of n values with its sample sd and confidence interval (sd, low, high are None when n < 2).
+
+    `low` and `high` are clipped to the range given to `mean_interval`; `half_width` is t · sd / √n, unclipped."""
 
     n: int
     mean: float
     sd: float | None
     low: float | None
     high: float | None
-
-    @property
-    def half_width(self) -> float | None:
-        return None if self.high is None else self.high - self.mean
+    half_width: float | None = None
 
     @property
     def excludes_zero(self) -> bool:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
 
-def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval | None:
-    """Mean ± t_{(1+confidence)/2, n-1} · s/√n of the finite values; None when there are none."""
+def bounds_of(metric: str) -> tuple[float | None, float | None]:
+    """The range a metric's values (and so their mean) lie in; (None, None) for one without a known range."""
+    return BOUNDS.get(metric, (None, None))
+
+
+def difference_bounds(metric: str) -> tuple[float | None, float | None]:
+    """The range of a difference of two values of a metric: [low − high, high − low] when both ends are known."""
+    low, high = bounds_of(metric)
+    return (None, None) if low is None or high is None else (low - high, high - low)
+
+
+def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE,
+                  bounds: tuple[float | None, float | None] = (None, None)) -> Interval | None:
+    """Mean ± t_{(1+confidence)/2, n-1} · s/√n of the finite values, clipped to `bounds` (low, high; None: open);
+    None when there are none."""
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(xs)
     if n == 0:
@@ -66,13 +89,17 @@ def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> In
         return Interval(1, mean, None, None, None)
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(student_t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
-    return Interval(n, mean, sd, mean - half, mean + half)
+    low, high = bounds
+    return Interval(n, mean, sd, mean - half if low is None else max(mean - half, low),
+                    mean + half if high is None else min(mean + half, high), half)
 
 
-def paired_difference(values: Mapping[str, float], baseline: Mapping[str, float]) -> tuple[list[str], Interval | None]:
-    """The seeds in both (sorted) and the interval of values[seed] − baseline[seed] over them."""
+def paired_difference(values: Mapping[str, float], baseline: Mapping[str, float],
+                      bounds: tuple[float | None, float | None] = (None, None)) -> tuple[list[str], Interval | None]:
+    """The seeds in both (sorted) and the interval of values[seed] − baseline[seed] over them, clipped to `bounds`
+    (`difference_bounds(metric)`)."""
     seeds = sort_seeds(s for s in values if s in baseline)
-    return seeds, mean_interval(values[s] - baseline[s] for s in seeds)
+    return seeds, mean_interval((values[s] - baseline[s] for s in seeds), bounds=bounds)
 
 
 def per_seed(pairs: Iterable[tuple[str | None, float | None]]) -> dict[str, float]:
@@ -89,13 +116,15 @@ def sort_seeds(seeds: Iterable[str]) -> list[str]:
     return sorted(seeds, key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
 
 
-def per_epoch(curves: Sequence[Sequence[tuple[int, float | None]]]) -> list[tuple[int, Interval]]:
-    """The interval at each epoch over the curves that reached it (with a finite value), in epoch order."""
+def per_epoch(curves: Sequence[Sequence[tuple[int, float | None]]],
+              bounds: tuple[float | None, float | None] = (None, None)) -> list[tuple[int, Interval]]:
+    """The interval at each epoch over the curves that reached it (with a finite value, clipped to `bounds`), in
+    epoch order."""
     at: dict[int, list[float]] = {}
     for curve in curves:
         for epoch, value in curve:
             at.setdefault(epoch, []).append(math.nan if value is None else value)
-    intervals = ((epoch, mean_interval(at[epoch])) for epoch in sorted(at))
+    intervals = ((epoch, mean_interval(at[epoch], bounds=bounds)) for epoch in sorted(at))
     return [(epoch, interval) for epoch, interval in intervals if interval is not None]
 
 

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from runner.callbacks import MultirunReport
 from runner.errors import UserError
 from runner.report import write_report
-from runner.stats import (BaselineError, find_baseline, group_indices, isolation_axes, mean_interval,
-                          paired_difference, per_epoch, per_seed, split_overrides, varying_keys)
+from runner.stats import (INTERVAL_METHOD, BaselineError, bounds_of, difference_bounds, find_baseline, group_indices,
+                          isolation_axes, mean_interval, paired_difference, per_epoch, per_seed, split_overrides,
+                          varying_keys)
 from tests.test_report import fake_run
 
 # Student's t quantiles from a printed table (and R's qt(0.975, df)), not from the code under test
@@ -52,6 +53,24 @@ def test_one_value_has_a_mean_but_no_sd_nor_interval_and_none_has_nothing():
     assert not one.excludes_zero
     assert mean_interval([]) is None
     assert mean_interval([float("nan"), 0.5]).n == 1  # a non-finite value (a diverged loss) is not a number
+
+
+def test_an_accuracy_interval_is_the_t_interval_clipped_to_0_1():
+    # the numbers: two seeds at 0.7847 and 0.8681 gave [0.297, 1.356]
+    interval = mean_interval([0.7847, 0.8681], bounds=bounds_of("best_val_accuracy"))
+    half = T_975_DF1 * abs(0.8681 - 0.7847) / 2  # s = |a − b| / √2, so t · s / √2 = t · |a − b| / 2
+    assert interval.half_width == pytest.approx(half, abs=1e-12)  # the t half-width itself is unchanged
+    assert interval.low == pytest.approx(0.8264 - half, abs=1e-12) and interval.high == 1.0
+    assert mean_interval([0.01, 0.03], bounds=bounds_of("val_loss")).low == 0.0  # a loss is >= 0
+    assert mean_interval([0.01, 0.03]).low < 0  # without a range, the plain t-interval
+    inside = mean_interval([0.80, 0.82, 0.85], bounds=bounds_of("test_accuracy"))
+    assert (inside.low, inside.high) == pytest.approx((0.7608172385, 0.8858494281), abs=1e-9)  # far from a bound
+
+
+def test_a_difference_of_accuracies_is_clipped_to_minus_1_1():
+    assert difference_bounds("test_accuracy") == (-1.0, 1.0) and difference_bounds("val_loss") == (None, None)
+    _, interval = paired_difference({"0": 1.0, "1": 0.2}, {"0": 0.0, "1": 0.0}, difference_bounds("test_accuracy"))
+    assert interval.high == 1.0 and interval.low == -1.0  # t(1 df) makes this one wider than the range
 
 
 def test_paired_difference_is_over_the_seeds_both_ran():
@@ -170,6 +189,28 @@ def test_the_groups_table_has_n_mean_sd_and_interval_and_counts_a_failed_run(see
     assert float(relu["best_val_accuracy_mean"]) == pytest.approx(0.71)
     markdown = (out / "report.md").read_text()
     assert "## Over seeds" in markdown and "| `activation=relu` | 3 of 4 (1 failed) | 0.71 |" in markdown
+
+
+def test_the_report_names_its_interval_method_and_no_accuracy_bound_is_passed(tmp_path):
+    for seed, value in enumerate((0.7847, 0.8681)):  # one config, the two seeds
+        fake_run(tmp_path / f"{seed}", ["activation=elu", f"trainer.seed={seed}"], [value - 0.1, value],
+                 diagnosed=False)
+    out = write_report([tmp_path], plots=True)
+    (row,) = rows_of(out / "report_groups.csv")
+    assert float(row["best_val_accuracy_ci_high"]) == 1.0 and float(row["test_accuracy_ci_high"]) <= 1.0
+    markdown = (out / "report.md").read_text()
+    assert INTERVAL_METHOD in markdown and "clipped to the metric's range" in INTERVAL_METHOD
+    assert "1 config;" in markdown and "1 configs" not in markdown  # one config is singular
+
+
+def test_the_printed_groups_title_is_singular_for_one_config(tmp_path, capsys):
+    from runner.console import Console
+
+    for seed, value in enumerate((0.78, 0.86)):
+        fake_run(tmp_path / f"{seed}", ["activation=elu", f"trainer.seed={seed}"], [value], diagnosed=False)
+    write_report([tmp_path], plots=False, console=Console(live=False))
+    printed = capsys.readouterr().out
+    assert "1 config over seeds" in printed and "[0.3118, 1]" in printed  # 0.82 − 12.706 · 0.08 / 2
 
 
 def test_without_repeated_seeds_there_is_no_groups_table(tmp_path):

@@ -12,11 +12,22 @@ from runner.build import build_parts
 from runner.errors import UserError
 from runner.loop import StageProgram, enter_stage
 from runner.optim import schedule_count
-from runner.stages import Stage, first_epoch_of, freeze_lower, single, stage_at, stage_optimizer
+from runner.stages import Stage, entering, first_epoch_of, freeze_lower, single, stage_at, stage_optimizer
 from runner.train import create_train_state
 from tests.conftest import compose_config
 
 LAYERS = ("dense_0", "dense_1", "dense_2")
+
+
+def test_entering_a_stage_names_the_layers_it_unfreezes_from_the_input_up_and_their_scale():
+    frozen = Stage("reused_frozen", 5, frozen=frozenset({"dense_10", "dense_2"}))
+    tuned = Stage("fine_tune", 15, scaled=frozenset({"dense_10", "dense_2"}), scale=0.1)
+    assert entering(frozen, tuned, 6) == ("epoch 6: dense_2, dense_10 unfrozen (their steps scaled by 0.1); "
+                                          "a fresh optimizer state, the learning-rate schedule goes on")
+    lower, upper = freeze_lower(10, LAYERS, frozen_layers=1, frozen_epochs=3)
+    assert entering(lower, upper, 4).startswith("epoch 4: dense_0 unfrozen; ")  # no scale: steps as trained
+    assert entering(Stage("a", 1), Stage("b", 1, frozen=frozenset({"dense_0"})), 2).startswith("epoch 2: dense_0 frozen")
+    assert entering(Stage("a", 1), Stage("b", 1), 2) is None  # no layer changes: nothing to say
 
 
 def test_single_is_one_stage_of_every_epoch():
