@@ -55,76 +55,21 @@ from runner.errors import UserError, first_line
 from runner.outputs import find_run_dirs, read_jsonl
 from runner.records import METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
 from runner.report_plots import draw
-from runner.stats import (COUNTED_STATUSES, INTERVAL_METHOD, Interval, bounds_of, config_of, difference_bounds,
-                          exclusion_note, find_baseline, group_indices, mean_interval, paired_difference, per_seed,
-                          seed_of, short_override, sort_seeds)
+from runner.runs import FINAL_EPOCH_METRICS, Group, Run
+from runner.stats import (INTERVAL_METHOD, Interval, config_of, difference_bounds,
+                          exclusion_note, find_baseline, group_indices, paired_difference, short_override, sort_seeds)
 
 CSV_COLUMNS = ("run_dir", "overrides", "status", "best_val_accuracy", "test_accuracy", "epochs", "wall_time_s",
                "diverged_at_step", "diverged_layer", "grad_norm_ratio", "reason")
 OPTIONAL_COLUMNS = ("diverged_at_step", "diverged_layer", "grad_norm_ratio", "reason")  # shown when any run has one
 REPORT_FILES = (".md", ".csv", ".png")  # what a report dir holds; a dir with anything else is the user's
 GROUP_METRICS = ("best_val_accuracy", "test_accuracy", "train_loss", "val_loss")
-FINAL_EPOCH_METRICS = ("train_loss", "val_loss")  # from metrics.jsonl's last line; the others from summary.json
 ABLATION_METRICS = ("best_val_accuracy", "test_accuracy")
 GROUP_COLUMNS = ("config", "overrides", "n", "runs", "left_out", "seeds",
                  *(f"{m}_{s}" for m in GROUP_METRICS for s in ("mean", "sd", "ci_low", "ci_high", "n")))
 ABLATION_COLUMNS = ("config", "overrides", "baseline", "seeds",
                     *(f"{m}_{s}" for m in ABLATION_METRICS for s in ("diff", "sd", "ci_low", "ci_high", "n",
                                                                       "excludes_zero")))
-
-
-@dataclass
-class Run:
-    """One run dir's files, as far as they exist."""
-
-    path: Path
-    overrides: list[str]  # what was typed, hydra.* settings left out
-    summary: dict
-    metrics: list[dict]
-    diagnostics: list[dict]
-    label: str = ""  # the overrides that tell this run apart from the others in the report
-
-    @property
-    def sort_key(self) -> float:
-        value = self.summary.get("best_val_accuracy")
-        return -value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
-
-    @property
-    def seed(self) -> str | None:
-        return seed_of(self.overrides, self.summary)
-
-    def value(self, metric: str) -> float | None:
-        """A metric of summary.json, or (train_loss, val_loss) of the final epoch in metrics.jsonl."""
-        if metric in FINAL_EPOCH_METRICS:
-            value = self.metrics[-1].get(metric) if self.metrics else None
-        else:
-            value = self.summary.get(metric)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-@dataclass
-class Group:
-    """The runs of one config over seeds (runner.stats.group_indices); only finished runs are counted."""
-
-    config: tuple[str, ...]
-    runs: list[Run]
-    label: str = ""
-
-    @property
-    def counted(self) -> list[Run]:
-        return [run for run in self.runs if run.summary.get("status") in COUNTED_STATUSES]
-
-    def interval(self, metric: str) -> Interval | None:
-        return mean_interval((v for v in (run.value(metric) for run in self.counted) if v is not None),
-                             bounds=bounds_of(metric))
-
-    def by_seed(self, metric: str) -> dict[str, float]:
-        return per_seed((run.seed, run.value(metric)) for run in self.counted)
-
-    @property
-    def sort_key(self) -> tuple:
-        best = self.interval("best_val_accuracy")
-        return (-best.mean if best else math.inf, self.label)
 
 
 @dataclass

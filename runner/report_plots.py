@@ -16,7 +16,7 @@ from runner.outputs import read_jsonl
 from runner.stats import Interval, bounds_of, is_numeric, isolation_axes, per_epoch, short_override, varying_keys
 
 if TYPE_CHECKING:
-    from runner.report import Group, Run
+    from runner.runs import Group, Run
 
 MAX_ACTIVATION_ROWS = 12  # runs drawn in activations.png; more would make each row unreadable
 LR_TRACE = "lr_trace.jsonl"  # in a run dir: runner.handlers.LearningRateTrace writes it

@@ -51,6 +51,42 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
     Returns the summary; raises Interrupted (after saving) on SIGTERM/SIGINT.
     With several processes (runner/distributed.py) every process trains; only process 0 writes files.
     """
+    return train(setup(cfg, run_dir, console))
+
+
+@dataclasses.dataclass
+class Run:
+    """A run set up from its config and ready to train: its data, parts, stages and state (resumed where asked)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    console: Console
+    start: float  # when the run began (perf_counter), for its wall time
+    data_parallel: DataParallel
+    writer: bool  # whether this process writes the run's files (process 0)
+    source: Source | None  # the net whose lower layers it reuses (pretraining or transfer.source)
+    splits: Splits
+    parts: Parts
+    stages: list[Stage]
+    keys: tuple[jax.Array, jax.Array, jax.Array]  # init, data order, evaluation
+    state: TrainState
+    summary: dict[str, Any]  # what the summary says from the start: devices, seed, input shape, a found rate
+    state_stage: int = 0  # the stage and epoch to continue from (a resumed run's)
+    first_epoch: int = 1
+    stopper: EarlyStopping | None = None
+    checkpoints: Checkpoints | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.splits.x_train) // self.cfg.trainer.batch_size
+
+    @property
+    def several(self) -> bool:
+        return jax.process_count() > 1
+
+
+def setup(cfg: DictConfig, run_dir: Path, console: Console) -> Run:
+    """Data, parts, stages and the first state of a run (from its source's layers, or its checkpoint)."""
     check_logger_packages(cfg)  # a tool that is not installed: one line before the data loads
     cfg = capped(cfg)
     start, tc = time.perf_counter(), cfg.trainer
@@ -78,7 +114,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
                  + (f" ({jax.process_count()} processes, this is {jax.process_index()})" if several else ""))
     init_key, data_key, eval_key = data_parallel.put(jax.random.split(jax.random.PRNGKey(tc.seed), 3))
     reused = reused_layers(cfg.transfer, source, parts.model.hidden_layers) if source else ()
-    stages = transfer_stages(cfg.transfer, tc.epochs, reused) if source else build_stages(cfg, parts.model.hidden_layers)
+    stages = transfer_stages(cfg.transfer, tc.epochs, reused) if source else \
+        build_stages(cfg, parts.model.hidden_layers)
     if writer:
         for warning in beyond_run(parts.schedule, steps_per_epoch * tc.epochs):  # the schedule runs across stages
             console.warn(warning)
@@ -88,49 +125,57 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict
         state, splits = start_from_source(cfg, source, reused, state, parts, splits, console)
     if writer:
         save_scaling(run_dir, splits.scaling)
-    x_train, y_train = data_parallel.put((splits.x_train, splits.y_train))  # on every device (small)
-    files = RunFiles(run_dir)
-    stopper = EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor)
-    checkpoints = Checkpoints(run_dir / "checkpoints", tc.keep_checkpoints)
-    state_stage, first_epoch, missing = 0, 1, []
+    summary = {"compile_time_s": None, "devices": devices, "seed": tc.seed, "input_shape": input_shape, **found,
+               **({"transfer_source": str(source.path)} if cfg.transfer.source else {})}
+    run = Run(cfg, run_dir, console, start, data_parallel, writer, source, splits, parts, stages,
+              (init_key, data_key, eval_key), state, summary,
+              stopper=EarlyStopping(tc.early_stopping.patience, tc.early_stopping.monitor),
+              checkpoints=Checkpoints(run_dir / "checkpoints", tc.keep_checkpoints))
     if tc.resume:
-        state, state_stage, first_epoch, missing = resume(checkpoints, state, parts, stages, stopper, files,
-                                                          console, writer)
-    val = Evaluator(splits.x_val, splits.y_val, tc.eval_batch_size, data_parallel=data_parallel)
-    checkpointer = Checkpointer(checkpoints, tc.checkpoint_every, stopper)
+        run.state, run.state_stage, run.first_epoch, missing = resume(run.checkpoints, state, parts, stages,
+                                                                      run.stopper, RunFiles(run_dir), console, writer)
+        run.summary.update({"missing_metric_epochs": missing} if missing else {})
+    return run
+
+
+def train(run: Run) -> dict[str, Any]:
+    """Train the run's stages in one loop with its handlers, then finish it: its summary.json, returned."""
+    cfg, tc, files, writer = run.cfg, run.cfg.trainer, RunFiles(run.run_dir), run.writer
+    _, data_key, eval_key = run.keys
+    x_train, y_train = run.data_parallel.put((run.splits.x_train, run.splits.y_train))  # on every device (small)
+    val = Evaluator(run.splits.x_val, run.splits.y_val, tc.eval_batch_size, data_parallel=run.data_parallel)
+    checkpointer = Checkpointer(run.checkpoints, tc.checkpoint_every, run.stopper)
     # Signals wait for a chunk's end from here until summary.json is written: what training made is kept.
     with deferred_signals() as interrupt:
-        interrupt = AgreedEvent(interrupt, data_parallel) if several else interrupt
-        with console.training(tc.epochs, steps_per_epoch, first_epoch - 1) as view:
+        interrupt = AgreedEvent(interrupt, run.data_parallel) if run.several else interrupt
+        with run.console.training(tc.epochs, run.steps_per_epoch, run.first_epoch - 1) as view:
             # Every process validates, decides and checkpoints (collectively); process 0 alone writes and shows.
-            writers = [*build_loggers(cfg, run_dir, first_epoch, int(state.step)),  # metrics.jsonl and the chosen tools
-                       DiagnosticsWriter(files.diagnostics, layer_names(state.params)),
+            writers = [*build_loggers(cfg, run.run_dir, run.first_epoch, int(run.state.step)),  # metrics.jsonl, tools
+                       DiagnosticsWriter(files.diagnostics, layer_names(run.state.params)),
                        Progress(view.epoch)] if writer else []
-            trace = [LearningRateTrace(run_dir / "lr_trace.jsonl", parts.schedule.learning_rate_at,
-                                       steps_per_epoch)] if writer else []
+            trace = [LearningRateTrace(run.run_dir / "lr_trace.jsonl", run.parts.schedule.learning_rate_at,
+                                       run.steps_per_epoch)] if writer else []
+            plateau = run.parts.schedule.plateau
             handlers = [*trace,  # before Plateau: the scale this epoch trained with
-                        Validation(lambda s: val(s, eval_key)),
-                        *([Plateau(parts.schedule.plateau)] if parts.schedule.plateau is not None else []),
-                        *writers, stopper, Interrupt(interrupt), checkpointer]
-            loop = Loop(parts, stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key, handlers,
-                        files.diagnostics, on_compile=lambda s: val.compile(s, eval_key), on_compiling=view.compiling,
-                        on_stage=functools.partial(announce_stage, console) if writer else None,
+                        Validation(lambda s: val(s, eval_key)), *([Plateau(plateau)] if plateau is not None else []),
+                        *writers, run.stopper, Interrupt(interrupt), checkpointer]
+            loop = Loop(run.parts, run.stages, tc.batch_size, tc.diagnostics_every, x_train, y_train, data_key,
+                        handlers, files.diagnostics, on_compile=lambda s: val.compile(s, eval_key),
+                        on_compiling=view.compiling,
+                        on_stage=functools.partial(announce_stage, run.console) if writer else None,
                         on_steps=lambda epoch, done, _, metrics: view.steps(epoch, done, metrics), interrupt=interrupt,
-                        pacer=AgreedPacer() if several else Pacer(), data_parallel=data_parallel)
-            outcome = loop.run(state, state_stage, first_epoch)
+                        pacer=AgreedPacer() if run.several else Pacer(), data_parallel=run.data_parallel)
+            outcome = loop.run(run.state, run.state_stage, run.first_epoch)
             if outcome.status == "interrupted":
                 view.discard()  # the bar goes: the lines that follow say where the run stopped
         if outcome.abandoned:  # stopped mid-epoch: the run continues from the end of the epoch before
             checkpointer.save(outcome.epoch, outcome.stage, outcome.state)
-        summary = {"status": outcome.status, "epochs": outcome.epoch, "steps": int(outcome.state.step),
-                   "best_val_accuracy": best_val_accuracy(files.metrics),
-                   "train_examples_per_s": steps_per_epoch * tc.batch_size * outcome.timed_epochs / outcome.train_time
-                   if outcome.train_time else None, "compile_time_s": outcome.compile_time, "devices": devices,
-                   "seed": tc.seed, "input_shape": input_shape, **found,
-                   **({"transfer_source": str(source.path)} if cfg.transfer.source else {}),
-                   **({"missing_metric_epochs": missing} if missing else {})}
-        return finish(cfg, splits, outcome, stopper, summary, run_dir, console, eval_key, start, interrupt,
-                      data_parallel, writer)
+        examples = run.steps_per_epoch * tc.batch_size * outcome.timed_epochs
+        run.summary = {"status": outcome.status, "epochs": outcome.epoch, "steps": int(outcome.state.step),
+                       "best_val_accuracy": best_val_accuracy(files.metrics),
+                       "train_examples_per_s": examples / outcome.train_time if outcome.train_time else None,
+                       **run.summary, "compile_time_s": outcome.compile_time}
+        return finish(run, outcome, interrupt)
 
 
 def announce_stage(console: Console, left: Stage, entered: Stage, epoch: int) -> None:
@@ -206,13 +251,14 @@ class RunFiles:
         return self.run_dir / "diagnostics.jsonl"
 
 
-def finish(cfg: DictConfig, splits: Splits, outcome: Outcome, stopper: EarlyStopping, summary: dict,
-           run_dir: Path, console: Console, eval_key: jax.Array, start: float, interrupt: threading.Event,
-           data_parallel: DataParallel | None = None, writer: bool = True) -> dict:
+def finish(run: Run, outcome: Outcome, interrupt: threading.Event) -> dict:
     """Write summary.json for how the loop ended: test metrics, divergence, diagnostics; returns it.
 
-    Raises Interrupted when a signal arrived (after writing the summary of what was trained).
-    `writer`: whether this process writes (process 0); the others evaluate with it and write nothing."""
+    Raises Interrupted when a signal arrived (after writing the summary of what was trained). Only the process
+    that writes (process 0) writes; the others evaluate with it."""
+    cfg, splits, stopper, summary, run_dir, console = run.cfg, run.splits, run.stopper, run.summary, run.run_dir, \
+        run.console
+    eval_key, start, data_parallel, writer = run.keys[2], run.start, run.data_parallel, run.writer
     tc, state = cfg.trainer, outcome.state
     if outcome.status == "interrupted":
         summary.update(test_loss=None, test_accuracy=None, wall_time_s=time.perf_counter() - start)

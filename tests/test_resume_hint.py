@@ -89,6 +89,7 @@ def test_the_epoch_cap_lowers_trainer_epochs_only(monkeypatch):
     assert capped(compose_config("trainer.epochs=2")).trainer.epochs == 2  # below the cap: as typed
 
 
+@pytest.mark.slow  # a sweep stopped mid-run and resumed to its end: ~25 s; the hint's words are tested above
 def test_ctrl_c_in_a_sweep_prints_the_sweeps_command_and_following_it_finishes_every_job(cli):
     """Job 1 of 2 is stopped by Ctrl-C mid-run; the hint, run as printed (epochs capped to keep it short),
     finishes job 1 from its checkpoint and runs job 2: the whole sweep, not the one job."""
