@@ -360,7 +360,8 @@ def where(command: Command, cwd: Path) -> Path:
             (here / ".venv" / name).unlink(missing_ok=True)
             (here / ".venv" / name).symlink_to(venv / name)
         (here / ".venv" / ".installed").touch()  # installed: it is the venv running this test
-        dry = subprocess.run(["make", "-n", "run"], cwd=here, capture_output=True, text=True)
+        outside_make = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        dry = subprocess.run(["make", "-n", "run"], cwd=here, capture_output=True, text=True, env=outside_make)
         assert dry.stdout.strip() == ".venv/bin/python -m runner", dry.stdout  # nothing else runs: no reinstall
         return here
     if command.key.startswith("python -m runner dataset=mnist1d transfer.source=best:digits"):
@@ -421,7 +422,10 @@ def chapters() -> dict[str, list[Command]]:
 
 def environment(tmp_path: Path, tfds_dir: Path) -> dict[str, str]:
     (tmp_path / "home").mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in (MAX_EPOCHS_VARIABLE, "RUNNER_SWEEP_ARGV")}
+    # A shell as a person has it: not inside `make test`'s make, whose MAKEFLAGS/MAKELEVEL would make `make run` a
+    # sub-make that prints "make[1]: Entering directory" lines a person never sees.
+    outer = (MAX_EPOCHS_VARIABLE, "RUNNER_SWEEP_ARGV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEFILES")
+    env = {k: v for k, v in os.environ.items() if k not in outer}
     return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "HOME": str(tmp_path / "home"), "TFDS_DATA_DIR": str(tfds_dir), "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": USER_XLA_FLAGS, "MPLCONFIGDIR": str(Path.home() / ".cache" / "matplotlib"),  # its font list
