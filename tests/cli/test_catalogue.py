@@ -8,7 +8,6 @@ sweep takes about half a minute on two cores.
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import yaml
@@ -49,12 +48,9 @@ def test_a_catalogue_dataset_offline_fails_fast_in_one_line_and_writes_nothing(c
     data_dir = tmp_path / "tfds_offline"
     blocked = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
     cli.env = {**cli.env, **blocked, "http_proxy": blocked["HTTP_PROXY"], "https_proxy": blocked["HTTPS_PROXY"]}
-    before = time.perf_counter()
+    # tfds' backoff alone would take over 200 s: a run that retried never ends within the subprocess's 120 s
     result = cli("dataset=mnist", f"dataset.data_dir={data_dir}", "trainer.epochs=1", timeout=120)
-    seconds = time.perf_counter() - before
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: dataset=mnist: mnist is not prepared in") and "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1 and "dataset.data_dir" in result.stderr
     assert not (cli.cwd / "outputs").exists() or cli.run_dirs() == []
-    # A behaviour, not a speed: the backoff alone would take over 200 s; starting Python and JAX takes a few.
-    assert seconds < 60, seconds
