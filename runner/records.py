@@ -66,6 +66,23 @@ def _yaml(path: Path, text: str, valid: str = "") -> Any:
         raise _error(path, f"not YAML ({not_yaml(e)}){valid}") from None
 
 
+def _json(path: Path, text: str, valid: str = "") -> Any:
+    """The JSON value of a file's text; not JSON: one line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _error(path, f"not JSON ({_not_json(e)}){valid}") from None
+
+
+def _document(path: Path, valid: str, parse: Callable[[Path, str, str], Any]) -> Any:
+    """A file's text parsed by `parse` (_yaml, _json); UserError naming the file when it is unreadable, empty or
+    does not parse, each with `valid`, what the file should hold."""
+    text = _text(path)
+    if not text.strip():
+        raise _error(path, f"empty; {valid}")
+    return parse(path, text, f"; {valid}")
+
+
 def not_yaml(e: yaml.YAMLError) -> str:
     """What a YAML parser found wrong and where, in one line: `expected ',' or ']', but got '<stream end>': line 2
     column 1`."""
@@ -147,11 +164,8 @@ def read_config(path: Path) -> DictConfig:
     """A config Hydra saved (a run dir's .hydra/config.yaml). Raises UserError naming the file when it is missing
     or unreadable, empty, not YAML, or not a mapping of config groups."""
     path = Path(path)
-    text = _text(path)
     valid = "valid: the config Hydra saves in a run dir when the run starts"
-    if not text.strip():
-        raise _error(path, f"empty; {valid}")
-    config = _yaml(path, text, f"; {valid}")
+    config = _document(path, valid, _yaml)
     if not isinstance(config, dict):
         raise _error(path, f"holds {_kind(config, 'a mapping')}, not a mapping of config groups; {valid}")
     try:
@@ -164,11 +178,8 @@ def read_overrides(path: Path) -> list[str]:
     """The command line Hydra saved (a run dir's .hydra/overrides.yaml): a list of overrides, [] for none. Raises
     UserError naming the file when it is missing or unreadable, empty, not YAML, or not a list of strings."""
     path = Path(path)
-    text = _text(path)
     valid = "valid: a YAML list of overrides, as Hydra saves them ([] for none)"
-    if not text.strip():
-        raise _error(path, f"empty; {valid}")
-    overrides = _yaml(path, text, f"; {valid}")
+    overrides = _document(path, valid, _yaml)
     if not isinstance(overrides, list):
         raise _error(path, f"holds {_kind(overrides, 'a mapping')}, not a list of overrides; {valid}")
     for number, override in enumerate(overrides, 1):
@@ -183,14 +194,8 @@ def read_scaling(path: Path) -> Scaling:
     naming the file when it is missing or unreadable, empty, not JSON, or not equally long lists of finite numbers
     (std > 0) under mean and std."""
     path = Path(path)
-    text = _text(path)
     valid = 'valid: {"mean": [...], "std": [...]}, one finite number per input channel each, std > 0'
-    if not text.strip():
-        raise _error(path, f"empty; {valid}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _error(path, f"not JSON ({_not_json(e)}); {valid}") from None
+    data = _document(path, valid, _json)
     if not isinstance(data, dict):
         raise _error(path, f"holds {_kind(data)}, not a JSON object; {valid}")
     for key in ("mean", "std"):
