@@ -28,6 +28,7 @@ from runner.config import CONF_DIR, capped, register_schemas, validate
 from runner.console import Console, error
 from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line
+from runner.loggers import check_logger_packages
 from runner.interrupts import Interrupted
 from runner.outputs import write_json
 from runner.records import read_summary
@@ -124,6 +125,7 @@ def check_job(cfg: DictConfig) -> None:
         check_override(override)
     check_interpolations(cfg, task)
     validate(cfg, sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
+    check_logger_packages(cfg)  # a sampled logger's tool, not installed: one line before the data loads
 
 
 def _take_back() -> None:

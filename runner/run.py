@@ -20,7 +20,6 @@ import flax
 from omegaconf import DictConfig
 
 from runner import weights
-from runner.config import MAX_EPOCHS_VARIABLE, capped  # noqa: F401 (MAX_EPOCHS_VARIABLE: tests import it here)
 from runner.build import Parts, build_parts, build_stages
 from runner.checkpoint import Checkpoints
 from runner.console import Console
@@ -31,7 +30,7 @@ from runner.errors import UserError
 from runner.handlers import (Checkpointer, DiagnosticsWriter, EarlyStopping, Interrupt, LearningRateTrace, Plateau,
                              Progress, Validation, weights_of)
 from runner.interrupts import Interrupted, deferred_signals
-from runner.loggers import build_loggers, check_logger_packages, close_loggers
+from runner.loggers import build_loggers, close_loggers
 from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
@@ -87,8 +86,6 @@ class Run:
 
 def setup(cfg: DictConfig, run_dir: Path, console: Console) -> Run:
     """Data, parts, stages and the first state of a run (from its source's layers, or its checkpoint)."""
-    check_logger_packages(cfg)  # a tool that is not installed: one line before the data loads
-    cfg = capped(cfg)
     start, tc = time.perf_counter(), cfg.trainer
     initialize_processes()  # several processes (SLURM, JAX_COORDINATOR_ADDRESS): join them before any JAX work
     data_parallel = DataParallel.over(tc.devices)

@@ -1,6 +1,6 @@
 """What a stopped run says to type next: a single run resumes its dir; a sweep's job names the whole sweep, and
 following what it says finishes every job of the sweep (runner/run.py: continue_with; runner/callbacks.py keeps
-the sweep's command line). Also the test aid RUNNER_MAX_EPOCHS (runner/run.py: capped)."""
+the sweep's command line). Also the test aid RUNNER_MAX_EPOCHS (runner/config.py: capped)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from runner.callbacks import SWEEP_ARGV, MultirunReport
-from runner.run import MAX_EPOCHS_VARIABLE, capped, continue_with
+from runner.config import MAX_EPOCHS_VARIABLE, capped
+from runner.run import continue_with
 from tests.conftest import compose_config, read_summary
 
 
