@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from runner.run import MAX_EPOCHS_VARIABLE
+from runner.config import MAX_EPOCHS_VARIABLE
 from tests.conftest import ROOT, USER_XLA_FLAGS, read_metrics, read_summary
 
 README = ROOT / "README.md"
