@@ -24,7 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner import relaunch
-from runner.config import CONF_DIR, capped, register_schemas, validate
+from runner.config import CONF_DIR, capped, register_schemas
+from runner.relations import validate
 from runner.console import Console, error
 from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line

@@ -22,6 +22,7 @@ from runner.checkpoint import Checkpoints
 from runner.diagnostics import to_records
 from runner.optim import applied_rate, plateau_state, rate_inputs, with_plateau_state, written_rate
 from runner.outputs import append_jsonl, read_jsonl, rewrite_jsonl
+from runner.train import finite_members
 
 
 @dataclasses.dataclass
@@ -127,7 +128,8 @@ def write_diagnostics(path: Path, epoch: int, raw: dict, layers: list[str]) -> N
 
 
 class Progress:
-    """Shows the epoch's losses and accuracies (a live bar on a terminal, a plain line otherwise)."""
+    """Shows the epoch's losses and accuracies (a live bar on a terminal, a plain line otherwise); a replicas
+    run's, their means over the members."""
 
     KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -135,7 +137,7 @@ class Progress:
         self.show = show
 
     def on_epoch_end(self, end: EpochEnd) -> None:
-        self.show(end.epoch, {k: end.record[k] for k in self.KEYS})
+        self.show(end.epoch, {k: float(np.mean(end.record[k])) for k in self.KEYS})  # members: their mean
 
 
 class EarlyStopping:
@@ -211,3 +213,35 @@ class Checkpointer:
         if self.stopper.best_weights is not None:
             trees["best"] = self.stopper.best_weights
         self.checkpoints.save(epoch, trees, {"epoch": epoch, "stage": stage, **self.stopper.meta()})
+
+
+class EachMember:
+    """The members of a replicas run (runner/replicas.py): each member's own part of the epoch's end (its record,
+    its metrics, its state where `with_state[i]`) goes to its own handlers (its loggers). A member whose loss or
+    parameters went non-finite this epoch (the loop kept its last finite epoch) is `diverged`, and its handlers
+    hear no more."""
+
+    def __init__(self, handlers: list[list[Handler]], with_state: list[bool]):
+        self.handlers, self.with_state = handlers, with_state
+        self.status: list[str] = ["completed"] * len(handlers)
+        self.diverged_at: list[int | None] = [None] * len(handlers)
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        finite = finite_members(end.raw)
+        for i, handlers in enumerate(self.handlers):
+            if self.status[i] != "completed":
+                continue
+            if not finite[i]:
+                self.status[i], self.diverged_at[i] = "diverged", int(end.raw["first_nonfinite_step"][i])
+                continue
+            state = member_state(end.state, i) if self.with_state[i] else None
+            record = {k: v[i] if isinstance(v, list) else v for k, v in end.record.items()}
+            own = EpochEnd(end.epoch, end.stage, state, record, jax.tree_util.tree_map(lambda a: a[i], end.raw),
+                           end.last)
+            for handler in handlers:
+                handler.on_epoch_end(own)
+
+
+def member_state(states: Any, i: int) -> Any:
+    """Member i's train state, out of the stacked states of a replicas run's members."""
+    return jax.tree_util.tree_map(lambda leaf: leaf[i], states)

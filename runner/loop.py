@@ -29,7 +29,7 @@ from runner.distributed import DataParallel
 from runner.handlers import EpochEnd, Handler, write_diagnostics
 from runner.optim import applied_rate, continue_schedule, rate_inputs, written_rate
 from runner.stages import Stage, stage_at, stage_optimizer
-from runner.train import TrainState, make_epoch_programs, make_train_epoch
+from runner.train import TrainState, finite_members, make_epoch_programs, make_train_epoch, nonfinite
 
 
 @dataclasses.dataclass
@@ -53,25 +53,30 @@ class StageProgram:
 
     With `data_parallel` (several devices, runner/distributed.py) the same programs take and return
     everything replicated over the devices and split each step's batch over them; without, one device.
+    With `members` (trainer.replicas, runner/replicas.py) the state, data and key stack K runs on a leading axis
+    and each program is the one-run program mapped over them (`jax.vmap`); their chunks share their bounds.
     """
 
     def __init__(self, parts: Parts, stage: Stage, batch_size: int, diagnostics_every: int,
                  state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
-                 data_parallel: DataParallel | None = None):
+                 data_parallel: DataParallel | None = None, members: bool = False):
         split = None if data_parallel is None else data_parallel.batch
         placed = {} if data_parallel is None else {"in_shardings": data_parallel.replicated,
                                                    "out_shardings": data_parallel.replicated}
         begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, frozen=stage.frozen,
                                                  batch_sharding=split)
+        if members:
+            begin, train_steps = jax.vmap(begin), jax.vmap(train_steps, in_axes=(0, 0, 0, 0, None, None))
         self.begin = jax.jit(begin, **placed).lower(state, x, key).compile()
         carry, order = jax.eval_shape(begin, state, x, key)
         bound = jax.ShapeDtypeStruct((), jnp.int32)
         # Donated: each chunk updates the carry in place instead of copying the train state (tens of MB).
         self.train_steps = jax.jit(train_steps, donate_argnums=0, **placed).lower(
             carry, x, y, order, bound, bound).compile()
-        self.steps = order.shape[0]
-        self.checked = jax.jit(make_train_epoch(parts, batch_size, diagnostics_every, checked=True,
-                                                frozen=stage.frozen, batch_sharding=split), **placed)
+        self.steps = order.shape[-2]  # order: ([members,] steps, batch)
+        # members keep their last finite epoch instead (Loop._members_finite): no replay
+        self.checked = None if members else jax.jit(make_train_epoch(
+            parts, batch_size, diagnostics_every, checked=True, frozen=stage.frozen, batch_sharding=split), **placed)
 
 
 CHUNK_SECONDS = 0.5  # a run's chunks: the bar moves and Ctrl-C acts about this often
@@ -136,6 +141,9 @@ class Loop:
     interrupt: threading.Event | None = None  # set by a signal: the epoch stops at its next chunk
     pacer: Pacer = dataclasses.field(default_factory=Pacer)
     data_parallel: DataParallel | None = None  # the run's devices; None: one device, arrays where JAX puts them
+    # trainer.replicas: the state, data and key stack K members (runner/replicas.py); the record's values are then
+    # lists, one per member, and a member that goes non-finite keeps its last finite epoch while the others go on
+    members: bool = False
 
     @property
     def total_epochs(self) -> int:
@@ -163,7 +171,7 @@ class Loop:
         start = time.perf_counter()
         program = StageProgram(self.parts, self.stages[index], self.batch_size, self.diagnostics_every,
                                self._placed(outcome.state), self.x, self.y, self._placed(self.data_key),
-                               self.data_parallel)
+                               self.data_parallel, self.members)
         if self.on_compile is not None:
             self.on_compile(outcome.state)
         outcome.compile_time += time.perf_counter() - start
@@ -171,7 +179,8 @@ class Loop:
 
     def _epoch(self, program: StageProgram, index: int, epoch: int, outcome: Outcome) -> bool:
         """Train one epoch in chunks and hand it to the handlers; True when the run ends here."""
-        start, key = time.perf_counter(), self._placed(jax.random.fold_in(self.data_key, epoch))
+        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if self.members else jax.random.fold_in
+        start, key = time.perf_counter(), self._placed(fold(self.data_key, epoch))
         before = self._placed(outcome.state)  # handlers and a new stage may hand back arrays placed elsewhere
         carry, raw = self._train_steps(program, epoch, before, key)
         seconds = time.perf_counter() - start
@@ -179,15 +188,18 @@ class Loop:
             outcome.status, outcome.epoch, outcome.stage, outcome.abandoned = "interrupted", epoch - 1, index, True
             return True
         outcome.train_time, outcome.timed_epochs = outcome.train_time + seconds, outcome.timed_epochs + 1
-        if raw["first_nonfinite_step"] >= 0 or not raw["params_finite"]:
+        if self.members:
+            state = _keep_where(jnp.asarray(finite_members(raw)), carry.state, before)
+        elif nonfinite(raw):
             outcome.state, raw, outcome.divergence = replay_divergence(program.checked, before, self.x, self.y, key,
                                                                        raw, layer_names(before.params))
             write_diagnostics(self.diagnostics_path, epoch, raw, layer_names(before.params))
             outcome.status, outcome.epoch = "diverged", epoch - 1
             return True
-        state = carry.state
-        record = {"epoch": epoch, "step": int(state.step), "lr": current_lr(self.parts, before),
-                  "train_loss": float(raw["loss"]), "train_accuracy": float(raw["accuracy"]), "epoch_time_s": seconds}
+        else:
+            state = carry.state
+        record = {"epoch": epoch, "step": _host(state.step), "lr": current_lr(self.parts, before, self.members),
+                  "train_loss": _host(raw["loss"]), "train_accuracy": _host(raw["accuracy"]), "epoch_time_s": seconds}
         end = EpochEnd(epoch, index, state, record, raw, last=epoch == self.total_epochs)
         for handler in self.handlers:
             handler.on_epoch_end(end)
@@ -207,15 +219,18 @@ class Loop:
                 self.on_steps(epoch, done, program.steps, raw)
             return done < program.steps and self.interrupt is not None and self.interrupt.is_set()
 
-        return train_in_chunks(program, before, self.x, self.y, key, self.pacer, after_chunk)
+        return train_in_chunks(program, before, self.x, self.y, key, self.pacer, after_chunk,
+                               stop_when_nonfinite=not self.members)
 
 
 def train_in_chunks(program: StageProgram, state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
-                    pacer: Pacer, after_chunk: Callable[[int, dict], bool]) -> tuple[Any, dict]:
+                    pacer: Pacer, after_chunk: Callable[[int, dict], bool],
+                    stop_when_nonfinite: bool = True) -> tuple[Any, dict]:
     """One epoch as chunks of steps sized by `pacer`: (carry, the epoch's metrics on the host).
 
     After each chunk, `after_chunk(steps done, metrics so far)` may stop the epoch (returns (None, {})).
-    A chunk that went non-finite ends the epoch early: the caller replays it with checks.
+    A chunk that went non-finite ends the epoch early (the caller replays it with checks), unless
+    `stop_when_nonfinite` is false (members: the others train on).
     """
     carry, order = program.begin(state, x, key)
     done = 0
@@ -225,7 +240,7 @@ def train_in_chunks(program: StageProgram, state: TrainState, x: jax.Array, y: j
         raw = jax.device_get(raw)
         done += size
         pacer.observe(size, time.perf_counter() - started)
-        if raw["first_nonfinite_step"] >= 0 or not raw["params_finite"]:
+        if stop_when_nonfinite and nonfinite(raw):
             break
         if after_chunk(done, raw):
             return None, {}
@@ -247,8 +262,25 @@ def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Ar
     return state, checked, {"diverged_at_step": step, "diverged_layer": layers[layer] if layer >= 0 else None}
 
 
-def current_lr(parts: Parts, state: TrainState) -> float:
+@jax.jit
+def _keep_where(ok: jax.Array, new: Any, old: Any) -> Any:
+    """Per member: the new state where `ok`, else the old one."""
+    def pick(a, b):
+        return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def _host(value: Any) -> Any:
+    """A number the device returned, as a Python number; a member axis as a list of them."""
+    return np.asarray(value).tolist()
+
+
+def current_lr(parts: Parts, state: TrainState, members: bool = False) -> float | list[float]:
     """The learning rate the next step of `state` applies (runner/optim.py's one formula of it): for the state an
-    epoch starts from, its first step's, lr_trace.jsonl's first entry of the epoch."""
+    epoch starts from, its first step's, lr_trace.jsonl's first entry of the epoch. Members: one per member."""
     count, scale = jax.device_get(rate_inputs(state.opt_state, state.step))
+    if members:
+        scales = np.broadcast_to(scale, np.shape(count))  # 1 for every member without a plateau schedule
+        return [written_rate(applied_rate(parts.schedule.learning_rate_at, c, s)) for c, s in zip(count, scales)]
     return written_rate(applied_rate(parts.schedule.learning_rate_at, count, scale))

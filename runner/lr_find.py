@@ -77,11 +77,11 @@ from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
 from runner.outputs import write_atomic, write_json
 from runner.process import exit_promptly, prepare_training_process
+from runner.optim import is_auto_rate
 from runner.resumed import override_key
 from runner.techniques.schedules import Schedule
 from runner.train import TrainState, create_train_state, make_train_step
 
-AUTO = "auto"
 PNG, JSON = "lr_find.png", "lr_find.json"
 SUGGESTION_RULE = "lowest smoothed loss / 10"
 
@@ -318,7 +318,7 @@ def resolve_auto_learning_rate(cfg: DictConfig, splits: Any, run_dir: Path,
     dir, and records the rate in the run's saved config (`record_found_rate`). Any other config comes back as it
     is, with no summary entries.
     """
-    if not _is_auto(cfg.optimizer.get("learning_rate")):
+    if not is_auto_rate(cfg):
         return cfg, {}
     earlier = run_dir / JSON
     if cfg.trainer.resume and earlier.exists():  # a resumed multirun job recomposes `auto`: its checkpoint
@@ -331,10 +331,6 @@ def resolve_auto_learning_rate(cfg: DictConfig, splits: Any, run_dir: Path,
         console.info(f"optimizer.learning_rate=auto: {describe_result(test)}; {PNG} in {run_dir}")
     record_found_rate(run_dir, found)
     return with_learning_rate(cfg, found), {"learning_rate_found": found}
-
-
-def _is_auto(value: Any) -> bool:
-    return isinstance(value, str) and value == AUTO
 
 
 def with_learning_rate(cfg: DictConfig, value: float) -> DictConfig:
@@ -409,7 +405,7 @@ def checked_config(overrides: Sequence[str]) -> DictConfig:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from runner.config import validate
+    from runner.relations import validate
     from runner.preflight import Composer
     from runner.safety import check_interpolations, check_override
 

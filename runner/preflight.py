@@ -25,7 +25,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from runner import relaunch
 from runner.checks import TopLevel, describe, unchecked_parameters
-from runner.config import CONF_DIR, compose_config, validate
+from runner.config import CONF_DIR, compose_config
+from runner.relations import validate
 from runner.console import Console
 from runner.distributed import launched_processes, process_index_from_env, shared_run_dir, wait_for_coordinator
 from runner.errors import UserError, first_line

@@ -281,13 +281,15 @@ def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int =
     the mean input p (Hinton 2010, 8.1); the visible biases are dropped afterwards.
     """
     cfg = context.cfg
-    activation = cfg.activation._target_
-    if activation != "jax.nn.sigmoid":
+    built = instantiate(cfg.activation, "activation")
+    activation = getattr(built, "func", built)  # the function a conf file's partial calls
+    if activation is not jax.nn.sigmoid:
         raise UserError(f"pretraining=rbm: needs activation=sigmoid (an RBM's hidden units are sigmoid), got "
-                        f"{activation.rsplit('.', 1)[-1].lower()}")
+                        f"{getattr(activation, '__name__', type(activation).__name__).lower()}")
     if cfg.normalization.layer is not None:
+        layer = instantiate(cfg.normalization.layer, "normalization.layer")
         raise UserError(f"pretraining=rbm: needs normalization=none (an RBM layer is weights then a sigmoid), got a "
-                        f"{cfg.normalization.layer._target_} layer")
+                        f"{type(layer).__name__} layer")
     model, params, batch_stats, splits, layers = _greedy_start(context)
     x = splits.all_train_inputs
     batch_size = _batch_size(cfg, len(x), context.method)

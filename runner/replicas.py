@@ -13,8 +13,9 @@ The run dir itself gets `replicas.json`, naming the members.
 What a member cannot do alone inside one program is refused in one line: early stopping, performance
 scheduling (plateau), stages and transfer, per-layer diagnostics, checkpoints and resume. A member whose loss
 goes non-finite keeps its last finite epoch's weights and is `diverged`; the others go on. The program runs on
-JAX's default device (`trainer.devices` is not split over the members). Ctrl-C stops after
-the current epoch (a whole epoch is one call here) and the members' summaries say `interrupted`.
+JAX's default device (`trainer.devices` is not split over the members). The epochs run in the
+run's own loop (runner/loop.py) with the members stacked; Ctrl-C drops the current epoch's steps, as in a single
+run, and the members' summaries say `interrupted`.
 """
 
 from __future__ import annotations
@@ -31,19 +32,22 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from runner import weights
-from runner.build import Parts, build_model, build_parts, build_regularizer, build_schedule, build_stages
+from runner.build import Parts, build_parts
 from runner.console import Console
 from runner.data import Splits, load_data
 from runner.errors import UserError
 from runner.evaluate import MemberEvaluator
-from runner.handlers import EpochEnd
+from runner.handlers import EachMember, Interrupt, Progress, Validation, member_state
 from runner.interrupts import Interrupted, deferred_signals
 from runner.loggers import build_loggers, close_loggers
 from runner.outputs import write_atomic, write_json
-from runner.optim import applied_rate, rate_inputs, written_rate
+from runner.loop import Loop, Outcome
+from runner.optim import is_auto_rate
 from runner.pretraining import pretraining_method
 from runner.records import read_metrics
-from runner.train import create_train_state, make_train_epoch
+from runner.relations import plateau_schedule, staged
+from runner.stages import Stage
+from runner.train import create_train_state
 from runner.transfer import save_scaling
 
 MEMBER_DIR = "seed_{seed}"
@@ -52,11 +56,10 @@ MEMBER_DIR = "seed_{seed}"
 def check_replicas(cfg: DictConfig) -> None:
     """Refuse, in one line, what a member of a vmapped program cannot do on its own (asked of the built parts)."""
     tc = cfg.trainer
-    layers = build_model(cfg, num_classes=2, regularizer=build_regularizer(cfg)).hidden_layers  # names, not sizes
     _refuse_unless_alone(cfg, [
         (tc.early_stopping.patience > 0, "trainer.early_stopping.patience", "0"),
-        (build_schedule(cfg, steps_per_epoch=1).plateau is not None, "schedule=plateau", "another schedule"),
-        (len(build_stages(cfg, layers)) > 1, "stages", "stages=single"),
+        (plateau_schedule(cfg), "schedule=plateau", "another schedule"),
+        (staged(cfg), "stages", "stages=single"),
         (cfg.transfer.source is not None, "transfer.source", "null"),
         (pretraining_method(cfg) is not None, "pretraining", "pretraining=none"),
         (tc.diagnostics_every > 0, "trainer.diagnostics_every", "0"),
@@ -64,7 +67,7 @@ def check_replicas(cfg: DictConfig) -> None:
                                                                   "on each member's dir)"),
         (tc.checkpoint_every > 0, "trainer.checkpoint_every", "0"),
         (tc.resume, "trainer.resume", "false"),
-        (str(cfg.optimizer.get("learning_rate")) == "auto", "optimizer.learning_rate=auto", "a number"),
+        (is_auto_rate(cfg), "optimizer.learning_rate=auto", "a number"),
         (str(tc.devices) not in ("auto", "1"), "trainer.devices", "auto"),  # the members share JAX's default device
     ])
 
@@ -124,8 +127,11 @@ def train_replicas(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str
     x, y = jnp.stack([s.x_train for s in members.splits]), jnp.stack([s.y_train for s in members.splits])
     states = jax.vmap(lambda k, xs: create_train_state(k, parts, xs[: tc.batch_size]))(keys[:, 0], x)
     with deferred_signals() as interrupt, console.training(tc.epochs, steps_per_epoch) as view:
-        states = _train(members, parts, states, (x, y), keys, view, interrupt)
-        result = _finish(members, states, keys[:, 2], run_dir, start, steps_per_epoch * tc.batch_size,
+        outcome = _train(members, parts, states, (x, y), keys, view, interrupt)
+        if outcome.status == "interrupted":
+            view.discard()
+            members.status[:] = ["interrupted" if s == "completed" else s for s in members.status]
+        result = _finish(members, outcome.state, keys[:, 2], run_dir, start, steps_per_epoch * tc.batch_size,
                          interrupted=interrupt.is_set())
         if interrupt.is_set():
             console.warn(f"interrupted: {len(seeds)} members' metrics and summaries written in {run_dir}; replicas "
@@ -135,42 +141,20 @@ def train_replicas(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str
 
 
 def _train(members: Members, parts: Parts, states: Any, data: tuple[jax.Array, jax.Array], keys: jax.Array,
-           view: Any, interrupt: Any) -> Any:
-    """The epochs: one vmapped call each, then each member's record to its own loggers."""
+           view: Any, interrupt: Any) -> Outcome:
+    """The epochs: the run's loop (runner/loop.py) over the stacked members, each member's record to its own
+    loggers."""
     tc = members.configs[0].trainer
-    epoch = jax.jit(jax.vmap(make_train_epoch(parts, tc.batch_size)))
     val = MemberEvaluator([(s.x_val, s.y_val) for s in members.splits], tc.eval_batch_size)
-    rates_of = jax.jit(jax.vmap(lambda opt_state, step: applied_rate(parts.schedule.learning_rate_at,
-                                                                      *rate_inputs(opt_state, step))))
-    for e in range(1, tc.epochs + 1):
-        began = time.perf_counter()
-        rates = jax.device_get(rates_of(states.opt_state, states.step))  # each member's first step's rate
-        new, raw = epoch(states, *data, jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys[:, 1], e))
-        raw = jax.device_get(raw)
-        seconds = time.perf_counter() - began
-        finite = (np.asarray(raw["first_nonfinite_step"]) < 0) & np.asarray(raw["params_finite"])
-        states = _keep_where(jnp.asarray(finite), new, states)  # a diverged member keeps its last finite weights
-        scores = val(states, keys[:, 2])
-        for i in range(len(members.seeds)):
-            if members.status[i] != "completed":
-                continue
-            if not finite[i]:
-                members.status[i], members.diverged_at[i] = "diverged", int(raw["first_nonfinite_step"][i])
-                continue
-            record = {
-                "epoch": e, "step": int(states.step[i]), "lr": written_rate(rates[i]),
-                "train_loss": float(raw["loss"][i]), "train_accuracy": float(raw["accuracy"][i]),
-                "val_loss": scores["loss"][i], "val_accuracy": scores["accuracy"][i], "epoch_time_s": seconds}
-            # The member's own state only for loggers beyond metrics.jsonl, which reads the record alone.
-            state = _member(states, i) if len(members.loggers[i]) > 1 else None
-            end = EpochEnd(e, 0, state, record, {}, e == tc.epochs)
-            for logger in members.loggers[i]:
-                logger.on_epoch_end(end)
-        view.epoch(e, {"train_loss": float(np.mean(raw["loss"])), "val_accuracy": float(np.mean(scores["accuracy"]))})
-        if interrupt.is_set():
-            members.status[:] = ["interrupted" if s == "completed" else s for s in members.status]
-            break
-    return states
+    # The member's own state only for loggers beyond metrics.jsonl, which reads the record alone.
+    each = EachMember(members.loggers, [len(loggers) > 1 for loggers in members.loggers])
+    handlers = [Validation(lambda s: val(s, keys[:, 2])), each, Progress(view.epoch), Interrupt(interrupt)]
+    loop = Loop(parts, [Stage("train", tc.epochs)], tc.batch_size, 0, *data, keys[:, 1], handlers, None,
+                on_compiling=view.compiling, on_steps=lambda epoch, done, _, metrics: view.steps(epoch, done, {}),
+                interrupt=interrupt, members=True)
+    outcome = loop.run(states, 0, 1)
+    members.status[:], members.diverged_at[:] = each.status, each.diverged_at
+    return outcome
 
 
 def _finish(members: Members, states: Any, eval_keys: jax.Array, run_dir: Path, start: float,
@@ -180,7 +164,7 @@ def _finish(members: Members, states: Any, eval_keys: jax.Array, run_dir: Path, 
     test = MemberEvaluator([(s.x_test, s.y_test) for s in members.splits], tc.eval_batch_size)(states, eval_keys)
     summaries = []
     for i, (d, s) in enumerate(zip(members.dirs, members.seeds)):
-        member = _member(states, i)
+        member = member_state(states, i)
         weights.save(d / "model.safetensors", member.params, member.batch_stats)
         save_scaling(d, members.splits[i].scaling)  # what predict, export and transfer scale raw inputs by
         metrics = read_metrics(d / "metrics.jsonl")
@@ -214,17 +198,3 @@ def _member_dir(run_dir: Path, cfg: DictConfig, overrides: list[str], seed: int)
     write_atomic(d / ".hydra" / "config.yaml", OmegaConf.to_yaml(member_config(cfg, seed)))
     write_atomic(d / ".hydra" / "overrides.yaml", yaml.safe_dump([*own, f"trainer.seed={seed}"]))
     return d
-
-
-def _member(states: Any, i: int) -> Any:
-    """Member i's train state, out of the stacked states of all members."""
-    return jax.tree_util.tree_map(lambda leaf: leaf[i], states)
-
-
-@jax.jit
-def _keep_where(ok: jax.Array, new: Any, old: Any) -> Any:
-    """Per member: the new state where `ok`, else the old one."""
-    def pick(a, b):
-        return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree_util.tree_map(pick, new, old)

@@ -33,6 +33,7 @@ from runner.interrupts import Interrupted, deferred_signals
 from runner.loggers import build_loggers, close_loggers
 from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
+from runner.optim import is_auto_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.records import leave_out, read_metrics
 from runner.pretraining import pretrain
@@ -92,7 +93,7 @@ def setup(cfg: DictConfig, run_dir: Path, console: Console) -> Run:
     for key in ("batch_size", "eval_batch_size"):  # before anything is written: the run dir is taken back
         data_parallel.check_batch_size(f"trainer.{key}", tc[key])
     several, writer = jax.process_count() > 1, is_writer()
-    if several and str(cfg.optimizer.get("learning_rate")) == "auto":
+    if several and is_auto_rate(cfg):
         raise UserError("optimizer.learning_rate: auto runs the range test in one process; valid with several "
                         "processes: a number (find it first with python -m runner.lr_find)")
     # pretraining=...: the lower layers learn first, held in memory; else another net's, if transfer.source names one

@@ -72,7 +72,7 @@ def check_search(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from runner.checks import check_value
-    from runner.config import no_validation_split
+    from runner.relations import no_validation_split
     from runner.errors import UserError, first_line
 
     sweeper = OmegaConf.select(cfg, "hydra.sweeper")

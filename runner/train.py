@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -197,6 +198,16 @@ def make_epoch_programs(parts: Parts, batch_size: int, diagnostics_every: int = 
         return carry, metrics
 
     return begin, train_steps
+
+
+def nonfinite(metrics: dict) -> bool:
+    """Whether an epoch's metrics (on the host, so far) say a step's loss or the parameters went non-finite."""
+    return metrics["first_nonfinite_step"] >= 0 or not metrics["params_finite"]
+
+
+def finite_members(metrics: dict) -> np.ndarray:
+    """Per member of a stacked epoch's metrics (trainer.replicas): whether its loss and parameters stayed finite."""
+    return (np.asarray(metrics["first_nonfinite_step"]) < 0) & np.asarray(metrics["params_finite"])
 
 
 def make_train_epoch(parts: Parts, batch_size: int, diagnostics_every: int = 0, checked: bool = False,

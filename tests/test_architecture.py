@@ -91,9 +91,30 @@ def test_no_module_of_runner_imports_one_that_imports_it_back():
     assert cycles(graph) == []
 
 
-def _mentions_target(node: ast.AST) -> bool:
+def _reads_target(node: ast.AST) -> bool:
     return any((isinstance(n, ast.Constant) and n.value == "_target_") or (isinstance(n, ast.Attribute)
                and n.attr == "_target_") for n in ast.walk(node))
+
+
+def _target_carriers(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """Names a module binds to a `_target_` value (`activation = cfg.activation._target_`) and functions that
+    return one (`def _choice(node): return node._target_.rsplit(...)`): comparing either is comparing it."""
+    names, functions = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and _reads_target(node.value):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.FunctionDef) and any(
+                isinstance(r, ast.Return) and r.value is not None and _reads_target(r.value) for r in ast.walk(node)):
+            functions.add(node.name)
+    return names, functions
+
+
+def _mentions_target(node: ast.AST, carriers: tuple[set[str], set[str]] = (set(), set())) -> bool:
+    names, functions = carriers
+    return _reads_target(node) or any(
+        (isinstance(n, ast.Name) and n.id in names) or
+        (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions) for n in ast.walk(node))
 
 
 def _string(node: ast.AST) -> bool:
@@ -103,15 +124,16 @@ def _string(node: ast.AST) -> bool:
 
 def target_string_comparisons(source: str) -> list[int]:
     """Lines that compare a `_target_` value with a string: ==, !=, in, or .startswith/.endswith on it."""
-    lines = []
-    for node in ast.walk(ast.parse(source)):
+    lines, tree = [], ast.parse(source)
+    carriers = _target_carriers(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Compare) and any(
-                _mentions_target(side) and any(_string(other) for other in [node.left, *node.comparators])
+                _mentions_target(side, carriers) and any(_string(other) for other in [node.left, *node.comparators])
                 for side in [node.left, *node.comparators]) and not all(
                 isinstance(op, (ast.In, ast.NotIn)) and _is_key_lookup(node) for op in node.ops):
             lines.append(node.lineno)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr in ("startswith", "endswith") and _mentions_target(node.func.value):
+                node.func.attr in ("startswith", "endswith") and _mentions_target(node.func.value, carriers):
             lines.append(node.lineno)
     return lines
 
@@ -125,6 +147,9 @@ def _is_key_lookup(node: ast.Compare) -> bool:
     ('if cfg.schedule._target_ == "runner.techniques.schedules.plateau": pass', [1]),
     ('ok = "plateau" in str(cfg.schedule.get("_target_", ""))', [1]),
     ('ok = str(cfg.pretraining._target_).endswith(".none")', [1]),
+    ('activation = cfg.activation._target_\nif activation != "jax.nn.sigmoid": pass', [2]),
+    ('def _choice(node):\n    return str(node.get("_target_", "")).rsplit(".", 1)[-1]\n'
+     'ok = _choice(cfg.schedule) != "plateau"', [3]),
     ('ok = "_target_" in node', []),
     ("ok = get_object(cfg.clip._target_) is optax.identity", []),
 ])

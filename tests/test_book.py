@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner import book
-from runner.config import CONF_DIR, compose_config, validate
+from runner.config import CONF_DIR, compose_config
+from runner.relations import validate
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment" / "book").glob("*.yaml"))
 DATA_DIRS = [os.environ.get("FASHION_MNIST_DIR"), "/usr/share/datasets/fashion-mnist"]

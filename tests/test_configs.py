@@ -16,7 +16,8 @@ import yaml
 
 from runner.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
 from runner.checks import SPEC_KEY, parse_spec
-from runner.config import CONF_DIR, validate
+from runner.config import CONF_DIR
+from runner.relations import validate
 from runner.errors import UserError
 from runner.optim import build_optimizer
 from runner.techniques.regularizers import Regularizer

@@ -121,3 +121,42 @@ def test_the_pacer_sizes_chunks_to_its_time_budget():
     assert pacer.size(1000) == 5
     pacer.observe(1, 10.0)
     assert pacer.size(1000) == 1
+
+
+def test_members_are_each_the_run_alone_and_one_going_non_finite_stops_only_itself():
+    """trainer.replicas' loop: K members stacked on a leading axis, one vmapped program. Member 0 is the same
+    loop run alone on its data (to vmap's rounding); member 1, whose inputs hold an inf, is `diverged` at its first
+    step and keeps its starting weights, while member 0 trains all its epochs."""
+    from runner.handlers import EachMember
+
+    # no batch norm: it leaves the dense biases a zero gradient, whose rounding noise Adam scales up to whole steps
+    cfg = compose_config(f"trainer.batch_size={BATCH}", "model.depth=2", "model.width=16", "regularizer=[]",
+                         "normalization=none")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, N).astype(np.int32)
+    poisoned = x.copy()
+    poisoned[:, 0, 0, 0] = np.inf
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=N // BATCH)
+    stages = [Stage("train", 2)]
+    keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(0)])
+    xs, ys = jnp.stack([x, poisoned]), jnp.stack([y, y])
+    states = jax.vmap(lambda k, xm: create_train_state(k, parts, xm[:BATCH]))(keys, xs)
+    alone, members = Recorder(), [Recorder(), Recorder()]
+    each = EachMember([[members[0]], [members[1]]], [True, True])
+    outcome = Loop(parts, stages, BATCH, 0, xs, ys, jnp.stack([jax.random.PRNGKey(1)] * 2), [each], None,
+                   members=True, pacer=FixedPacer(3)).run(states, 0, 1)
+    single = create_train_state(jax.random.PRNGKey(0), parts, jnp.asarray(x[:BATCH]))
+    Loop(parts, stages, BATCH, 0, jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(1), [alone], None,
+         pacer=FixedPacer(3)).run(single, 0, 1)
+
+    assert each.status == ["completed", "diverged"] and each.diverged_at == [None, 0]
+    assert len(members[0].records) == 2 and members[1].records == []
+    for got, want in zip(members[0].records, alone.records, strict=True):
+        assert got["step"] == want["step"] and got["lr"] == want["lr"]
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(members[0].states[-1].params), jax.tree.leaves(alone.states[-1].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    kept = jax.tree.map(lambda leaf: leaf[1], outcome.state.params)
+    for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(jax.tree.map(lambda leaf: leaf[1], states.params))):
+        np.testing.assert_array_equal(a, b)  # its starting weights: its first epoch never went finite

@@ -146,7 +146,7 @@ def test_rbm_reconstruction_error_falls_in_every_layer(tfds_dir, tmp_path):
     (("pretraining=rbm",),
      "pretraining=rbm: needs activation=sigmoid (an RBM's hidden units are sigmoid), got elu"),
     (("pretraining=rbm", "activation=sigmoid"),
-     "pretraining=rbm: needs normalization=none (an RBM layer is weights then a sigmoid), got a flax.linen.BatchNorm"),
+     "pretraining=rbm: needs normalization=none (an RBM layer is weights then a sigmoid), got a BatchNorm layer"),
     (("pretraining=autoencoder", "model=cnn"),
      "pretraining=autoencoder: greedy layer-wise pretraining trains dense layers, and model.channels=[32, 64]"),
     (("pretraining=supervised",), "pretraining=supervised: needs the run's task to be some classes"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.config import validate
+from runner.relations import validate
 from runner.errors import UserError
 from tests.conftest import compose_config
 
@@ -58,7 +58,6 @@ ALLOWED = [
 SWEEP_JOBS = [  # one job each of `-m pretraining=none,supervised transfer...`, `-m transfer.source=null,RUN ...`
     ["transfer.reuse_layers=2"],
     ["transfer.freeze=false", "transfer.reused_lr_scale=1.0"],
-    [SOURCE, "stages=freeze_lower"],
 ]
 
 
@@ -84,3 +83,12 @@ def test_a_sweep_job_may_carry_a_setting_for_the_other_jobs_but_not_one_that_har
     validate(compose_config(*overrides), sweep=True)
     with pytest.raises(UserError, match="trainer.early_stopping.patience"):
         validate(compose_config(*overrides, "dataset.val_fraction=0", "trainer.early_stopping.patience=2"), sweep=True)
+
+
+@pytest.mark.parametrize("overrides", [[SOURCE, "stages=freeze_lower"], ["pretraining=supervised", "stages=freeze_lower"]],
+                         ids=" ".join)
+def test_stages_beside_reused_layers_are_refused_in_a_sweep_job_too(overrides):
+    """transfer's settings make a reusing run's stages: a stages= choice would be dropped while the job's saved
+    config says it ran, so no job of a sweep may carry one."""
+    with pytest.raises(UserError, match=r"^stages=freeze_lower: .*valid: stages=single"):
+        validate(compose_config(*overrides), sweep=True)

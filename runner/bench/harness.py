@@ -34,7 +34,8 @@ from runner.distributed import DataParallel
 from runner.loop import CHUNK_SECONDS, Pacer, StageProgram, train_in_chunks
 from runner.records import SUMMARY_FILE, read_summary
 from runner.stages import Stage
-from runner.config import compose_config, validate
+from runner.config import compose_config
+from runner.relations import validate
 from runner.train import create_train_state, make_evaluate, make_train_epoch
 
 IMAGE_SHAPE = (28, 28, 1)

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from runner.build import build_parts
-from runner.config import CONF_DIR, validate
+from runner.config import CONF_DIR
+from runner.relations import validate
 from tests.conftest import read_summary
 
 # The presets that sweep (`-m +experiment=NAME`); sparse and fast are single runs.

@@ -9,7 +9,8 @@ import pytest
 from hydra.utils import instantiate
 
 from runner.checks import strip_specs
-from runner.config import CONF_DIR, validate
+from runner.config import CONF_DIR
+from runner.relations import validate
 from runner.data import check_dataset, load_splits
 from runner.errors import UserError
 from tests.conftest import compose_config

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from runner.build import build_schedule
-from runner.config import CONF_DIR, validate
+from runner.config import CONF_DIR
+from runner.relations import validate
 from runner.errors import UserError
 from runner.techniques.schedules import Schedule
 from tests.conftest import compose_config
