@@ -1,18 +1,20 @@
-"""Every command of README.md, run as printed.
+"""Every command of README.md and of the pages in docs/, run as printed.
 
 A command is a line of a fenced `sh` block (a line ending in `\\` goes on to the next; `#` lines are comments), or a
-`$ ` line of a plain fenced block, whose next lines are what README shows it print. Each runs in bash exactly as
-README prints it, in README order within its chapter: the README sections that build on one another, run in one
-fresh working dir (`SECTIONS`). Around it the test sets what a person's machine would have: the venv's `python`
-and `runner` first on PATH, HOME, the tfds data dir and JAX's compilation cache in the test's temp dirs, and one
-test aid, RUNNER_MAX_EPOCHS=1 (runner/run.py: `capped`), which shortens the training of every command whose
-result README does not print (`UNCAPPED` lists the others and why). Files a person brings themselves (their own
-inputs, another framework's weights) are written before their chapter runs (`brought`).
+`$ ` line of a plain fenced block, whose next lines are what the page shows it print. Each runs in bash exactly as
+its page prints it, within its chapter: the sections, of any page, that build on one another, run in one fresh
+working dir in the order `SECTIONS` lists them (page line order within a section). A command README lists that a
+docs page prints too runs once, where that page prints it (README's copy is the front page's index of it). Around
+it the test sets what a person's machine would have: the venv's `python` and `runner` first on PATH, HOME, the tfds
+data dir and JAX's compilation cache in the test's temp dirs, and one test aid, RUNNER_MAX_EPOCHS=1
+(runner/config.py: `capped`), which shortens the training of every command whose result its page does not print
+(`UNCAPPED` lists the others and why). Files a person brings themselves (their own inputs, another framework's
+weights) are written before their chapter runs (`brought`).
 
-What is checked: a `$ ` command prints each line README shows (an `error:` line is its whole stderr, exit code 2);
-a command in `CHECKS` does what README says it does (a number within TOLERANCE, the files it names, the message it
+What is checked: a `$ ` command prints each line its page shows (an `error:` line is its whole stderr, exit code 2);
+a command in `CHECKS` does what its page says it does (a number within TOLERANCE, the files it names, the message it
 quotes); any other command exits 0. Commands this machine cannot run are in `NOT_RUN`, each with its reason;
-`test_every_readme_command_is_run_or_listed` holds README and these tables to each other.
+`test_every_readme_command_is_run_or_listed` holds the pages and these tables to each other.
 """
 
 from __future__ import annotations
@@ -35,16 +37,24 @@ import pytest
 from runner.config import MAX_EPOCHS_VARIABLE
 from tests.conftest import ROOT, USER_XLA_FLAGS, read_metrics, read_summary
 
-README = ROOT / "README.md"
-TOLERANCE = 0.03  # a test accuracy README prints, against the run's: 11 of digits' 360 test examples
+README = "README.md"
+GENERATED = ("docs/book.md",)  # written by runner/book.py from its runs: a table, no commands
+TOLERANCE = 0.03  # a test accuracy a page prints, against the run's: 11 of digits' 360 test examples
+
+
+def pages() -> list[str]:
+    """README.md, then every page of docs/ (paths relative to the repo root)."""
+    docs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    return [README] + [page for page in docs if page not in GENERATED]
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    text: str  # as README prints it (continuation lines joined by their backslash-newline)
-    line: int  # README's line number of its first line
+    text: str  # as its page prints it (continuation lines joined by their backslash-newline)
+    line: int  # the page's line number of its first line
     section: str  # the heading it is under
-    printed: tuple[str, ...] = ()  # what README shows a `$ ` command print
+    printed: tuple[str, ...] = ()  # what the page shows a `$ ` command print
+    page: str = README  # where it is printed, relative to the repo root
 
     @property
     def key(self) -> str:
@@ -60,7 +70,7 @@ class Command:
 
 
 def _uncommented(line: str) -> str:
-    """A shell line without its trailing comment (README's comments follow whitespace, outside quotes)."""
+    """A shell line without its trailing comment (the pages' comments follow whitespace, outside quotes)."""
     quote = ""
     for i, char in enumerate(line):
         if quote:
@@ -72,9 +82,9 @@ def _uncommented(line: str) -> str:
     return line
 
 
-def readme_commands(text: str | None = None) -> list[Command]:
-    """The commands of README's fenced `sh` blocks and `$ ` lines of its plain blocks, in order."""
-    lines = (README.read_text() if text is None else text).splitlines()
+def page_commands(page: str = README, text: str | None = None) -> list[Command]:
+    """The commands of a page's fenced `sh` blocks and `$ ` lines of its plain blocks, in order."""
+    lines = ((ROOT / page).read_text() if text is None else text).splitlines()
     commands, section, i = [], "", 0
     while i < len(lines):
         line = lines[i]
@@ -95,13 +105,18 @@ def readme_commands(text: str | None = None) -> list[Command]:
                 text = "\n".join(block[first:j + 1])
                 j += 1
                 if _uncommented(text.split("\n")[0]).strip():
-                    commands.append(Command(text, start + first + 1, section))
+                    commands.append(Command(text, start + first + 1, section, page=page))
         elif language == "":
             prompts = [j for j, b in enumerate(block) if b.startswith("$ ")]
             for k, j in enumerate(prompts):
                 upto = prompts[k + 1] if k + 1 < len(prompts) else len(block)
-                commands.append(Command(block[j][2:], start + j + 1, section, tuple(block[j + 1:upto])))
+                commands.append(Command(block[j][2:], start + j + 1, section, tuple(block[j + 1:upto]), page))
     return commands
+
+
+def documented_commands() -> list[Command]:
+    """Every page's commands: README's first, then docs/ page by page."""
+    return [command for page in pages() for command in page_commands(page)]
 
 
 # ---- what is not run, and why ----
@@ -109,10 +124,13 @@ def readme_commands(text: str | None = None) -> list[Command]:
 NOT_RUN = {
     "make test": "runs the fast suite, this test among it (3-5 min)",
     "make test-full": "runs every test, the slow ones too (over 10 min)",
+    "make bench": "minutes of timing at full size (tests/test_bench.py runs `python -m runner.bench --smoke`)",
+    "make book": "47 min over 3 seeds, and needs Fashion-MNIST's files (tests/test_book.py runs "
+                 "`python -m runner.book --quick` where they are)",
     "pip install .": "installs into the test's own environment, and pip fetches the build backend from the network "
                      "(tests/cli/test_package.py builds the wheel offline and installs it in a fresh venv)",
     "runner optimizer=ad<Tab>": "a key press in an interactive shell; test_tab_completion_offers_what_readme_shows "
-                                "asks Hydra's completion, as the Tab does, and checks what README shows",
+                                "asks Hydra's completion, as the Tab does, and checks what the page shows",
     "python -m runner -m hparams_search=learning_rate": "a long time: 20 Optuna trials, each compiling its own program "
                                                         "(tests/cli/test_search_cli.py runs short searches)",
     "python -m runner -m hparams_search=learning_rate optimizer=sgd": "a long time: 20 trials, as above",
@@ -131,21 +149,26 @@ NOT_RUN = {
     "hydra.run.dir=/shared/run": "needs a second host, as above",
 }
 
-# README's sections, by heading, and the chapter that runs their commands (one working dir each, README order);
-# a pretraining command runs in a chapter of its own (slow: it trains the full epochs whose result it prints).
+# The pages' sections, by heading (or by (page, heading) where a heading is on several pages), and the chapter that
+# runs their commands: one working dir each, the sections in this order (so "Reports" reports on the runs that
+# "Resuming" made); a pretraining command runs in a chapter of its own (slow: it trains the full epochs whose result
+# it prints).
 SECTIONS = {
-    "runner": "first steps", "Use": "first steps", "Install as a command": "first steps",
-    "Bad input, and what the runner never touches": "first steps", "Every option": "first steps",
+    "runner": "first steps", "The commands you type most": "first steps",  # README.md
+    "Use": "first steps", "Install as a command": "first steps",  # docs/usage.md
+    "Bad input, and what the runner never touches": "first steps",  # docs/safety.md
+    "Every option": "first steps",  # docs/options.md
     "Resuming, and what each status means": "resume and report", "Resuming a sweep": "resume and report",
-    "Reports": "resume and report",
-    "Reusing what was learned: transfer and pretraining": "transfer and use",
+    "Reports": "resume and report",  # docs/resume.md, then docs/results.md
+    "Reusing what was learned: transfer and pretraining": "transfer and use",  # docs/reuse.md
     "Using a trained net: the catalog, predictions, export": "transfer and use",
-    "Comparing over seeds": "seeds", "Replicas: several seeds in one program": "replicas",
-    "Finding a learning rate": "learning rate", "Many devices and hosts": "devices",
+    "Comparing over seeds": "seeds",  # docs/results.md
+    "Replicas: several seeds in one program": "replicas", "Many devices and hosts": "devices",  # docs/scale.md
+    "Finding a learning rate": "learning rate",  # docs/tuning.md
     "Searching hyperparameters": None, "Running on many cores or a cluster": None,  # every command NOT_RUN
 }
 # Each command that trains costs 4-9 s on 2 cores however short its training (importing JAX, composing, compiling,
-# checkpointing), so `make test` runs the first chapter (the newcomer's first hour: 70-85 s) and `make test-full`
+# checkpointing), so `make test` runs the first chapter (the newcomer's first hour: 80-95 s) and `make test-full`
 # every chapter (measured on this repository's 2 cores at load 2-3, `pytest -s` prints each command's time).
 SLOW = {"devices": "4 commands (23 s)", "resume and report": "9 commands, two sweeps (50 s)",
         "transfer and use": "15 commands (65 s)", "learning rate": "three range tests (22 s)",
@@ -153,12 +176,26 @@ SLOW = {"devices": "4 commands (23 s)", "resume and report": "9 commands, two sw
         "seeds": "25 sweep jobs (55 s)", "replicas": "13 members, 20 epochs until replicas take the cap (27 s)"}
 
 
+def _section_key(command: Command) -> tuple[str, str] | str | None:
+    """The key of SECTIONS that places a command: (page, heading), else its heading; None if neither is there."""
+    for key in ((command.page, command.section), command.section):
+        if key in SECTIONS:
+            return key
+    return None
+
+
+def runs_elsewhere(command: Command) -> bool:
+    """README lists a command that a docs page prints too: it runs there, among what it builds on."""
+    return command.page == README and any(c.key == command.key for c in documented_commands() if c.page != README)
+
+
 def chapter_of(command: Command) -> str | None:
-    if command.key in NOT_RUN:
+    if command.key in NOT_RUN or runs_elsewhere(command):
         return None
     if re.search(r"(^| )pretraining=", command.key):
         return "pretraining"
-    return SECTIONS.get(command.section, f"(no chapter: section {command.section!r})")
+    key = _section_key(command)
+    return SECTIONS[key] if key is not None else f"(no chapter: {command.page}, section {command.section!r})"
 
 
 # ---- what a command is checked against ----
@@ -182,8 +219,8 @@ class Done:
 
 
 def readme_quote(pattern: str) -> str:
-    """The text README quotes in backticks that matches `pattern`, its line breaks as spaces."""
-    text = " ".join(README.read_text().split())
+    """The text the pages quote in backticks that matches `pattern`, its line breaks as spaces."""
+    text = " ".join(" ".join((ROOT / page).read_text().split()) for page in pages())
     (found,) = set(re.findall(rf"`({pattern}[^`]*)`", text))
     return found
 
@@ -206,9 +243,16 @@ def _sweep_jobs(done: Done, sweep: str, jobs: int) -> list[Path]:
     return dirs
 
 
+def _newest_sweep(done: Done, jobs: int) -> None:
+    """The newest sweep under outputs/multirun (the chapter's dir holds others): its jobs completed, its report."""
+    newest = sorted(done.cwd.glob("outputs/multirun/*/*"))[-1]
+    _sweep_jobs(done, newest.relative_to(done.cwd).as_posix(), jobs)
+    assert (newest / "report" / "report.md").is_file(), newest
+
+
 def _interrupted_run(done: Done) -> None:
     assert done.returncode == 130, done.stderr
-    assert readme_quote("continue with: ") in done.stderr  # the message README quotes
+    assert readme_quote("continue with: ") in done.stderr  # the message docs/resume.md quotes
     assert read_summary(done.cwd / "outputs/long")["status"] == "interrupted"
 
 
@@ -259,7 +303,8 @@ def _report(where: str, plots: bool = True) -> Callable[[Done], None]:
 CHECKS: dict[str, Callable[[Done], None]] = {
     "make run": lambda d: completed(d.newest_run()),
     "python -m runner --help": lambda d: _every_group_and_its_choices(d.stdout),
-    "python -m runner -m activation=relu,elu,selu": lambda d: _sweep_jobs(d, "outputs/multirun/*/*", 3),
+    "python -m runner -m activation=relu,elu,selu": lambda d: _newest_sweep(d, 3),
+    "python -m runner -m +experiment=practical_defaults": lambda d: _newest_sweep(d, 2),
     "mkdir -p ~/experiments && cd ~/experiments && runner optimizer=adam trainer.epochs=1":
         lambda d: completed(d.newest_run("home/experiments/outputs")),
     "python -m runner optimizer=sgd trainer.epochs=50 hydra.run.dir=outputs/long": _interrupted_run,
@@ -276,7 +321,7 @@ CHECKS: dict[str, Callable[[Done], None]] = {
     "python -m runner dataset.classes=[5,6] dataset.train_subset=40 transfer.source=outputs/task_a "
     "transfer.reuse_layers=2": lambda d: "transfer: dense_0, dense_1 from " in d.stdout or pytest.fail(d.stdout),
     "python -m runner dataset.classes=[5,6] dataset.train_subset=40 transfer.source=outputs/task_a "
-    "transfer.reuse_layers=2 transfer.unfreeze_after=5 transfer.reused_lr_scale=0.1":  # README quotes its line
+    "transfer.reuse_layers=2 transfer.unfreeze_after=5 transfer.reused_lr_scale=0.1":  # docs/reuse.md quotes its line
         lambda d: any(line.startswith(readme_quote("epoch 6: dense_0").rstrip(" .")) for line in d.lines)
         or pytest.fail(d.stdout),
     "python -m runner dataset.classes=[5,6] dataset.train_subset=40 transfer.source=outputs/task_a "
@@ -319,7 +364,7 @@ PRETRAINING_RESULT = _test_accuracy_as_printed  # the pretraining commands print
 UNCAPPED = {  # commands that train the epochs they name, and why (the pretraining ones too: they print results)
     "python -m runner optimizer=sgd trainer.epochs=50 hydra.run.dir=outputs/long":
         "Ctrl-C lands mid-run (after the first epoch of 50)",
-    "python -m runner trainer.resume=true hydra.run.dir=outputs/long": "README says it continues to epoch 50",
+    "python -m runner trainer.resume=true hydra.run.dir=outputs/long": "docs/resume.md says it continues to epoch 50",
     "python -m runner trainer.resume=true hydra.run.dir=outputs/long trainer.epochs=80": "... and then to 80",
     "python -m runner schedule=piecewise_constant trainer.epochs=4 trainer.batch_size=129":
         "the lines it prints are about its 4 epochs",
@@ -365,7 +410,7 @@ def where(command: Command, cwd: Path) -> Path:
         assert dry.stdout.strip() == ".venv/bin/python -m runner", dry.stdout  # nothing else runs: no reinstall
         return here
     if command.key.startswith("python -m runner dataset=mnist1d transfer.source=best:digits"):
-        here = cwd / "one_run"  # as README's message says: one finished digits run under outputs/
+        here = cwd / "one_run"  # as the message docs/reuse.md shows says: one finished digits run under outputs/
         if not here.exists():
             shutil.copytree(cwd / "outputs/task_a", here / "outputs/task_a")
         return here
@@ -394,7 +439,7 @@ def run(command: Command, cwd: Path, env: dict[str, str]) -> Done:
 
 def check(done: Done) -> None:
     command = done.command
-    said = f"README line {command.line}: {command.text}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n" \
+    said = f"{command.page} line {command.line}: {command.text}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n" \
            f"{done.stderr[-3000:]}"
     if command.printed and command.printed[0].startswith("error:"):
         assert done.returncode == 2 and done.stderr.splitlines() == list(command.printed), said
@@ -413,11 +458,18 @@ def check(done: Done) -> None:
 
 
 def chapters() -> dict[str, list[Command]]:
+    """Each chapter's commands, in the order they run: their sections' order in SECTIONS, then page by page."""
     found: dict[str, list[Command]] = {}
-    for command in readme_commands():
+    order = list(SECTIONS)
+    for command in documented_commands():
         if (chapter := chapter_of(command)) is not None:
             found.setdefault(chapter, []).append(command)
-    return found
+    pages_ = pages()
+
+    def place(command: Command) -> tuple[int, int, int]:
+        key = _section_key(command)
+        return order.index(key) if key in order else len(order), pages_.index(command.page), command.line
+    return {chapter: sorted(commands, key=place) for chapter, commands in found.items()}
 
 
 def environment(tmp_path: Path, tfds_dir: Path) -> dict[str, str]:
@@ -444,7 +496,7 @@ def test_readme_chapter_runs_as_printed(chapter, tmp_path, tfds_dir):
     for command in commands:
         started, cpu = time.perf_counter(), _children_cpu()
         done = run(command, tmp_path, env)
-        print(f"{time.perf_counter() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  README line "
+        print(f"{time.perf_counter() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  {command.page} line "
               f"{command.line}: {command.key}")  # shown by pytest -s
         check(done)
 
@@ -457,14 +509,21 @@ def _children_cpu() -> float:
 
 
 def test_every_readme_command_is_run_or_listed():
-    commands = readme_commands()
+    """Every command of README and docs/ runs in a chapter, or runs where a docs page prints it, or is in NOT_RUN."""
+    commands = documented_commands()
     keys = {c.key for c in commands}
-    unplaced = [f"line {c.line} ({c.section}): {c.key}" for c in commands
+    unplaced = [f"{c.page} line {c.line} ({c.section}): {c.key}" for c in commands
                 if chapter_of(c) is not None and chapter_of(c) not in CHAPTERS]
-    assert not unplaced, "README commands no chapter runs (add their section to SECTIONS, or to NOT_RUN):\n" + \
+    assert not unplaced, "commands no chapter runs (add their section to SECTIONS, or them to NOT_RUN):\n" + \
         "\n".join(unplaced)
     for table in (NOT_RUN, CHECKS, UNCAPPED, SIGNALS):
-        assert not set(table) - keys, f"no longer in README: {sorted(set(table) - keys)}"
+        assert not set(table) - keys, f"no longer in README or docs/: {sorted(set(table) - keys)}"
+    for key in SECTIONS:  # a heading alone names one page's section
+        if isinstance(key, str):
+            assert len({c.page for c in commands if c.section == key}) <= 1, f"{key!r} is on several pages"
+    twice = sorted({c.key for c in commands if c.page != README and
+                    sum(d.key == c.key and d.page != README for d in commands) > 1})
+    assert not twice, f"printed on several docs pages (each runs once; keep one): {twice}"
     assert all(reason.strip() for reason in NOT_RUN.values())
     assert set(CHAPTERS) == set(chapters())
     for command in chapters()["pretraining"]:  # each says the test accuracy it gives
@@ -474,7 +533,7 @@ def test_every_readme_command_is_run_or_listed():
 def test_the_extractor_joins_continued_lines_and_reads_printed_output():
     text = "# t\n\n```sh\npython -m a x=1 \\\n    y=2   # two lines\n# a comment\nb 'c # d'  # e\n```\n\n" \
            "```\n$ f g\nerror: h\n$ i\n```\n\n```python\nimport j\n```\n"
-    found = readme_commands(text)
+    found = page_commands(README, text)
     assert [(c.key, c.line, c.printed) for c in found] == [
         ("python -m a x=1 y=2", 4, ()), ("b 'c # d'", 7, ()), ("f g", 11, ("error: h",)), ("i", 13, ())]
     assert found[0].comment == "two lines" and found[0].text == "python -m a x=1 \\\n    y=2   # two lines"
@@ -482,7 +541,7 @@ def test_the_extractor_joins_continued_lines_and_reads_printed_output():
 
 def test_tab_completion_offers_what_readme_shows(tmp_path):
     """What `runner optimizer=ad<Tab>` shows is what Hydra's bash completion answers for that line."""
-    (command,) = [c for c in readme_commands() if c.key == "runner optimizer=ad<Tab>"]
+    (command,) = [c for c in documented_commands() if c.key == "runner optimizer=ad<Tab>"]
     line = command.key.removesuffix("<Tab>")
     env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line)),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
