@@ -45,7 +45,10 @@ from runner.data import load_splits
 from runner.distributed import is_writer
 from runner.errors import UserError
 from runner.outputs import append_jsonl, rewrite_jsonl
-from runner.train import create_train_state, make_train_epoch
+from runner.handlers import EpochEnd
+from runner.loop import Loop
+from runner.stages import Stage
+from runner.train import create_train_state
 from runner.transfer import Source, SourceLayer
 
 LOG_FILE = "pretraining.jsonl"
@@ -61,6 +64,7 @@ class Context:
     cfg: DictConfig
     run_dir: Path
     console: Console
+    method: str  # the pretraining function's name (`autoencoder`), for messages and pretraining.jsonl
     _logging: bool = False  # whether pretraining.jsonl was started by this run
 
     def record(self, record: dict) -> None:
@@ -71,10 +75,6 @@ class Context:
             rewrite_jsonl(self.run_dir / LOG_FILE, [])
             self._logging = True
         append_jsonl(self.run_dir / LOG_FILE, record)
-
-    @property
-    def method(self) -> str:
-        return self.cfg.pretraining._target_.rsplit(".", 1)[-1]
 
     @property
     def key(self) -> jax.Array:
@@ -93,7 +93,7 @@ def pretrain(cfg: DictConfig, run_dir: Path, console: Console) -> Source | None:
     method = pretraining_method(cfg)
     if method is None:
         return None
-    context = Context(cfg, run_dir, console)
+    context = Context(cfg, run_dir, console, method.func.__name__)
     if cfg.transfer.source:
         raise UserError(f"pretraining={context.method}: reuses its own pretrained layers, and transfer.source names "
                         "another net's; valid: one of them (pretraining=none, or transfer.source=null)")
@@ -177,14 +177,14 @@ def _train_body(context: Context, x: np.ndarray, y: np.ndarray, num_classes: int
     parts = build_parts(cfg, num_classes, len(x) // batch_size)
     init_key, data_key = jax.random.split(context.key)
     state = create_train_state(init_key, parts, jnp.asarray(x[:batch_size]))
-    train_epoch = jax.jit(make_train_epoch(parts, batch_size))
     x, y = jax.device_put((x, y))
     log = _Log(context, "body")
-    for epoch in range(1, epochs + 1):
-        state, metrics = train_epoch(state, x, y, jax.random.fold_in(data_key, epoch))
-        log.epoch(epoch, float(metrics["loss"]), accuracy=float(metrics["accuracy"]))
+    # The run's own loop and compiled epoch; its one handler writes pretraining.jsonl.
+    outcome = Loop(parts, [Stage("pretraining", epochs)], batch_size, 0, x, y, data_key, [log], None).run(state, 0, 1)
+    if outcome.status == "diverged":
+        log.nonfinite(outcome.epoch + 1)
     log.done(epochs, "loss")
-    return state.params, state.batch_stats
+    return outcome.state.params, outcome.state.batch_stats
 
 
 # Greedy layer-wise pretraining: each hidden layer on the outputs of the frozen ones below.
@@ -424,12 +424,19 @@ class _Log:
 
     def epoch(self, epoch: int, loss: float, **extra: float) -> None:
         if not math.isfinite(loss):
-            raise UserError(f"pretraining={self.context.method}: the loss of {self.layer} went non-finite in epoch "
-                            f"{epoch}; valid: a smaller learning rate (pretraining.learning_rate or "
-                            "optimizer.learning_rate)")
+            self.nonfinite(epoch)
         self.losses.append(loss)
         self.context.record({"method": self.context.method, "layer": self.layer, "epoch": epoch, "loss": loss,
                              **extra})
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        """The whole net's epoch, ended in the run's loop (supervised, auxiliary)."""
+        self.epoch(end.epoch, end.record["train_loss"], accuracy=end.record["train_accuracy"])
+
+    def nonfinite(self, epoch: int) -> None:
+        raise UserError(f"pretraining={self.context.method}: the loss of {self.layer} went non-finite in epoch "
+                        f"{epoch}; valid: a smaller learning rate (pretraining.learning_rate or "
+                        "optimizer.learning_rate)")
 
     def done(self, epochs: int, what: str) -> None:
         self.context.console.info(f"pretraining={self.context.method} {self.layer}: {what} {self.losses[0]:.4g} -> "
