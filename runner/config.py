@@ -122,6 +122,15 @@ def register_schemas() -> None:
     store.store(name="transfer_schema", node=TransferConfig)
 
 
+AUTO = "auto"  # optimizer.learning_rate=auto: the range test finds the rate (runner/lr_find.py)
+
+
+def is_auto_rate(cfg: Any) -> bool:
+    """Whether the config leaves its learning rate to the range test (optimizer.learning_rate=auto)."""
+    value = cfg.optimizer.get("learning_rate")
+    return isinstance(value, str) and value == AUTO
+
+
 MAX_EPOCHS_VARIABLE = "RUNNER_MAX_EPOCHS"
 
 

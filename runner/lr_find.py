@@ -77,7 +77,7 @@ from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
 from runner.outputs import write_atomic, write_json
 from runner.process import exit_promptly, prepare_training_process
-from runner.optim import is_auto_rate
+from runner.config import is_auto_rate
 from runner.resumed import override_key
 from runner.techniques.schedules import Schedule
 from runner.train import TrainState, create_train_state, make_train_step

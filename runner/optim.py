@@ -29,15 +29,6 @@ MOMENTUM_NAMES = ("b1", "momentum")  # how optax spells the momentum coefficient
 NEVER_DECIDES = 2**31 - 1
 
 
-AUTO = "auto"  # optimizer.learning_rate=auto: the range test finds the rate (runner/lr_find.py)
-
-
-def is_auto_rate(cfg: Any) -> bool:
-    """Whether the config leaves its learning rate to the range test (optimizer.learning_rate=auto)."""
-    value = cfg.optimizer.get("learning_rate")
-    return isinstance(value, str) and value == AUTO
-
-
 def plateau_scaling() -> optax.GradientTransformationExtraArgs:
     """optax's reduce_on_plateau as the chain's scaling step; its state is what the epoch-end decision updates."""
     return reduce_on_plateau(accumulation_size=NEVER_DECIDES)

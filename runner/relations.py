@@ -1,7 +1,9 @@
 """Whether a composed config can run: every range, each schema's own rules, then the rules between groups.
 
-The rules between groups ask the objects the config builds (the schedule, the stages, the pretraining method),
-never the names of their callables: a conf file of one's own that builds a plateau schedule is one.
+The rules between groups ask the objects the config builds (the schedule, the stages, the pretraining function),
+never the names of their callables: a conf file of one's own that builds a plateau schedule is one. Building
+imports JAX (about 1.5 s), so a rule builds only where its answer matters (a run that reuses layers, a run
+without a validation split): a mistake or `--help` is answered without it.
 """
 
 from __future__ import annotations
@@ -9,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from runner.build import build_model, build_regularizer, build_schedule, build_stages, instantiate
+from runner import pretraining
 from runner.checks import TopLevel, check_config
-from runner.config import DatasetConfig, TransferConfig
+from runner.config import DatasetConfig, TransferConfig, is_auto_rate
 from runner.errors import UserError
-from runner.optim import is_auto_rate
-from runner.pretraining import pretraining_method
 
 
 def validate(cfg: DictConfig, top_level: TopLevel | None = None, sweep: bool = False) -> None:
@@ -45,6 +46,8 @@ def no_validation_split(dataset: DictConfig) -> tuple[str, str] | None:
 
 def plateau_schedule(cfg: DictConfig) -> bool:
     """Whether the chosen schedule follows the validation loss (performance scheduling), asked of it built."""
+    from runner.build import build_schedule
+
     # optimizer.learning_rate=auto is found after these checks; any number builds a schedule of the same kind
     rate = 1.0 if is_auto_rate(cfg) else cfg.optimizer.learning_rate
     return build_schedule(OmegaConf.merge(cfg, {"optimizer": {"learning_rate": rate}}), 1).plateau is not None
@@ -53,14 +56,23 @@ def plateau_schedule(cfg: DictConfig) -> bool:
 def staged(cfg: DictConfig) -> bool:
     """Whether the stages group makes more than the plain run (one stage, nothing frozen or scaled); its factory
     checks its own arguments against the run's epochs and the model's layers here, before anything runs."""
+    from runner.build import build_model, build_regularizer, build_stages
+
     layers = build_model(cfg, num_classes=2, regularizer=build_regularizer(cfg)).hidden_layers  # names only
     stages = build_stages(cfg, layers)
     return len(stages) > 1 or bool(stages[0].frozen or stages[0].scaled)
 
 
 def _factory(node: DictConfig) -> str:
-    """The name of the function a group's node builds with (`freeze_lower`), for messages."""
-    return getattr(instantiate(node, "", _partial_=True), "func", None).__name__
+    """The name of the function a group's node calls (`freeze_lower`), for messages."""
+    return get_method(node._target_).__name__
+
+
+def pretraining_function(cfg: DictConfig) -> str | None:
+    """The name of the pretraining function the config calls; None for none (which imports nothing heavy)."""
+    node = cfg.get("pretraining")
+    function = None if node is None else get_method(node._target_)
+    return None if function is None or function is pretraining.none else function.__name__
 
 
 def check_relations(cfg: DictConfig, sweep: bool = False) -> None:
@@ -77,7 +89,9 @@ def check_relations(cfg: DictConfig, sweep: bool = False) -> None:
         _require(len(schedule["values"]) == len(boundaries) + 1, "schedule.values",
                  f"must hold one rate more than schedule.boundaries ({len(boundaries) + 1} for {boundaries}), "
                  f"got {len(schedule['values'])}")
-    stages = staged(cfg)
+    frozen_epochs = cfg.stages.get("frozen_epochs")
+    _require(frozen_epochs is None or frozen_epochs < trainer.epochs, "stages.frozen_epochs",
+             f"must be below trainer.epochs ({trainer.epochs}), got {frozen_epochs}")
 
     # What needs a validation split: without one (runner/data/splits.py) every epoch's validation loss and accuracy
     # are NaN, so early stopping would stop at epoch patience + 1 and a plateau schedule cut the rate every
@@ -92,8 +106,7 @@ def check_relations(cfg: DictConfig, sweep: bool = False) -> None:
                  f"the rate falls when the validation loss stops improving, and {no_validation} another schedule")
 
     # Reused layers: transfer.source, or the lower layers a pretraining= method trains first (runner/pretraining.py).
-    method = pretraining_method(cfg)
-    pretraining = method.func.__name__ if method is not None else None
+    pretraining = pretraining_function(cfg)
     _require(not (pretraining and transfer.source), f"pretraining={pretraining}",
              "reuses its own pretrained layers, and transfer.source names another net's; valid: one of them "
              "(pretraining=none, or transfer.source=null)")
@@ -102,7 +115,7 @@ def check_relations(cfg: DictConfig, sweep: bool = False) -> None:
         # transfer's own settings make a reusing run's stages; a stages= choice as well would be silently dropped
         # (and the saved config would say it ran)
         reused = f"transfer.source={transfer.source}" if transfer.source else f"pretraining={pretraining}"
-        _require(not stages, f"stages={_factory(cfg.stages)}", f"the reused layers of {reused} train in the stages transfer.freeze and "
+        _require(not staged(cfg), f"stages={_factory(cfg.stages)}", f"the reused layers of {reused} train in the stages transfer.freeze and "
                  "transfer.unfreeze_after make; valid: stages=single, with transfer.unfreeze_after=N to train the "
                  "reused layers after N epochs")
         if transfer.freeze and transfer.unfreeze_after is not None:

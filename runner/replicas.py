@@ -42,8 +42,8 @@ from runner.interrupts import Interrupted, deferred_signals
 from runner.loggers import build_loggers, close_loggers
 from runner.outputs import write_atomic, write_json
 from runner.loop import Loop, Outcome
-from runner.optim import is_auto_rate
-from runner.pretraining import pretraining_method
+from runner.config import is_auto_rate
+from runner.pretraining.methods import pretraining_method
 from runner.records import read_metrics
 from runner.relations import plateau_schedule, staged
 from runner.stages import Stage

@@ -33,10 +33,10 @@ from runner.interrupts import Interrupted, deferred_signals
 from runner.loggers import build_loggers, close_loggers
 from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
-from runner.optim import is_auto_rate
+from runner.config import is_auto_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.records import leave_out, read_metrics
-from runner.pretraining import pretrain
+from runner.pretraining.methods import pretrain
 from runner.stages import Stage, entering, stage_optimizer
 from runner.techniques.schedules import beyond_run
 from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,

@@ -14,7 +14,7 @@ import pytest
 from runner.build import build_parts
 from runner.data.splits import TrainTest, split_and_scale
 from runner.errors import UserError
-from runner.pretraining import RBM, cd_update, fold_input_map, generated_task, pretrain
+from runner.pretraining.methods import RBM, cd_update, fold_input_map, generated_task, pretrain
 from runner.stages import stage_optimizer
 from runner.train import create_train_state, make_train_epoch
 from runner.transfer import graft, reused_layers, transfer_stages
