@@ -61,3 +61,19 @@ def test_an_undeclared_parameter_of_a_callable_is_found_at_any_depth():
 
     node = OmegaConf.create({"layer": {"_target_": "f", "a": 1, "b": 2, "_valid_": {"a": "> 0"}}, "plain": {"c": 3}})
     assert unchecked_parameters(node) == ["layer.b"]
+
+
+@pytest.mark.parametrize("args", [["trainer.epochs=2"], ["trainer.epochs=-1"], ["optimizer=nope"],
+                                  ["-m", "activation=relu,elu"]], ids=" ".join)
+def test_the_checks_before_a_run_import_no_jax(args, tmp_path):
+    """A mistake, `--help` and a plain run's checks answer in well under a second: nothing before the run builds
+    what JAX would (runner/relations.py builds only for a run that reuses layers or has no validation split)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom runner.errors import UserError\nfrom runner.preflight import preflight\n"
+            f"try:\n    preflight({args!r})\nexcept UserError:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax'}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
