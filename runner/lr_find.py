@@ -77,6 +77,7 @@ from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
 from runner.outputs import write_atomic, write_json
 from runner.process import exit_promptly, prepare_training_process
+from runner.records import read_overrides
 from runner.config import is_auto_rate
 from runner.resumed import override_key
 from runner.techniques.schedules import Schedule
@@ -355,7 +356,7 @@ def record_found_rate(run_dir: Path, value: float) -> None:
     config.optimizer.learning_rate = value
     write_atomic(saved / "config.yaml", OmegaConf.to_yaml(config))
     overrides_file = saved / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
+    overrides = read_overrides(overrides_file) if overrides_file.exists() else []
     kept = [o for o in overrides if override_key(o) != "optimizer.learning_rate"]
     write_atomic(overrides_file, OmegaConf.to_yaml(OmegaConf.create(kept + [f"optimizer.learning_rate={value}"])))
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from runner.console import Console, error
-from runner.errors import ArgumentParser, UserError, first_line
+from runner.data.npz import read_members
+from runner.errors import ArgumentParser, UserError
 from runner.outputs import write_atomic
 from runner.trained import TrainedRun, build_net, read_run
 
@@ -61,22 +61,17 @@ def read_inputs(path: Path, input_shape: tuple[int, ...] | None) -> tuple[np.nda
              else "an .npz with x (or x_test) of the inputs' shape the run trained on")
     if not path.is_file():
         raise UserError(f"INPUT: {path}: no such file; valid: {valid}")
-    try:
-        archive = np.load(path, allow_pickle=False)  # a data file must not run code on load
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"INPUT: {path} is not a readable .npz ({first_line(e)}); valid: {valid}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UserError(f"INPUT: {path} holds a single .npy array, not an .npz archive; valid: {valid}")
-    with archive:
-        key = next((k for k in INPUT_KEYS if k in archive.files), None)
+
+    def inputs_and_labels(files: list[str]) -> list[str]:
+        key = next((k for k in INPUT_KEYS if k in files), None)
         if key is None:
-            raise UserError(f"INPUT: {path} has no x or x_test (it has: {', '.join(archive.files) or 'nothing'}); "
+            raise UserError(f"INPUT: {path} has no x or x_test (it has: {', '.join(files) or 'nothing'}); "
                             f"valid: {valid}")
-        try:
-            x = archive[key]
-            y = archive[LABEL_KEYS[key]] if LABEL_KEYS[key] in archive.files else None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise UserError(f"INPUT: {path}: {key} is unreadable ({first_line(e)}); valid: {valid}") from None
+        return [key] + ([LABEL_KEYS[key]] if LABEL_KEYS[key] in files else [])
+
+    arrays = read_members(str(path), inputs_and_labels, valid, prefix="INPUT: ")
+    key = next(k for k in INPUT_KEYS if k in arrays)
+    x, y = arrays[key], arrays.get(LABEL_KEYS[key])
     if x.dtype.kind not in "iuf":
         raise UserError(f"INPUT: {path}: {key} has dtype {x.dtype}; valid: integer (e.g. uint8) or float inputs")
     if x.ndim < 2 or len(x) == 0:

@@ -44,7 +44,7 @@ from runner.outputs import write_atomic, write_json
 from runner.loop import Loop, Outcome
 from runner.config import is_auto_rate
 from runner.pretraining.methods import pretraining_method
-from runner.records import read_metrics
+from runner.records import read_metrics, read_overrides
 from runner.relations import plateau_schedule, staged
 from runner.stages import Stage
 from runner.train import create_train_state
@@ -104,7 +104,7 @@ class Members:
         seeds = [cfg.trainer.seed + i for i in range(cfg.trainer.replicas)]
         configs = [member_config(cfg, s) for s in seeds]
         typed = run_dir / ".hydra" / "overrides.yaml"  # what Hydra saved of the command line
-        overrides = yaml.safe_load(typed.read_text()) or [] if typed.is_file() else []
+        overrides = read_overrides(typed) if typed.is_file() else []
         dirs = [_member_dir(run_dir, cfg, overrides, s) for s in seeds]
         # Each member's loggers, as its run alone would have them (metrics.jsonl first); open side by side.
         loggers = [build_loggers(m, d, alongside=i > 0) for i, (m, d) in enumerate(zip(configs, dirs))]

@@ -48,12 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import yaml
 
 from runner.console import Console, error, format_cell
-from runner.errors import UserError, first_line
+from runner.errors import UserError
 from runner.outputs import find_run_dirs, read_jsonl
-from runner.records import METRICS_FILE, SUMMARY_FILE, read_metrics, read_summary
+from runner.records import METRICS_FILE, SUMMARY_FILE, read_metrics, read_overrides, read_summary
 from runner.report_plots import draw
 from runner.runs import FINAL_EPOCH_METRICS, Group, Run
 from runner.stats import (INTERVAL_METHOD, Interval, config_of, difference_bounds,
@@ -99,15 +98,7 @@ def load_run(path: Path, warn: Callable[[str], None] | None = None) -> Run:
 
 def _overrides(path: Path) -> list[str]:
     """What Hydra saved of the run's command line ([] when it saved none)."""
-    if not path.exists():
-        return []
-    try:
-        overrides = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: not readable as YAML ({first_line(e)})") from None
-    if overrides is not None and not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
-        raise UserError(f"{path}: not a list of overrides, as Hydra saves them")
-    return overrides or []
+    return read_overrides(path) if path.exists() else []
 
 
 def load_runs(run_dirs: Sequence[Path], console: Console | None = None) -> list[Run]:

@@ -7,11 +7,12 @@ file before anything is written.
 import os
 import zipfile
 import zlib
+from typing import Callable
 
 import numpy as np
 
 from runner.data.splits import TrainTest
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 _VALID_FILE = "an .npz with x_train, y_train, x_test, y_test (np.savez)"
@@ -58,33 +59,44 @@ def read_npz(path: str | None, data_dir: str | None = None) -> TrainTest:
 
 def _read_arrays(path: str) -> dict[str, np.ndarray]:
     """The four arrays of the file, or a UserError saying why they cannot be had."""
-    try:
-        # allow_pickle=False: a dataset file must not run code on load.
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path} is not a readable .npz ({error}); valid: {_VALID_FILE}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UserError(f"{path} holds a single .npy array, not an .npz archive; valid: {_VALID_FILE}")
-    with archive:
-        missing = [key for key in _KEYS if key not in archive.files]
+    def four(files: list[str]) -> list[str]:
+        missing = [key for key in _KEYS if key not in files]
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}; valid: {_VALID_FILE}")
-        _check_headers(path)
+        return list(_KEYS)
+
+    return read_members(path, four, _VALID_FILE)
+
+
+def read_members(path: str, choose: Callable[[list[str]], list[str]], valid: str,
+                 prefix: str = "") -> dict[str, np.ndarray]:
+    """The members of an .npz that `choose(its member names)` names, read without running code (no pickles) and
+    without trusting a header's claimed size. Each failure is a UserError, `prefix` then the path, then what is
+    wrong and `valid`: the one reader of .npz files (datasets, and `python -m runner.predict`'s inputs)."""
+    try:
+        archive = np.load(path, allow_pickle=False)  # a data file must not run code on load
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{prefix}{path} is not a readable .npz ({first_line(error)}); valid: {valid}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UserError(f"{prefix}{path} holds a single .npy array, not an .npz archive; valid: {valid}")
+    with archive:
+        keys = choose(archive.files)
+        _check_headers(path, keys, valid, prefix)
         try:
-            return {key: archive[key] for key in _KEYS}
+            return {key: archive[key] for key in keys}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-            raise UserError(f"{path} has an unreadable array ({error}); valid: {_VALID_FILE}") from error
+            raise UserError(f"{prefix}{path} has an unreadable array ({first_line(error)}); valid: {valid}") from None
 
 
-def _check_headers(path: str) -> None:
+def _check_headers(path: str, keys: list[str], valid: str, prefix: str) -> None:
     """Each array's header must describe no more bytes than its member holds: a header claiming huge
     dimensions would otherwise make NumPy try to allocate them (MemoryError, or a stall)."""
     with zipfile.ZipFile(path) as archive:
-        for key in _KEYS:
+        for key in keys:
             try:
                 info = archive.getinfo(f"{key}.npy")
             except KeyError:  # NumPy lists a member without the .npy suffix too, but np.savez writes none
-                raise UserError(f"{path}: {key} is not a .npy member ({key}.npy); valid: {_VALID_FILE}") from None
+                raise UserError(f"{prefix}{path}: {key} is not a .npy member ({key}.npy); valid: {valid}") from None
             try:
                 with archive.open(info) as member:
                     version = np.lib.format.read_magic(member)
@@ -92,11 +104,12 @@ def _check_headers(path: str) -> None:
                                    else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read_header(member)
             except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as error:
-                raise UserError(f"{path}: {key} has an unreadable header ({error}); valid: {_VALID_FILE}") from None
+                raise UserError(f"{prefix}{path}: {key} has an unreadable header ({first_line(error)}); "
+                                f"valid: {valid}") from None
             claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
             if claimed > info.file_size:
-                raise UserError(f"{path}: {key}'s header claims shape {shape} ({claimed:,} bytes) but the file "
-                                f"holds {info.file_size:,}; valid: {_VALID_FILE}")
+                raise UserError(f"{prefix}{path}: {key}'s header claims shape {shape} ({claimed:,} bytes) but the "
+                                f"file holds {info.file_size:,}; valid: {valid}")
 
 
 def _with_channel_axis(x: np.ndarray) -> np.ndarray:
