@@ -10,10 +10,11 @@ run at once (hydra/launcher=parallel) share the terminal: each prints plain line
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from rich.console import Console as RichConsole
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -253,3 +254,19 @@ def _fmt(key: str, value: object) -> str:
 def error(message: str) -> None:
     """The one line a user error gets on stderr."""
     print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def command(main: Callable[..., int]) -> Callable[..., int]:
+    """A `python -m runner.X` entry point, `main(argv) -> exit code`: a user's mistake (UserError) raised anywhere
+    in it is one line on stderr and exit code 2."""
+    from runner.errors import UserError
+
+    @functools.wraps(main)
+    def entry(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except UserError as e:
+            error(str(e))
+            return 2
+
+    return entry

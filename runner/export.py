@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from runner.console import Console, error
+from runner.console import Console, command
 from runner.errors import ArgumentParser, UserError
 from runner.outputs import write_atomic
 from runner.trained import TrainedRun, build_net, read_run
@@ -209,15 +209,11 @@ def export(run_dir: Path, dtype: str | None, console: Console) -> dict:
     return manifest
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """0, or 2 after one line for a mistake."""
-    console = Console()
-    try:
-        args = parse_args(argv)
-        export(args.run_dir, args.dtype, console)
-    except UserError as e:
-        error(str(e))
-        return 2
+    args = parse_args(argv)
+    export(args.run_dir, args.dtype, Console())
     return 0
 
 

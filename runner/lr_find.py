@@ -71,7 +71,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.build import Parts, build_model, build_regularizer, instantiate
 from runner.checks import check_value
-from runner.console import Console, error
+from runner.console import Console, command, error
 from runner.data import load_data
 from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
@@ -443,6 +443,7 @@ def check_out_dir(out: Path) -> None:
                         "(the finder never writes among other files)")
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Check, run the test, write its files; 0, or 2 after one line for a mistake."""
     console = Console()
@@ -461,9 +462,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{splits.name} ({len(splits.x_train)} training examples, batch {cfg.trainer.batch_size})")
         test = run_range_test(cfg, splits, settings)
         write_new_dir(out, lambda d: write_results(test, d, args.overrides, cfg.trainer.seed))
-    except UserError as e:
-        error(str(e))
-        return 2
     except KeyboardInterrupt:
         error("interrupted; nothing was written")
         return 130

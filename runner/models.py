@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from runner.console import command
 from runner.errors import ArgumentParser, UserError, first_line
 from runner.outputs import find_run_dirs
 from runner.records import SUMMARY_FILE, read_summary
@@ -197,16 +198,13 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """List the catalog; 0, or 2 after one line for a mistake."""
-    from runner.console import Console, error
+    from runner.console import Console
 
-    try:
-        args = parse_args(argv)
-        entries, skipped = catalog(args.dirs or [DEFAULT_DIR], args.dataset)
-    except UserError as e:
-        error(str(e))
-        return 2
+    args = parse_args(argv)
+    entries, skipped = catalog(args.dirs or [DEFAULT_DIR], args.dataset)
     console = Console()
     if skipped:
         listed = "; ".join(f"{shown_path(p)} ({why})" for p, why in skipped[:3])

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from runner.console import Console, error
+from runner.console import Console, command
 from runner.data.npz import read_members
 from runner.errors import ArgumentParser, UserError
 from runner.outputs import write_atomic
@@ -136,24 +136,21 @@ def output_path(args: argparse.Namespace) -> Path:
     return out
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Predict and write; 0, or 2 after one line for a mistake."""
     console = Console()
-    try:
-        args = parse_args(argv)
-        run = read_run(args.run_dir, "RUN_DIR")
-        x, y = read_inputs(args.input, run.input_shape)
-        out = output_path(args)
-        if args.mc_samples and not _has_dropout(run):
-            console.warn(f"--mc-samples {args.mc_samples}: the run's net has no dropout, so every pass is the same "
-                         "(probabilities_std is 0)")
-        arrays = predict_arrays(run, x, args.batch_size or int(run.cfg.trainer.eval_batch_size), args.mc_samples)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        write_atomic(out, buffer.getvalue())
-    except UserError as e:
-        error(str(e))
-        return 2
+    args = parse_args(argv)
+    run = read_run(args.run_dir, "RUN_DIR")
+    x, y = read_inputs(args.input, run.input_shape)
+    out = output_path(args)
+    if args.mc_samples and not _has_dropout(run):
+        console.warn(f"--mc-samples {args.mc_samples}: the run's net has no dropout, so every pass is the same "
+                     "(probabilities_std is 0)")
+    arrays = predict_arrays(run, x, args.batch_size or int(run.cfg.trainer.eval_batch_size), args.mc_samples)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(out, buffer.getvalue())
     accuracy = f"; accuracy {np.mean(arrays['labels'] == y):.4f} against its labels" if y is not None else ""
     passes = f", mean of {args.mc_samples} MC dropout passes" if args.mc_samples else ""
     console.info(f"predicted {len(x)} examples ({arrays['probabilities'].shape[1]} classes{passes}){accuracy}: {out}")

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-from runner.console import Console, error, format_cell
+from runner.console import Console, command, format_cell
 from runner.errors import UserError
 from runner.outputs import find_run_dirs, read_jsonl
 from runner.records import METRICS_FILE, SUMMARY_FILE, read_metrics, read_overrides, read_summary
@@ -379,7 +379,9 @@ def replace_dir(out: Path, build: Callable[[Path], None]) -> None:
         raise
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report; 0, or 2 after one line for a mistake."""
     parser = argparse.ArgumentParser(prog="python -m runner.report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run dirs or dirs above run dirs")
     parser.add_argument("--out", type=Path, help="where to write the report (default: see module doc)")
@@ -388,11 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help='add an ablation against the group with these overrides, e.g. "activation=relu" '
                              '(several: space- or comma-separated)')
     args = parser.parse_args(argv)
-    try:
-        write_report(args.paths, args.out, plots=not args.no_plots, console=Console(), baseline=args.baseline)
-    except UserError as e:
-        error(str(e))
-        return 2
+    write_report(args.paths, args.out, plots=not args.no_plots, console=Console(), baseline=args.baseline)
     return 0
 
 
