@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from runner.layers import HEAD, block_of, weight_layers
 from runner.outputs import finite_or_none
 
 STATS = ("preact_mean", "preact_std", "act_mean", "act_std", "saturated_fraction", "dead_fraction",
@@ -77,8 +78,7 @@ class Buffer(NamedTuple):
 
 def layer_names(params: Any) -> list[str]:
     """The layers with a connection weight, from the input up (`dense_<i>`/`conv_<i>` by i, then `head`)."""
-    names = [name for name, leaf in params.items() if "kernel" in leaf]
-    return sorted(names, key=lambda n: (n == "head", int(n.rsplit("_", 1)[1]) if n != "head" else 0))
+    return weight_layers(name for name, leaf in params.items() if "kernel" in leaf)
 
 
 def capacity(steps_per_epoch: int, every: int) -> int:
@@ -129,10 +129,10 @@ def make_layer_stats(activation: Any, names: list[str], frozen: frozenset = froz
         preacts = list(seen.get("preact", ())) + [seen["head_preact"][0]]
         columns = []
         for i, name in enumerate(names):
-            if name == "head":  # no activation after the logits
+            if name == HEAD:  # no activation after the logits
                 act = [jnp.asarray(jnp.nan)] * 4
             else:  # the weight layer at depth i feeds block_<i>
-                act = activation_stats(seen[f"block_{i}"]["activated"][0])
+                act = activation_stats(seen[block_of(name)]["activated"][0])
             kernel = state.params[name]["kernel"]
             weight_norm = jnp.linalg.norm(kernel.ravel())
             grad_norm = jnp.linalg.norm(trace.grads[name]["kernel"].ravel())

@@ -37,6 +37,7 @@ import numpy as np
 
 from runner.console import Console, command
 from runner.errors import ArgumentParser, UserError
+from runner.layers import block_of
 from runner.outputs import write_atomic
 from runner.trained import TrainedRun, build_net, read_run
 
@@ -73,8 +74,8 @@ def fold_batch_norm(model: Any, variables: dict) -> Folded:
                                              "not directly after the dense/conv layer, so it cannot be folded; kept")
     params = {name: dict(tree) for name, tree in variables["params"].items()}
     stats = variables["batch_stats"]
-    for i, name in enumerate(model.hidden_layers):
-        block = f"block_{i}"
+    for name in model.hidden_layers:
+        block = block_of(name)
         bn, running = params[block].pop("norm"), stats[block]["norm"]
         kernel, bias = (np.asarray(params[name][k], np.float64) for k in ("kernel", "bias"))
         s = np.asarray(bn.get("scale", 1.0), np.float64) / np.sqrt(np.asarray(running["var"], np.float64)

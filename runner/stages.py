@@ -19,6 +19,7 @@ import optax
 from flax import traverse_util
 
 from runner.errors import UserError
+from runner.layers import block_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,7 @@ def stage_optimizer(chain: optax.GradientTransformation, stage: Stage) -> optax.
 
 def _leaves_of(layers: frozenset[str]):
     """A mask function: True at the parameters of `layers` and of their blocks."""
-    keys = layers | {f"block_{name.rsplit('_', 1)[1]}" for name in layers}
+    keys = layers | {block_of(name) for name in layers}
 
     def mask(params: Any) -> Any:
         return traverse_util.path_aware_map(lambda path, _: path[0] in keys, params)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from runner import weights
 from runner.data.splits import Scaling, Splits
 from runner.errors import UserError
+from runner.layers import block_of, hidden_layers, kind_of
 from runner.records import SCALING_FILE, read_scaling
 from runner.stages import Stage
 from runner.trained import WEIGHTS_FILE, read_run  # noqa: F401 (WEIGHTS_FILE: run.py imports it here)
@@ -106,20 +107,14 @@ def _read_runner_file(path: Path, tensors: dict[str, np.ndarray], layout: str) -
 def _runner_layers(flat: dict[str, np.ndarray], label: str) -> list[SourceLayer]:
     """The hidden layers of a runner's weights, from the input up, each with its block; the head is not one."""
     layers = []
-    for name in _hidden_layer_names(flat):
-        index = name.split("_")[1]
-        block = {k[len(f"block_{index}."):]: v for k, v in flat.items() if k.startswith(f"block_{index}.")}
+    for name in hidden_layers(key.split(".")[0] for key in flat):
+        prefix = f"{block_of(name)}."
+        block = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
         stats = {k: v for k, v in block.items() if k.rsplit(".", 1)[-1] in ("mean", "var")}
-        layers.append(SourceLayer(f"{name} of {label}", name.split("_")[0],
+        layers.append(SourceLayer(f"{name} of {label}", kind_of(name),
                                   {k: flat[f"{name}.{k}"] for k in ("kernel", "bias") if f"{name}.{k}" in flat},
                                   {k: v for k, v in block.items() if k not in stats}, stats))
     return layers
-
-
-def _hidden_layer_names(flat: dict) -> list[str]:
-    """conv_i and dense_i layers of a runner weights file, from the input up."""
-    names = {key.split(".")[0] for key in flat if key.split(".")[0].split("_")[0] in ("conv", "dense")}
-    return sorted(names, key=lambda n: int(n.split("_")[1]))
 
 
 def reused_layers(cfg: DictConfig, source: Source, layers: Sequence[str]) -> tuple[str, ...]:
@@ -148,11 +143,11 @@ def graft(params: Any, batch_stats: Any, source: Source, reused: Sequence[str]) 
     params = jax.tree_util.tree_map(np.asarray, dict(params))
     batch_stats = jax.tree_util.tree_map(np.asarray, dict(batch_stats or {}))
     for i, (name, layer) in enumerate(zip(reused, source.layers)):
-        if name.split("_")[0] != layer.kind:
+        if kind_of(name) != layer.kind:
             raise UserError(f"transfer: the source's layer {i} ({layer.name}) is a {layer.kind} layer, this model's "
                             f"{name} is not; valid: a model whose lowest layers are of the source's kinds")
         params[name] = _fit(params[name], layer.layer, f"{layer.name}", name)
-        block = f"block_{name.split('_')[1]}"
+        block = block_of(name)
         if layer.block_params or layer.block_stats:
             params[block] = _fit(params.get(block, {}), layer.block_params, f"{source.path} block", block)
             if layer.block_stats or block in batch_stats:

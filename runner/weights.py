@@ -27,11 +27,12 @@ import numpy as np
 from flax import traverse_util
 
 from runner.errors import UserError, first_line
+from runner.layers import BLOCK, HEAD, HIDDEN, kind_of
 
 LAYOUTS = ("flax", "torch", "keras")
 WEIGHTS_FILE = "model.safetensors"  # what every run writes in its run dir
 # The names `flat_weights` gives a net of runner/model.py: a weight layer, its block, the classifier.
-_RUNNER_NAME = re.compile(r"(conv|dense)_\d+\.(kernel|bias)|block_\d+\.[\w.]+|head\.(kernel|bias)")
+_RUNNER_NAME = re.compile(rf"({HIDDEN.pattern}|{HEAD})\.(kernel|bias)|{BLOCK.pattern}\.[\w.]+")
 _VALID_RUNNER_FILE = (f"valid: the {WEIGHTS_FILE} a run writes (dense_0.kernel, dense_0.bias, ..., head.kernel, "
                       "head.bias)")
 
@@ -110,7 +111,9 @@ def check_runner_file(path: Path, tensors: dict[str, np.ndarray]) -> None:
             raise UserError(f"{path}: {name} has dtype {value.dtype}; {_VALID_RUNNER_FILE}, floating point")
     for name in sorted(n for n in tensors if n.endswith(".kernel")):
         kernel, bias = tensors[name], tensors.get(name[:-len("kernel")] + "bias")
-        rank_ok = kernel.ndim == 2 if name.startswith(("dense_", "head.")) else kernel.ndim in (3, 4)
+        layer = name[:-len(".kernel")]
+        conv = layer != HEAD and kind_of(layer) == "conv"
+        rank_ok = kernel.ndim in (3, 4) if conv else kernel.ndim == 2
         if not rank_ok:
             raise UserError(f"{path}: {name} has shape {kernel.shape}, which no layer of this kind has; "
                             f"{_VALID_RUNNER_FILE}")

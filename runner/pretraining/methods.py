@@ -21,6 +21,7 @@ from runner.console import Console
 from runner.data import load_splits
 from runner.distributed import is_writer
 from runner.errors import UserError
+from runner.layers import block_of, hidden_layers, kind_of
 from runner.outputs import append_jsonl, rewrite_jsonl
 from runner.handlers import EpochEnd
 from runner.loop import Loop
@@ -175,7 +176,7 @@ def autoencoder(context: Context, epochs: int = 10, learning_rate: float = 1e-3)
     batch_size = _batch_size(context.cfg, len(x), context.method)
     optimizer = optax.adam(learning_rate)
     for k, name in enumerate(layers):
-        block = f"block_{k}"
+        block = block_of(name)
         key = jax.random.fold_in(context.key, k)
         features = int(np.prod(x.shape[1:]))  # the layer's input, flattened: what the decoder reconstructs
         decoder = {"kernel": model.kernel_init(key, (model.dense_widths[k], features), jnp.float32),
@@ -378,12 +379,10 @@ def _source(context: Context, params: dict, batch_stats: dict, scaling: Any,
     def flat(tree: Any) -> dict[str, np.ndarray]:
         return {".".join(path): np.asarray(v) for path, v in traverse_util.flatten_dict(dict(tree)).items()}
 
-    names = layers or sorted((n for n in params if n.split("_")[0] in ("conv", "dense")),
-                             key=lambda n: int(n.split("_")[1]))
-    source_layers = [SourceLayer(f"{name} (pretraining={context.method})", name.split("_")[0],
+    names = layers or hidden_layers(params)
+    source_layers = [SourceLayer(f"{name} (pretraining={context.method})", kind_of(name),
                                  {k: np.asarray(v) for k, v in params[name].items()},
-                                 flat(params.get(f"block_{name.split('_')[1]}", {})),
-                                 flat(batch_stats.get(f"block_{name.split('_')[1]}", {})))
+                                 flat(params.get(block_of(name), {})), flat(batch_stats.get(block_of(name), {})))
                      for name in names]
     return Source(Path(f"pretraining={context.method}"), source_layers, scaling)
 
