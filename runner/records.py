@@ -135,6 +135,13 @@ def read_metrics(path: Path, on_bad_line: Callable[[str], None] | None = None) -
     return records
 
 
+def best_val_accuracy(metrics: list[dict[str, Any]]) -> float | None:
+    """The best validation accuracy among metrics.jsonl's records; None without one (no validation split writes
+    null): what summary.json says, for a run, a replicas member and a sweep's skipped job alike."""
+    values = [r["val_accuracy"] for r in metrics if isinstance(r.get("val_accuracy"), (int, float))]
+    return max(values) if values else None
+
+
 def leave_out(message: str) -> None:
     """`on_bad_line` for a reader that goes on as if the line had not been written: the run itself, after a crash
     cut its last line (a resumed run names the epochs metrics.jsonl lacks)."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.records import METRICS_FILE, SUMMARY_FILE, leave_out, read_metrics
+from runner.records import best_val_accuracy as best_of
 from runner.records import read_summary as read_summary_file
 from runner.rundir import RUN_OUTPUTS, has_checkpoint, holds_run
 
@@ -95,6 +96,4 @@ def best_val_accuracy(run_dir: Path) -> float | None:
     summary = read_summary(run_dir)
     if summary.get("best_val_accuracy") is not None:
         return summary["best_val_accuracy"]
-    values = [r["val_accuracy"] for r in read_metrics(Path(run_dir) / METRICS_FILE, on_bad_line=leave_out)
-              if isinstance(r.get("val_accuracy"), (int, float))]
-    return max(values) if values else None
+    return best_of(read_metrics(Path(run_dir) / METRICS_FILE, on_bad_line=leave_out))

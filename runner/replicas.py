@@ -44,7 +44,7 @@ from runner.outputs import write_atomic, write_json
 from runner.loop import Loop, Outcome
 from runner.config import is_auto_rate
 from runner.pretraining.methods import pretraining_method
-from runner.records import read_metrics, read_overrides
+from runner.records import best_val_accuracy, read_metrics, read_overrides
 from runner.relations import plateau_schedule, staged
 from runner.stages import Stage
 from runner.train import create_train_state
@@ -169,7 +169,7 @@ def _finish(members: Members, states: Any, eval_keys: jax.Array, run_dir: Path, 
         save_scaling(d, members.splits[i].scaling)  # what predict, export and transfer scale raw inputs by
         metrics = read_metrics(d / "metrics.jsonl")
         summary = {"status": members.status[i], "epochs": len(metrics), "steps": int(states.step[i]),
-                   "best_val_accuracy": max((r["val_accuracy"] for r in metrics), default=None),
+                   "best_val_accuracy": best_val_accuracy(metrics),
                    "test_loss": test["loss"][i], "test_accuracy": test["accuracy"][i], "seed": s,
                    "replica": i, "replicas": len(members.seeds), "wall_time_s": time.perf_counter() - start,
                    "input_shape": list(members.splits[0].x_train.shape[1:]),

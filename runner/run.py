@@ -35,7 +35,7 @@ from runner.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
 from runner.lr_find import resolve_auto_learning_rate
 from runner.config import is_auto_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
-from runner.records import leave_out, read_metrics
+from runner.records import best_val_accuracy, leave_out, read_metrics
 from runner.pretraining.methods import pretrain
 from runner.stages import Stage, entering, stage_optimizer
 from runner.techniques.schedules import beyond_run
@@ -170,7 +170,7 @@ def train(run: Run) -> dict[str, Any]:
             checkpointer.save(outcome.epoch, outcome.stage, outcome.state)
         examples = run.steps_per_epoch * tc.batch_size * outcome.timed_epochs
         run.summary = {"status": outcome.status, "epochs": outcome.epoch, "steps": int(outcome.state.step),
-                       "best_val_accuracy": best_val_accuracy(files.metrics),
+                       "best_val_accuracy": best_val_accuracy(_metrics(files.metrics)),
                        "train_examples_per_s": examples / outcome.train_time if outcome.train_time else None,
                        **run.summary, "compile_time_s": outcome.compile_time}
         return finish(run, outcome, interrupt)
@@ -357,7 +357,3 @@ def _metrics(path: Path) -> list[dict]:
     """metrics.jsonl's records; a torn line (a crash mid-write) is left out, and its epoch counts as missing."""
     return read_metrics(path, on_bad_line=leave_out)
 
-
-def best_val_accuracy(metrics_path: Path) -> float | None:
-    values = [r["val_accuracy"] for r in _metrics(metrics_path) if r.get("val_accuracy") is not None]
-    return max(values) if values else None

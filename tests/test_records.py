@@ -77,3 +77,13 @@ def test_relaunch_takes_a_summary_it_cannot_read_for_none(tmp_path):
     assert relaunch_summary(tmp_path) == {}
     (tmp_path / "summary.json").write_text('{"status": "failed"}')
     assert relaunch_summary(tmp_path) == {"status": "failed"}
+
+
+def test_best_val_accuracy_is_the_highest_number_and_none_without_one():
+    from runner.records import best_val_accuracy
+
+    assert best_val_accuracy([{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.75},
+                              {"epoch": 3, "val_accuracy": 0.625}]) == 0.75
+    # no validation split: metrics.jsonl writes null, and a replicas member's summary must not fail on it
+    assert best_val_accuracy([{"epoch": 1, "val_accuracy": None}, {"epoch": 2}]) is None
+    assert best_val_accuracy([]) is None
