@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
-import optax
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
@@ -17,16 +15,7 @@ from runner.optim import build_optimizer
 from runner.stages import Stage
 from runner.techniques.regularizers import Regularizer, combine
 from runner.techniques.schedules import Schedule
-
-
-@dataclasses.dataclass(frozen=True)
-class Parts:
-    """The parts of a run built from its config: everything the train step closes over."""
-
-    model: nn.Module
-    optimizer: optax.GradientTransformation
-    regularizer: Regularizer
-    schedule: Schedule
+from runner.train import Parts
 
 
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -47,11 +36,17 @@ def build_regularizer(cfg: DictConfig) -> Regularizer:
 def build_model(cfg: DictConfig, num_classes: int, regularizer: Regularizer) -> nn.Module:
     """The model named by the model group, given the chosen initializer, activation, normalization and dropout."""
     layer = cfg.normalization.layer
+    model, head = strip_specs(cfg.model), {}
+    if "head_init" in model:  # Net's; a model of one's own may have no such field, and is passed none
+        # a node of the initializer group (`+initializer@model.head_init=glorot_uniform`), built as the hidden
+        # layers' is below; null: the head starts as the hidden layers do
+        node = model.pop("head_init")
+        head["head_init"] = None if node is None else instantiate(node, "model.head_init")
     # Partial, then called here: Hydra would try to turn the module arguments below into configs.
-    make = instantiate(cfg.model, "model", _partial_=True)
+    make = instantiate(model, "model", _partial_=True)
     arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in make.keywords.items()}  # hashable fields
     return make.func(
-        *make.args, **arguments,
+        *make.args, **arguments, **head,
         num_classes=num_classes,
         kernel_init=instantiate(cfg.initializer, "initializer"),
         activation=instantiate(cfg.activation, "activation"),

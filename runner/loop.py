@@ -23,13 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from runner.build import Parts
 from runner.diagnostics import layer_names
 from runner.distributed import DataParallel
 from runner.handlers import EpochEnd, Handler, write_diagnostics
 from runner.optim import applied_rate, continue_schedule, rate_inputs, written_rate
 from runner.stages import Stage, stage_at, stage_optimizer
-from runner.train import TrainState, finite_members, make_epoch_programs, make_train_epoch, nonfinite
+from runner.train import Parts, TrainState, finite_members, make_epoch_programs, make_train_epoch, nonfinite
 
 
 @dataclasses.dataclass

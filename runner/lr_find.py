@@ -69,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from runner.build import Parts, build_model, build_regularizer, instantiate
+from runner.build import build_model, build_regularizer, instantiate
 from runner.checks import check_value
 from runner.console import Console, command, error
 from runner.data import load_data
@@ -81,7 +81,7 @@ from runner.records import read_overrides
 from runner.config import is_auto_rate
 from runner.resumed import override_key
 from runner.techniques.schedules import Schedule
-from runner.train import TrainState, create_train_state, make_train_step
+from runner.train import Parts, TrainState, create_train_state, make_train_step
 
 PNG, JSON = "lr_find.png", "lr_find.json"
 SUGGESTION_RULE = "lowest smoothed loss / 10"

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
-from hydra.utils import get_method
 
 from runner.errors import UserError
 from runner.techniques.optimizers import FtrlState
@@ -113,6 +112,8 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: Schedule,
     """The whole update rule from the optimizer's config (`_target_` and its arguments)."""
     kwargs = {k: v for k, v in optimizer_cfg.items() if not k.startswith("_")}
     kwargs.pop("learning_rate", None)
+    from hydra.utils import get_method  # reading the config: the loop and the train step import this module too
+
     factory = get_method(optimizer_cfg["_target_"])
     kwargs["learning_rate"] = schedule.learning_rate_at
     if schedule.momentum_at is not None:

@@ -32,7 +32,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from runner import weights
-from runner.build import Parts, build_parts
+from runner.build import build_parts
 from runner.console import Console
 from runner.data import Splits, load_data
 from runner.errors import UserError
@@ -47,7 +47,7 @@ from runner.pretraining.methods import pretraining_method
 from runner.records import best_val_accuracy, read_metrics, read_overrides
 from runner.relations import plateau_schedule, staged
 from runner.stages import Stage
-from runner.train import create_train_state
+from runner.train import Parts, create_train_state
 from runner.transfer import save_scaling
 
 MEMBER_DIR = "seed_{seed}"

@@ -20,7 +20,7 @@ import flax
 from omegaconf import DictConfig
 
 from runner import weights
-from runner.build import Parts, build_parts, build_stages
+from runner.build import build_parts, build_stages
 from runner.checkpoint import Checkpoints
 from runner.console import Console
 from runner.data import Splits, load_data
@@ -42,7 +42,7 @@ from runner.techniques.schedules import beyond_run
 from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
                              transfer_stages, with_cached_inputs)
 from runner.evaluate import Evaluator
-from runner.train import TrainState, create_train_state
+from runner.train import Parts, TrainState, create_train_state
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str, Any]:

@@ -6,8 +6,9 @@ close over an `Parts` and return functions of arrays only, which the caller jits
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +16,24 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from runner.build import Parts
 from runner.diagnostics import (StepTrace, capacity, empty_buffer, kernel_grads_finite, layer_names,
                                 lowest_nonfinite, make_layer_stats, record)
+
+if TYPE_CHECKING:
+    import flax.linen as nn
+
+    from runner.techniques.regularizers import Regularizer
+    from runner.techniques.schedules import Schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The parts of a run built from its config (runner/build.py): everything the train step closes over."""
+
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    regularizer: Regularizer
+    schedule: Schedule
 
 
 class TrainState(train_state.TrainState):

@@ -161,3 +161,15 @@ def test_no_choice_is_made_by_comparing_a_target_string():
     found = [f"{path.relative_to(ROOT)}:{line}" for path in modules().values()
              for line in target_string_comparisons(path.read_text())]
     assert found == []
+
+
+def test_the_train_step_and_the_loop_import_no_config_machinery():
+    """runner/train.py and runner/loop.py work on built objects: importing them imports no Hydra (the config is
+    turned into objects in runner/build.py, once)."""
+    import subprocess
+    import sys
+
+    code = "import sys, runner.train, runner.loop; print(sorted({'hydra'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
