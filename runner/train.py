@@ -20,8 +20,7 @@ from runner.diagnostics import (StepTrace, capacity, empty_buffer, kernel_grads_
                                 lowest_nonfinite, make_layer_stats, record)
 
 if TYPE_CHECKING:
-    import flax.linen as nn
-
+    from runner.model import Model
     from runner.techniques.regularizers import Regularizer
     from runner.techniques.schedules import Schedule
 
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 class Parts:
     """The parts of a run built from its config (runner/build.py): everything the train step closes over."""
 
-    model: nn.Module
+    model: Model
     optimizer: optax.GradientTransformation
     regularizer: Regularizer
     schedule: Schedule

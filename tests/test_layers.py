@@ -33,3 +33,20 @@ def test_the_nets_parameter_tree_is_named_by_the_scheme(overrides, kinds):
 def test_ordering_is_by_position_not_by_text():
     assert hidden_layers(["dense_10", "dense_2", "head", "block_2", "conv_0"]) == ["conv_0", "dense_2", "dense_10"]
     assert weight_layers(["head", "dense_1", "dense_0"]) == ["dense_0", "dense_1", "head"]
+
+
+def test_the_built_net_keeps_the_model_contract():
+    """runner/model.py's Model: what the rest of the runner asks of a net, here of the one the config builds."""
+    import jax.numpy as jnp
+
+    from runner.model import Model
+
+    cfg = compose_config("model.depth=2", "model.width=8")
+    parts = build_parts(cfg, num_classes=3, steps_per_epoch=1)
+    assert isinstance(parts.model, Model)
+    x = jnp.ones((2, 8, 8, 1))
+    variables = parts.model.init(jax.random.PRNGKey(0), x)
+    assert parts.model.apply(variables, x).shape == (2, 3)
+    features = parts.model.apply(variables, x, stop=1)  # the cut transfer.cache uses: hidden layer 0's output
+    assert features.shape == (2, 8)
+    assert parts.model.apply(variables, features, start=1).shape == (2, 3)
