@@ -24,7 +24,7 @@ from runner.report import find_run_dirs, label_runs, load_run, write_report
 from runner.report_plots import learning_rate_line, plot_learning_rate
 from runner.stages import Stage, stage_optimizer
 from runner.techniques.schedules import beyond_run
-from tests.conftest import compose_config, sample
+from tests.conftest import compose_config, compose_shared
 
 STEPS = 5  # steps per epoch
 LR0 = 0.1
@@ -52,7 +52,7 @@ def train(path: Path, epochs: int, *overrides: str, fresh_optimizer_at: tuple[in
     train step), the epoch-end handlers in the order run.py gives them (the trace before Plateau), a flat
     validation loss; a fresh optimizer state at the epochs in `fresh_optimizer_at`, as a new stage gets.
     Returns the rate applied at each step."""
-    cfg = compose_config(f"optimizer.learning_rate={LR0}", f"trainer.epochs={epochs}", *overrides)
+    cfg = compose_shared(f"optimizer.learning_rate={LR0}", f"trainer.epochs={epochs}", *overrides)
     parts = build_parts(cfg, num_classes=10, steps_per_epoch=STEPS)
     chains = [stage_optimizer(parts.optimizer, Stage("s", 1, frozenset({"dense_0"}) if first_stage_frozen
                                                      else frozenset())), parts.optimizer]
@@ -129,8 +129,7 @@ def test_a_resumed_run_replaces_the_trace_from_its_first_epoch_on(tmp_path):
     np.testing.assert_allclose(trace[1]["lr"] + trace[2]["lr"], expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sample(sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml")),
-                                         fast={"adam", "sgd", "rmsprop"}))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml")))
 @pytest.mark.parametrize("schedule", ["constant", "plateau"])
 def test_schedule_count_is_the_number_of_updates_of_every_optimizers_state(name, schedule):
     cfg = compose_config(f"optimizer={name}", f"schedule={schedule}", "regularizer=[max_norm]")
@@ -149,9 +148,11 @@ def rates_of_a_run(name: str, total_steps: int, *overrides: str, steps_per_epoch
     """The rates a run of `total_steps` steps applies (steps 0..T-1) and beyond_run's warnings for it."""
     epochs, rest = divmod(total_steps, steps_per_epoch)
     assert rest == 0
-    cfg = compose_config(f"schedule={name}", f"optimizer.learning_rate={LR0}", f"trainer.epochs={epochs}", *overrides)
+    cfg = compose_shared(f"schedule={name}", f"optimizer.learning_rate={LR0}", f"trainer.epochs={epochs}", *overrides)
     schedule = build_schedule(cfg, steps_per_epoch)
-    rates = np.asarray(jax.vmap(schedule.learning_rate_at)(jnp.arange(total_steps)))
+    # The rate is a function of the step alone: the schedule at steps 0..63, cut to the run's, so that every case's
+    # operations have one shape and compile once (a shape of each length would compile each operation again).
+    rates = np.asarray(jax.vmap(schedule.learning_rate_at)(jnp.arange(max(64, total_steps))))[:total_steps]
     return rates, beyond_run(schedule, total_steps)
 
 
@@ -176,7 +177,7 @@ def test_a_piecewise_boundary_is_warned_about_exactly_when_its_value_is_never_ap
             assert f"schedule.boundaries[{i}]{typed}" in named[0] and f"values[{i + 1}]={value:g}" in named[0]
 
 
-@pytest.mark.parametrize("total_steps", sample([10, 20, 21, 30], fast={20, 21}))
+@pytest.mark.parametrize("total_steps", [10, 20, 21, 30])
 @pytest.mark.parametrize("name, fallen", [("exponential", LR0 / 10), ("power", LR0 / 2)])
 def test_a_decay_is_warned_about_exactly_when_the_run_ends_before_its_first_decay_point(name, fallen, total_steps):
     # exponential: lr0 * 0.1^(t/s), divided by 10 at s; power (c = 1): lr0 / (1 + t/s), halved at s.
@@ -188,7 +189,7 @@ def test_a_decay_is_warned_about_exactly_when_the_run_ends_before_its_first_deca
         assert f"(the rate at step {total_steps - 1} is {rates[-1]:.3g})" in warnings[0]
 
 
-@pytest.mark.parametrize("total_steps", sample([10, 20, 21, 22, 40], fast={20, 21}))
+@pytest.mark.parametrize("total_steps", [10, 20, 21, 22, 40])
 def test_a_cosine_warm_up_is_warned_about_exactly_when_the_run_ends_before_the_requested_peak(total_steps):
     rates, warnings = rates_of_a_run("cosine", total_steps, "schedule.warmup=20", "schedule.unit=step",
                                      steps_per_epoch=1)
@@ -218,11 +219,11 @@ def test_one_cycle_is_warned_about_exactly_when_the_run_ends_before_its_peak_or_
     assert any("the final annealing" in w for w in warnings) == never_annealed, (total_steps, rates, warnings)
 
 
-@pytest.mark.parametrize("epochs", sample([1, 2, 3, 4, 5], fast={2, 3}))
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4, 5])
 def test_plateau_is_warned_about_exactly_when_no_reduction_can_reach_a_step_of_the_run(epochs, tmp_path):
     # The earliest reduction: every epoch's validation loss flat, as in train() above.
     applied = train(tmp_path / "lr_trace.jsonl", epochs, "optimizer=sgd", "schedule=plateau", "schedule.patience=2")
-    cfg = compose_config("schedule=plateau", "schedule.patience=2", f"trainer.epochs={epochs}")
+    cfg = compose_shared("schedule=plateau", "schedule.patience=2", f"trainer.epochs={epochs}")
     warnings = beyond_run(build_schedule(cfg, STEPS), epochs * STEPS)
     assert bool(warnings) == bool(min(applied) == pytest.approx(LR0)), (epochs, applied, warnings)
     assert all("schedule.patience=2" in w for w in warnings)

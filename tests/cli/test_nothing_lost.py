@@ -8,6 +8,7 @@ import io
 import json
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -156,7 +157,13 @@ def test_a_second_process_on_a_busy_run_dir_is_refused_and_the_first_completes(c
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoints" / "1").is_dir():
         time.sleep(0.05)
-    second = cli("trainer.resume=true", f"hydra.run.dir={run_dir}", "trainer.epochs=10")
+    # Held still (alive, its lock held) while the second tries: on a loaded machine the first could otherwise
+    # finish its 8 epochs before the second has started.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = cli("trainer.resume=true", f"hydra.run.dir={run_dir}", "trainer.epochs=10")
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=300)
     assert second.returncode == 2, second.stderr
     [line] = second.stderr.strip().splitlines()
