@@ -49,15 +49,20 @@ class Evaluator:
         return jax.device_put(tree) if self.data_parallel is None else self.data_parallel.put(tree)
 
     def compile(self, state: TrainState, key: jax.Array) -> None:
-        """Compile for this state's structure now (each stage's optimizer state has its own)."""
-        if self.size:
-            self._fn = self._jitted.lower(self._placed(state), *self.arrays, self._placed(key)).compile()
+        """Compile now, once: evaluation reads the weights alone, the same in every stage."""
+        if self.size and self._fn is self._jitted:
+            self._fn = self._jitted.lower(self._placed(_weights(state)), *self.arrays, self._placed(key)).compile()
 
     def __call__(self, state: TrainState, key: jax.Array) -> dict[str, float]:
         if not self.size:
             return {"loss": float("nan"), "accuracy": float("nan")}
-        metrics = self._fn(self._placed(state), *self.arrays, self._placed(key))
+        metrics = self._fn(self._placed(_weights(state)), *self.arrays, self._placed(key))
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _weights(state: TrainState) -> TrainState:
+    """The state without its optimizer: each stage's chain and optimizer state differ, its weights' structure not."""
+    return state.replace(tx=None, opt_state=None)
 
 
 class MemberEvaluator:

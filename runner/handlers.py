@@ -61,13 +61,14 @@ class Plateau:
     """
 
     def __init__(self, plateau: Any):
-        self.plateau = plateau
+        # One compiled decision for the run (run eagerly, its lax.cond would compile again every epoch).
+        self.decide = jax.jit(lambda state, value: plateau.update(None, state, value=value)[1])
 
     def on_epoch_end(self, end: EpochEnd) -> None:
         current = plateau_state(end.state.opt_state)
         # A fresh accumulation of one value: the decision rests on this epoch's validation loss alone.
         fresh = current._replace(count=jnp.zeros_like(current.count), avg_value=jnp.zeros_like(current.avg_value))
-        _, decided = self.plateau.update(None, fresh, value=end.record["val_loss"])
+        decided = self.decide(fresh, jnp.asarray(end.record["val_loss"], jnp.float32))
         end.state = end.state.replace(opt_state=with_plateau_state(end.state.opt_state, decided))
 
 
