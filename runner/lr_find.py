@@ -67,7 +67,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from runner.build import build_model, build_regularizer, instantiate
 from runner.checks import check_value
@@ -77,9 +77,8 @@ from runner.errors import UserError, first_line
 from runner.optim import build_optimizer
 from runner.outputs import write_atomic, write_json
 from runner.process import exit_promptly, prepare_training_process
-from runner.records import read_overrides
 from runner.config import is_auto_rate
-from runner.resumed import override_key
+from runner.resumed import record_resolved
 from runner.techniques.schedules import Schedule
 from runner.train import Parts, TrainState, create_train_state, make_train_step
 
@@ -343,32 +342,9 @@ def with_learning_rate(cfg: DictConfig, value: float) -> DictConfig:
 
 
 def record_found_rate(run_dir: Path, value: float) -> None:
-    """Put the found rate where `auto` stood in the run dir's .hydra/config.yaml and overrides.yaml.
-
-    Hydra wrote both before the job ran. With the number in both, the run dir records the run as it trained,
-    and `trainer.resume=true` recomposes exactly that config (runner/resumed.py compares the two), so a resumed
-    run continues at the found rate instead of running the test again.
-    """
-    saved = _saved_config_dir(run_dir)
-    if saved is None or not (saved / "config.yaml").exists():
-        return
-    config = OmegaConf.load(saved / "config.yaml")
-    config.optimizer.learning_rate = value
-    write_atomic(saved / "config.yaml", OmegaConf.to_yaml(config))
-    overrides_file = saved / "overrides.yaml"
-    overrides = read_overrides(overrides_file) if overrides_file.exists() else []
-    kept = [o for o in overrides if override_key(o) != "optimizer.learning_rate"]
-    write_atomic(overrides_file, OmegaConf.to_yaml(OmegaConf.create(kept + [f"optimizer.learning_rate={value}"])))
-
-
-def _saved_config_dir(run_dir: Path) -> Path | None:
-    """Where Hydra saved this job's config (hydra.output_subdir, `.hydra` unless set; None if not saved)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return run_dir / ".hydra"
-    subdir = HydraConfig.get().output_subdir
-    return None if subdir is None else run_dir / subdir
+    """Put the found rate where `auto` stood in the run dir's saved config and overrides (runner/resumed.py), so a
+    resumed run continues at the found rate instead of running the test again."""
+    record_resolved(run_dir, "optimizer.learning_rate", value)
 
 
 def _hydra_task_overrides() -> list[str]:

@@ -9,6 +9,7 @@ is refused in one line naming the keys, before anything in DIR changes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.checks import SPEC_KEY
 from runner.errors import UserError
+from runner.outputs import write_atomic
 from runner.records import CONFIG_FILE, OVERRIDES_FILE, read_config, read_overrides
 
 
@@ -153,3 +155,33 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):  # a node where the other config has a value: the callable it names
         return str(value.get("_target_", "{...}"))
     return "(absent)" if value is _ABSENT else "null" if value is None else str(value)
+
+
+def record_resolved(run_dir: Path, key: str, value: Any) -> None:
+    """Put what `key` resolved to where the typed value stood, in the run dir's saved config.yaml and
+    overrides.yaml (Hydra wrote both before the job ran): optimizer.learning_rate=auto's found rate,
+    transfer.source=best:DATASET's run dir. The run dir then records the run as it trained, and
+    `trainer.resume=true` recomposes exactly that, without resolving again (a resumed run keeps its source even
+    after a better run appeared)."""
+    saved = _saved_config_dir(run_dir)
+    if saved is None or not (saved / CONFIG_FILE.name).exists():
+        return
+    config = OmegaConf.load(saved / CONFIG_FILE.name)
+    OmegaConf.update(config, key, value)
+    write_atomic(saved / CONFIG_FILE.name, OmegaConf.to_yaml(config))
+    overrides_file = saved / OVERRIDES_FILE.name
+    overrides = read_overrides(overrides_file) if overrides_file.exists() else []
+    text = str(value)
+    typed = text if re.fullmatch(r"[\w./:+-]+", text) else "'" + text.replace("'", "\\'") + "'"
+    kept = [o for o in overrides if override_key(o) != key]
+    write_atomic(overrides_file, OmegaConf.to_yaml(OmegaConf.create(kept + [f"{key}={typed}"])))
+
+
+def _saved_config_dir(run_dir: Path) -> Path | None:
+    """Where Hydra saved this job's config (hydra.output_subdir, `.hydra` unless set; None if not saved)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return run_dir / ".hydra"
+    subdir = HydraConfig.get().output_subdir
+    return None if subdir is None else run_dir / subdir

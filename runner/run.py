@@ -36,10 +36,11 @@ from runner.lr_find import resolve_auto_learning_rate
 from runner.config import is_auto_rate
 from runner.outputs import read_jsonl, rewrite_jsonl, write_json
 from runner.records import best_val_accuracy, leave_out, read_metrics
+from runner.resumed import record_resolved
 from runner.pretraining.methods import pretrain
 from runner.stages import Stage, entering, stage_optimizer
 from runner.techniques.schedules import beyond_run
-from runner.transfer import (WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
+from runner.transfer import (BEST, WEIGHTS_FILE, Source, check_cache, graft, read_source, reused_layers, save_scaling,
                              transfer_stages, with_cached_inputs)
 from runner.evaluate import Evaluator
 from runner.train import Parts, TrainState, create_train_state
@@ -100,6 +101,8 @@ def setup(cfg: DictConfig, run_dir: Path, console: Console) -> Run:
     # (transfer.source=best:DATASET picks a run whose input shape fits this dataset's: the data's shape, asked first)
     source = pretrain(cfg, run_dir, console) or (read_source(cfg.transfer, lambda: load_data(cfg).x_train.shape[1:])
                                                  if cfg.transfer.source else None)
+    if writer and str(cfg.transfer.source).startswith(BEST):  # what best: picked, so that a resumed run keeps it
+        record_resolved(run_dir, "transfer.source", str(source.path))
     splits = load_data(cfg, source.scaling if source else None)
     input_shape = list(splits.x_train.shape[1:])  # one example's; before transfer.cache swaps inputs for features
     cfg, found = resolve_auto_learning_rate(cfg, splits, run_dir, console)  # optimizer.learning_rate=auto

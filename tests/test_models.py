@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from runner.errors import UserError
 from runner.models import architecture, best_run, layers, main, read_sections
+from runner.records import read_overrides
 from tests.conftest import ROOT, Runner, compose_config, read_summary, snapshot
 
 
@@ -176,6 +177,10 @@ def test_a_run_from_best_logs_and_records_the_run_it_resolved_to(trained):
     source = trained.cwd / "outputs" / "a"
     assert f"transfer: dense_0, dense_1 from {source}" in result.stdout
     assert read_summary(trained.cwd / "outputs" / "b")["transfer_source"] == str(source)
+    # the run dir records the run it resolved to, so trainer.resume=true recomposes that one (not a newer best)
+    saved = trained.cwd / "outputs" / "b" / ".hydra"
+    assert f"transfer.source={source}" in read_overrides(saved / "overrides.yaml")
+    assert OmegaConf.load(saved / "config.yaml").transfer.source == str(source)
 
     listing = trained("--sort", "test_accuracy", module="runner.models")
     assert listing.returncode == 0 and "2 finished run(s)" in listing.stdout and "outputs/b" in listing.stdout
