@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench book clean
+.PHONY: help install run test test-quick bench book clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,11 +27,11 @@ run: $(STAMP)  ## train the default config on the embedded digits dataset (offli
 
 # Two workers (pytest-xdist): the tests are mostly single-threaded and these machines have two cores; loadgroup
 # keeps the tests of one xdist_group (those sharing an expensive fixture) on one worker.
-test: $(STAMP)  ## run the fast tests; slow ones (marked @pytest.mark.slow) are skipped
+test: $(STAMP)  ## run every test (CI runs this and a CLI smoke: .ci/run)
 	$(PY) -m pytest -n 2 --dist loadgroup
 
-test-full: $(STAMP)  ## run every test, slow ones included (CI runs make test and a CLI smoke: .ci/run)
-	$(PY) -m pytest -n 2 --dist loadgroup -m ''
+test-quick: $(STAMP)  ## every test but the longest (marked @pytest.mark.slow): a quicker loop while editing
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow"
 
 bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
 	$(PY) -m runner.bench
@@ -39,7 +39,7 @@ bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
 # FASHION_MNIST_DIR: the dir of Fashion-MNIST's four IDX files (/work/shared/data/get-fashion-mnist DIR fetches them;
 # Debian: apt-get install dataset-fashion-mnist). A second make book skips what finished.
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
-book: $(STAMP)  ## rerun chapter 11's notebook on Fashion-MNIST over 3 seeds -> docs/book.md (47 min on 2 loaded cores)
+book: $(STAMP)  ## rerun chapter 11's notebook on Fashion-MNIST over 3 seeds -> docs/book.md (about 21 min on 2 cores, two experiments side by side)
 	$(PY) -m runner.book --data $(FASHION_MNIST_DIR)
 
 clean:  ## remove the venv and outputs

@@ -10,6 +10,10 @@ Pure functions of overrides and numbers; no files, no plotting. The definitions 
   ≥ 0); with one value there is no sd and no interval. Clipping costs no coverage: the true mean lies in the range,
   so it is inside the clipped interval exactly when it is inside the t-interval (`INTERVAL_METHOD` says this in
   the report).
+- `prediction_interval`: where one more run of the same config lands, with 95% probability: mean ± t_{0.975, n−1} ·
+  s · √(1 + 1/n) (the mean's uncertainty, s²/n, plus one run's own, s²), clipped as `mean_interval`. The interval
+  to hold a single run against (a book's printed number, one seed of someone else's); the mean's is √(n + 1)
+  times narrower.
 - `paired_difference`: over the seeds both configs have, d_s = value_s − baseline_s, then `mean_interval(d)`,
   clipped to the range of a difference (accuracies [−1, 1]).
 - A baseline is given as overrides separated by whitespace or by commas outside brackets and quotes
@@ -22,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from scipy.stats import t as student_t
 
@@ -51,7 +55,8 @@ class BaselineError(UserError):
 class Interval:
     """Mean of n values with its sample sd and confidence interval (sd, low, high are None when n < 2).
 
-    `low` and `high` are clipped to the range given to `mean_interval`; `half_width` is t · sd / √n, unclipped."""
+    `low` and `high` are clipped to the range given to `mean_interval`; `half_width` is t · sd / √n, unclipped
+    (for `prediction_interval`, t · sd · √(1 + 1/n))."""
 
     n: int
     mean: float
@@ -80,6 +85,19 @@ def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE,
                   bounds: tuple[float | None, float | None] = (None, None)) -> Interval | None:
     """Mean ± t_{(1+confidence)/2, n-1} · s/√n of the finite values, clipped to `bounds` (low, high; None: open);
     None when there are none."""
+    return _t_interval(values, confidence, bounds, lambda n: 1 / math.sqrt(n))
+
+
+def prediction_interval(values: Iterable[float], confidence: float = CONFIDENCE,
+                        bounds: tuple[float | None, float | None] = (None, None)) -> Interval | None:
+    """Where one new run falls: mean ± t_{(1+confidence)/2, n-1} · s · √(1 + 1/n) of the finite values, clipped to
+    `bounds`; None when there are none, no interval from one value."""
+    return _t_interval(values, confidence, bounds, lambda n: math.sqrt(1 + 1 / n))
+
+
+def _t_interval(values: Iterable[float], confidence: float, bounds: tuple[float | None, float | None],
+                sd_scale: Callable[[int], float]) -> Interval | None:
+    """Mean ± t_{(1+confidence)/2, n-1} · s · sd_scale(n), clipped to `bounds`."""
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(xs)
     if n == 0:
@@ -88,7 +106,7 @@ def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE,
     if n == 1:
         return Interval(1, mean, None, None, None)
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = float(student_t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+    half = float(student_t.ppf((1 + confidence) / 2, n - 1)) * sd * sd_scale(n)
     low, high = bounds
     return Interval(n, mean, sd, mean - half if low is None else max(mean - half, low),
                     mean + half if high is None else min(mean + half, high), half)

@@ -67,6 +67,37 @@ def test_a_row_is_the_last_epochs_validation_accuracy_over_the_seeds_against_the
     assert "selu_lecun:val_accuracy" not in misses and "relu_he:val_accuracy" not in misses  # no runs: no verdict
 
 
+def test_a_gap_with_the_book_inside_our_one_run_prediction_interval_is_explained_by_seed_variance(tmp_path):
+    for seed, (a, b) in enumerate(((0.83, 0.60), (0.84, 0.66), (0.85, 0.72))):
+        _member(tmp_path, "selu_lecun", seed, a, 0.0)  # mean 84.00, sd 1: book 80.46 is 3.54 below
+        _member(tmp_path, "relu_he", seed, b, 0.0)  # mean 66.00, sd 6: book 70.54 is 4.54 above
+    rows, misses = book.table(tmp_path, [0, 1, 2])
+    cells = {name: [c.strip() for c in next(l for l in rows.splitlines() if f"`{name}`" in l).split("|")]
+             for name in ("selu_lecun", "relu_he")}
+    # one run: mean ± t(0.975, 2) · sd · sqrt(1 + 1/3) = ± 4.303 · 1.1547 · sd: ± 4.97 (sd 1), ± 29.81 (sd 6)
+    assert cells["selu_lecun"][8] == "**no**" and cells["selu_lecun"][9] == "79.03–88.97"
+    assert cells["selu_lecun"][10] == "seed variance"
+    assert cells["relu_he"][9] == "36.19–95.81" and cells["relu_he"][10] == "seed variance"
+    assert misses == {"selu_lecun:val_accuracy": "seed variance", "relu_he:val_accuracy": "seed variance"}
+    assert "Explained by seed variance: selu_lecun:val_accuracy, relu_he:val_accuracy" in book.summary(misses)
+
+
+def test_a_gap_outside_the_prediction_interval_is_explained_only_by_a_cause_that_reaches_the_book(tmp_path):
+    for seed, (a, b) in enumerate(((0.8700, 0.8400), (0.8710, 0.8410), (0.8720, 0.8420))):
+        _member(tmp_path, "momentum", seed, a, 0.0)  # the sgd row's cause: 87.10, the book's 86.72
+        _member(tmp_path, "sgd", seed, b, 0.0)  # 84.10 ± a hair: far outside its one-run interval
+    rows, misses = book.table(tmp_path, [0, 1, 2])
+    line = next(l for l in rows.splitlines() if "`sgd`" in l)
+    assert line.split("|")[10].strip() == "measured cause: the `momentum` preset"
+    assert misses["sgd:val_accuracy"] == "measured cause: the `momentum` preset"
+    (tmp_path / "momentum").rename(tmp_path / "momentum_near")
+    for seed in (0, 1, 2):  # a cause that moves the row, but not to within 1.5 of the book, explains nothing
+        _member(tmp_path, "momentum", seed, 0.8500 + seed / 1000, 0.0)
+    rows, misses = book.table(tmp_path, [0, 1, 2])
+    assert next(l for l in rows.splitlines() if "`sgd`" in l).split("|")[10].strip() == "**unexplained**"
+    assert misses["sgd:val_accuracy"] == "" and "unexplained: sgd:val_accuracy" in book.summary(misses)
+
+
 def test_an_ordering_is_the_paired_difference_seed_by_seed(tmp_path):
     for seed, (a, b) in enumerate(((0.80, 0.70), (0.85, 0.74), (0.82, 0.72))):
         _member(tmp_path, "selu_lecun", seed, a, 0.0)
@@ -81,10 +112,54 @@ def test_an_experiment_whose_members_completed_is_skipped_and_an_unfinished_one_
     for seed in (0, 1, 2):
         _member(tmp_path, "sgd", seed, 0.8, 0.8)
     experiment = book.Experiment("sgd")
-    assert book.run_experiment(experiment, tmp_path, tmp_path, [0, 1, 2], False, None) == "done before, skipped"
+    assert book.run_experiment(experiment, tmp_path, tmp_path, [0, 1, 2], False) is None  # nothing to run
     _member(tmp_path, "adam", 0, 0.8, 0.8, status="interrupted")
     assert not book.completed(tmp_path / "adam" / "seed_0")
     assert not book.completed(tmp_path / "adam" / "seed_1")  # never started
+
+
+@pytest.mark.parametrize("experiment", [e for e in book.EXPERIMENTS + book.CAUSES if e.replicas],
+                         ids=lambda e: book.run_dir(Path("out"), e).name)
+def test_every_replicas_command_the_driver_types_is_one_the_runner_takes(experiment, tmp_path):
+    from runner.replicas import check_replicas
+
+    args = book.command(experiment, Path("/data/fashion-mnist"), tmp_path / "run", [0, 1, 2], False, tmp_path)
+    assert args[1:4] == ["-m", "runner", f"+experiment=book/{experiment.name}"] and "trainer.replicas=3" in args
+    cfg = compose_config(*(a for a in args[3:] if not a.startswith("hydra.")))
+    validate(cfg)
+    check_replicas(cfg)  # dropout's MC passes are refused in a replicas program: the driver turns them off there
+    alone = book.command(experiment, Path("/data/fashion-mnist"), tmp_path / "run", [0], False, tmp_path)
+    assert not any(a.startswith("trainer.replicas") or a in experiment.with_replicas for a in alone)
+
+
+def test_experiments_run_side_by_side_and_b_on_a_starts_after_model_a_ends(tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    events, lock = [], threading.Lock()
+
+    def fake_run(experiment, data, out, seeds, quick):
+        with lock:
+            events.append(("start", book.run_dir(out, experiment).name))
+        time.sleep(0.3 if experiment.name == "transfer_a" else 0.05)
+        with lock:
+            events.append(("end", book.run_dir(out, experiment).name))
+        return 0.1, 0.1
+
+    monkeypatch.setattr(book, "run_experiment", fake_run)
+    names = ["transfer_a", "transfer_b_on_a", "transfer_b_on_a+trainer.batch_size-28", "transfer_b"]
+    code = book.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--doc", str(tmp_path / "b.md"),
+                      "--jobs", "3", "--only", *names])
+    assert code == 0
+    started = [name for kind, name in events if kind == "start"]
+    assert set(started) == set(names)
+    a_ends = events.index(("end", "transfer_a"))
+    for dependent in names[1:3]:  # model A of the same seed first
+        assert events.index(("start", dependent)) > a_ends
+    assert events.index(("start", "transfer_b")) < a_ends  # the others do not wait
+    out = capsys.readouterr().out
+    assert all(line.count("[") == 1 for line in out.splitlines() if line.startswith("["))  # one line per print
+    assert book.main(["--data", str(tmp_path), "--jobs", "0"]) == 2
 
 
 def test_a_missing_data_dir_is_one_line_and_exit_2(tmp_path, capsys):

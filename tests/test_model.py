@@ -72,3 +72,25 @@ def test_cnn_works_on_images_and_1d_signals():
     model, variables, x = _init("model=cnn", shape=(4, 40, 1))
     assert variables["params"]["conv_0"]["kernel"].shape == (3, 1, 32)
     assert model.apply(variables, x).shape == (4, 10)
+
+
+def test_the_head_starts_from_model_head_init_and_the_hidden_layers_keep_theirs():
+    _, plain, _ = _init("regularizer=[]", "normalization=none")
+    _, glorot, _ = _init("regularizer=[]", "normalization=none", "+initializer@model.head_init=glorot_uniform")
+    head = np.asarray(glorot["params"]["head"]["kernel"])  # (100, 10)
+    limit = np.sqrt(6 / (100 + 10))  # Glorot & Bengio 2010: U(-r, r), r = sqrt(6 / (fan_in + fan_out))
+    assert np.abs(head).max() <= limit and np.abs(head).max() > 0.9 * limit
+    np.testing.assert_allclose(head.var(), limit**2 / 3, rtol=0.2)  # a uniform's variance, r^2 / 3
+    for name in ("dense_0", "dense_1", "dense_2"):  # He normal, as without head_init: the same draws
+        np.testing.assert_array_equal(plain["params"][name]["kernel"], glorot["params"][name]["kernel"])
+
+
+def test_without_head_init_the_head_starts_as_the_hidden_layers_do():
+    _, plain, _ = _init("model=cnn")
+    _, named, _ = _init("model=cnn", "+initializer@model.head_init=he_normal")  # the hidden layers' (config.yaml)
+    np.testing.assert_array_equal(plain["params"]["head"]["kernel"], named["params"]["head"]["kernel"])
+
+
+def test_head_init_takes_its_initializers_parameters():
+    _, variables, _ = _init("+initializer@model.head_init=normal", "model.head_init.stddev=1.0e-3")
+    assert float(np.std(variables["params"]["head"]["kernel"])) == pytest.approx(1e-3, rel=0.2)

@@ -15,8 +15,8 @@ from runner.callbacks import MultirunReport
 from runner.errors import UserError
 from runner.report import write_report
 from runner.stats import (INTERVAL_METHOD, BaselineError, bounds_of, difference_bounds, find_baseline, group_indices,
-                          isolation_axes, mean_interval, paired_difference, per_epoch, per_seed, split_overrides,
-                          varying_keys)
+                          isolation_axes, mean_interval, paired_difference, per_epoch, per_seed, prediction_interval,
+                          split_overrides, varying_keys)
 from tests.test_report import fake_run
 
 # Student's t quantiles from a printed table (and R's qt(0.975, df)), not from the code under test
@@ -40,6 +40,20 @@ def test_interval_is_mean_plus_minus_t_times_sd_over_root_n():
     assert half == pytest.approx(0.0625160948, abs=1e-9)
     assert interval.half_width == pytest.approx(half, abs=1e-12)
     assert (interval.low, interval.high) == pytest.approx((0.7608172385, 0.8858494281), abs=1e-9)
+
+
+def test_one_runs_prediction_interval_is_mean_plus_minus_t_times_sd_times_root_of_1_plus_1_over_n():
+    interval = prediction_interval([0.80, 0.82, 0.85])  # the values above: mean 0.82333, s = √(19/30000)
+    half = T_975_DF2 * 0.025166114784235832 * (1 + 1 / 3) ** 0.5  # = 0.12503218958...
+    assert half == pytest.approx(0.1250321896, abs=1e-9)
+    assert (interval.n, interval.mean, interval.sd) == (3, pytest.approx(0.8233333333333333, abs=1e-12),
+                                                        pytest.approx(0.025166114784235832, abs=1e-12))
+    assert interval.half_width == pytest.approx(half, abs=1e-12)
+    assert (interval.low, interval.high) == pytest.approx((0.8233333333 - half, 0.8233333333 + half), abs=1e-9)
+    # one run's spread on top of the mean's: sqrt(n + 1) times the mean's half-width (here exactly 2)
+    assert interval.half_width == pytest.approx(2 * mean_interval([0.80, 0.82, 0.85]).half_width, abs=1e-12)
+    assert prediction_interval([0.80, 0.82, 0.85], bounds=(0.0, 0.9)).high == 0.9  # clipped as the mean's is
+    assert prediction_interval([0.9]).half_width is None and prediction_interval([]) is None
 
 
 def test_two_values_use_t_with_one_degree_of_freedom():
