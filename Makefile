@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-quick bench book clean
+.PHONY: help install run test test-full bench book clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,11 +27,11 @@ run: $(STAMP)  ## train the default config on the embedded digits dataset (offli
 
 # Two workers (pytest-xdist): the tests are mostly single-threaded and these machines have two cores; loadgroup
 # keeps the tests of one xdist_group (those sharing an expensive fixture) on one worker.
-test: $(STAMP)  ## run every test (CI runs this and a CLI smoke: .ci/run)
+test: $(STAMP)  ## run the tests CI runs; the longest (marked @pytest.mark.slow) are skipped
 	$(PY) -m pytest -n 2 --dist loadgroup
 
-test-quick: $(STAMP)  ## every test but the longest (marked @pytest.mark.slow): a quicker loop while editing
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow"
+test-full: $(STAMP)  ## run every test, slow ones included (CI runs make test and a CLI smoke: .ci/run)
+	$(PY) -m pytest -n 2 --dist loadgroup -m ''
 
 bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
 	$(PY) -m runner.bench
