@@ -35,6 +35,25 @@ def sample(values, fast) -> list:
     return [param(value) for value in values]
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's own hook, which names each xdist_group test
+def pytest_collection_modifyitems(config, items):
+    """make test's `--dist loadgroup`, as pytest-xdist means it: xdist (3.8) names a test marked
+    xdist_group("g") `<nodeid>@g`, by which its scheduler sends a group's tests to one worker, by setting
+    item._nodeid, which this pytest (9.2) no longer reads (a node's id is item._id, a NodeId). Unnamed, the tests
+    of a group went to any worker and each worker ran the group's shared fixture again (measured: the optimizer
+    sweep of tests/test_book_parity.py twice, 88 s each). The name xdist meant, set where pytest reads it; a no-op
+    without --dist loadgroup, and once xdist sets it itself."""
+    import dataclasses
+
+    for item in items:
+        meant, node_id = getattr(item, "_nodeid", None), getattr(item, "_id", None)
+        if not isinstance(meant, str) or meant == item.nodeid or not dataclasses.is_dataclass(node_id):
+            continue
+        named = dataclasses.replace(node_id, names=(*node_id.names[:-1], meant.rpartition("::")[2]), params=None)
+        if str(named) == meant:
+            item._id = named
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory) -> Path:
     """A tfds data dir shared by the whole session, so embedded datasets are built once."""
@@ -72,6 +91,37 @@ def trained_run(tmp_path_factory, tfds_dir: Path, name: str, *overrides: str) ->
 @pytest.fixture
 def cli(tmp_path, tfds_dir) -> Runner:
     return Runner(tmp_path, tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def bench_smoke(tmp_path_factory, tfds_dir) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """`python -m runner.bench --smoke` (every section: the cases, data parallel on forced CPU devices, predictions)
+    as it ended, its results.json read, and its path: tests/test_bench.py, test_bench_inference.py and
+    test_devices.py each read their section, in xdist_group("bench_smoke"). Compiled unoptimized (~3x faster to
+    compile; no number is checked against another program's)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "XLA_FLAGS": f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()}
+    done = subprocess.run([sys.executable, "-m", "runner.bench", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (path,) = out.glob("*/results.json")
+    return done, json.loads(path.read_text()), path
+
+
+VANISHING_GRADIENTS_SWEEP = ("-m", "+experiment=vanishing_gradients",
+                             "experiment/vanishing_gradients=sigmoid_normal,elu_he", "trainer.epochs=2",
+                             "trainer.seed=0,1,2")
+
+
+@pytest.fixture(scope="session")
+def vanishing_gradients_sweep(tmp_path_factory, tfds_dir) -> Path:
+    """The sweep dir of `python -m runner VANISHING_GRADIENTS_SWEEP` (six jobs and the report, plots included), which
+    tests/test_book_parity.py (the ordering over the seeds) and tests/cli/test_experiments.py (what the preset's
+    multirun writes) both read: their tests share xdist_group("vanishing_gradients_sweep"), one worker runs it."""
+    runner = Runner(tmp_path_factory.mktemp("vanishing_gradients"), tfds_dir)
+    result = runner(*VANISHING_GRADIENTS_SWEEP, "hydra.sweep.dir=outputs/sweep")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runner.cwd / "outputs" / "sweep"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

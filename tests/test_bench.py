@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -16,21 +11,11 @@ from runner.bench.harness import IMAGE_SHAPE, synthetic_data
 from runner.bench.reference import NUM_CLASSES, init_limit, limit_forward, limit_spec, make_limit_epoch, run_once
 from runner.build import build_parts
 from runner.config import compose_config
-from tests.conftest import ROOT
-
-# Compiling is most of a smoke run; unoptimized programs compile ~3x faster and the numbers are not checked.
-UNOPTIMIZED = "--xla_backend_optimization_level=0"
 
 
-@pytest.mark.slow
-def test_smoke_run_writes_every_case_with_its_ratio(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED}".strip()}
-    done = subprocess.run([sys.executable, "-m", "runner.bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-
-    (path,) = tmp_path.glob("*/results.json")
-    results = json.loads(path.read_text())
+@pytest.mark.xdist_group("bench_smoke")  # the session's one smoke run (tests/conftest.py)
+def test_smoke_run_writes_every_case_with_its_ratio(bench_smoke):
+    done, results, path = bench_smoke
     assert [c["name"] for c in results["cases"]] == [c.name for c in CASES]
     for case in results["cases"]:
         assert case["runner_examples_per_s"] > 0 and case["limit_examples_per_s"] > 0
@@ -48,8 +33,7 @@ def test_smoke_run_writes_every_case_with_its_ratio(tmp_path):
     assert f"results in {path}" in done.stdout
 
 
-@pytest.mark.parametrize("overrides", [MLP20X100, pytest.param((), marks=pytest.mark.slow),
-                                       pytest.param(("model=cnn", *SMOKE["cnn_overrides"]), marks=pytest.mark.slow)],
+@pytest.mark.parametrize("overrides", [MLP20X100, (), ("model=cnn", *SMOKE["cnn_overrides"])],
                          ids=["plain_mlp", "batch_norm_dropout_mlp", "cnn"])
 def test_limit_loss_goes_down_on_learnable_data(overrides):
     cfg = compose_config(*overrides, *SMOKE["overrides"], "optimizer.learning_rate=0.01")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from runner.bench.inference import NETS, measure_inference
+from runner.bench.inference import NETS
 
 
-@pytest.mark.slow
-def test_the_smoke_section_measures_every_net(tfds_dir):
-    results = measure_inference(smoke=True)
+# The section as `python -m runner.bench --smoke` wrote it: the session's one smoke run (tests/conftest.py).
+@pytest.mark.xdist_group("bench_smoke")
+def test_the_smoke_section_measures_every_net(bench_smoke):
+    results = bench_smoke[1]["inference"]
 
     rows = {row["name"]: row for row in results["rows"]}
     assert list(rows) == list(NETS)

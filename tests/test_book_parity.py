@@ -1,6 +1,8 @@
 """The chapter's orderings (Géron, Hands-On ML, ch. 11), reproduced over seeds on the embedded datasets.
 
-Each claim is one multirun, `python -m runner -m ... trainer.seed=0,1,2`, read back from its summaries. An ordering
+Each claim is one multirun over seeds 0, 1, 2, read back from its summaries: `trainer.replicas=3` where the config
+allows it (the three seeds in one compiled program; member i is the run of seed i, runner/replicas.py), else
+`trainer.seed=0,1,2`. An ordering
 "A beats B" holds when the paired difference A − B over the seeds (runner.stats.paired_difference: the same seed
 gives both configs the same data split and batch order) has a 95% Student-t interval whose low end is above a
 margin (0 unless said). With 3 seeds t is 4.30, so the interval excludes the margin only when every seed agrees and
@@ -23,14 +25,15 @@ import yaml
 from runner.stats import COUNTED_STATUSES, paired_difference, override_key, override_value, seed_of
 from tests.conftest import Runner, read_summary
 
-pytestmark = pytest.mark.slow
-
 SEEDS = ("trainer.seed=0,1,2",)
+# Seeds 0, 1, 2 as the members of one program (each writes its own run dir, seed_<s>/, with its summary.json and
+# overrides ending in trainer.seed=<s>): a third of the programs to compile and start.
+REPLICAS = ("trainer.replicas=3",)
 NO_PLOTS = ("hydra.callbacks.report.plots=false",)  # the multirun's report table is enough; plots cost seconds
 
 
-def multirun(cli: Runner, *overrides: str) -> list[Path]:
-    result = cli("-m", *overrides, *SEEDS, *NO_PLOTS)
+def multirun(cli: Runner, *overrides: str, seeds: tuple[str, ...] = SEEDS) -> list[Path]:
+    result = cli("-m", *overrides, *seeds, *NO_PLOTS)
     assert result.returncode == 0, result.stderr[-3000:]
     return cli.run_dirs()
 
@@ -83,6 +86,9 @@ def test_a_100_layer_selu_lecun_net_beats_relu_he_after_5_epochs_of_sgd_at_1e3(c
     # The selu preset as it is: 100 x 100, no batch norm, no dropout, plain SGD at 1e-3, 5 epochs, digits. Width 100
     # is needed: at width 32 or 50 SELU's outputs drift off its fixed point over 100 layers and neither net learns
     # (measured: ~15% test accuracy for both). Measured at this size: SELU 42.5% ± 9.0, ReLU 12.7% ± 3.8 (n=3).
+    # A multirun over seeds, not replicas: 100 layers amplify the members' float rounding (vmapped reductions) into
+    # other runs than the seeds' own (measured, seed 2: SELU 19.7% as a member, 38.6% alone), so the members would
+    # test runs that no seed gives.
     jobs = by_config(multirun(cli, "+experiment=selu"), "experiment/activations")
     assert_beats(metric(jobs["selu"], "test_accuracy"), metric(jobs["relu"], "test_accuracy"),
                  "SELU+LeCun minus ReLU+He, test accuracy", margin=0.1)
@@ -90,9 +96,12 @@ def test_a_100_layer_selu_lecun_net_beats_relu_he_after_5_epochs_of_sgd_at_1e3(c
 
 # ---- (b) a deep sigmoid net with N(0, 1) weights has vanishing gradients; He + ELU does not ----
 
-def test_sigmoid_with_normal_init_vanishes_and_elu_with_he_does_not(cli):
-    jobs = by_config(multirun(cli, "+experiment=vanishing_gradients",
-                              "experiment/vanishing_gradients=sigmoid_normal,elu_he", "trainer.epochs=2"),
+# The preset's sweep over seeds 0, 1, 2 at 2 epochs (tests/conftest.py VANISHING_GRADIENTS_SWEEP), shared with
+# tests/cli/test_experiments.py. Not replicas: a member cannot record per-layer diagnostics, whose first step is
+# grad_norm_ratio.
+@pytest.mark.xdist_group("vanishing_gradients_sweep")
+def test_sigmoid_with_normal_init_vanishes_and_elu_with_he_does_not(vanishing_gradients_sweep):
+    jobs = by_config(sorted(p.parent for p in vanishing_gradients_sweep.rglob("summary.json")),
                      "experiment/vanishing_gradients")
     sigmoid, elu = jobs["sigmoid_normal"], jobs["elu_he"]
     # grad_norm_ratio compares the first layer's gradient with the head's at step 0. Both nets have the same layer
@@ -118,14 +127,15 @@ ACCELERATED = ("momentum", "nesterov", "rmsprop", "adam", "adamax", "nadam", "ad
 @pytest.fixture(scope="module")
 def optimizers_at_1e3(tmp_path_factory, tfds_dir) -> dict[str, dict[str, dict]]:
     # The optimizers preset on its dataset (MNIST-1D, the default 3 x 100 net), every optimizer at 1e-3, 5 epochs
-    # instead of 20: the order is the same at both (README), with gaps of 10 points or more to AdaGrad.
+    # instead of 20: the order is the same at both (README), with gaps of 10 points or more to AdaGrad. The seeds
+    # as replicas: 9 programs instead of 27; their means are docs/experiments.md's, to its decimal.
     cli = Runner(tmp_path_factory.mktemp("optimizers"), tfds_dir)
     run_dirs = multirun(cli, "+experiment=optimizers", f"optimizer={','.join(('adagrad', 'sgd') + ACCELERATED)}",
-                        "optimizer.learning_rate=1e-3", "trainer.epochs=5")
+                        "optimizer.learning_rate=1e-3", "trainer.epochs=5", seeds=REPLICAS)
     return by_config(run_dirs, "optimizer")
 
 
-# One worker runs every test of the fixture's sweep (make's --dist loadgroup): the fixture is the 27 runs.
+# One worker runs every test of the fixture's sweep (make's --dist loadgroup): the fixture is the 9 x 3 runs.
 @pytest.mark.xdist_group("optimizers_at_1e3")
 @pytest.mark.parametrize("other", ACCELERATED)
 def test_adagrad_at_1e3_is_below_every_accelerated_optimizer(optimizers_at_1e3, other):

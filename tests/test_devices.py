@@ -35,8 +35,9 @@ def forced_devices_env(tfds_dir: Path) -> dict[str, str]:
 
 
 def train_on_forced_devices(out: str) -> None:
-    """In the 4-device subprocess: the short run on 1 and on 4 devices, a batch size 4 does not divide, and
-    dropout masks drawn whole and split over the devices. Results go to `out` (run dirs and results.json)."""
+    """In the 4-device subprocess: the short run on 1 and on 4 devices, a batch size 4 does not divide, dropout
+    masks drawn whole and split over the devices, and the short run stopped and resumed on 4 devices. Results go
+    to `out` (run dirs and results.json)."""
     import jax
 
     from runner.config import compose_config
@@ -64,6 +65,7 @@ def train_on_forced_devices(out: str) -> None:
     results["threefry_partitionable"] = bool(jax.config.jax_threefry_partitionable)
     results["masks_equal"] = bool(np.array_equal(np.asarray(draw(jax.random.PRNGKey(3))), np.asarray(whole)))
     results["mask_shards"] = len(draw(jax.random.PRNGKey(3)).addressable_shards)
+    train_then_resume_on_forced_devices(out)  # in this process too: one process of 4 devices started, not two
     (out_dir / "results.json").write_text(json.dumps(results))
 
 
@@ -160,7 +162,6 @@ def wait_all(processes: list[subprocess.Popen], timeout: float = 300) -> list[tu
             p.kill()
 
 
-@pytest.mark.slow
 @pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
 def test_two_processes_train_as_one_and_only_process_0_writes(forced, tmp_path, tfds_dir):
     out, _ = forced
@@ -185,7 +186,6 @@ def test_two_processes_train_as_one_and_only_process_0_writes(forced, tmp_path, 
     assert (run_dir / "checkpoints" / "2" / "_CHECKPOINT_METADATA").exists()
 
 
-@pytest.mark.slow
 def test_a_signal_to_one_process_stops_every_process_at_the_same_step_with_one_checkpoint(tmp_path, tfds_dir):
     """SLURM signals every task, but not at the same instant: the processes agree at each chunk's end."""
     run_dir = tmp_path / "run"
@@ -203,7 +203,8 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step_with_one_c
 
 
 def train_then_resume_on_forced_devices(out: str) -> None:
-    """In a 4-device subprocess: epoch 1 of the short run on 4 devices, then resumed to its end (epoch 2)."""
+    """In the 4-device subprocess: epoch 1 of the short run on 4 devices, then resumed to its end (epoch 2), in
+    `out`/resumed (`out`/refused.txt if the resume was refused)."""
     from runner.config import compose_config
     from runner.console import Console
     from runner.run import train_and_evaluate
@@ -217,17 +218,12 @@ def train_then_resume_on_forced_devices(out: str) -> None:
         (Path(out) / "refused.txt").write_text(str(e))
 
 
-@pytest.mark.slow
 @pytest.mark.xdist_group("forced_devices")  # one worker runs the fixture once
-def test_a_run_on_four_devices_resumed_ends_as_the_uninterrupted_one_bit_for_bit(forced, tmp_path, tfds_dir):
-    out, _ = forced
-    done = subprocess.run([sys.executable, "-c", f"from tests.test_devices import train_then_resume_on_forced_devices"
-                           f" as t; t({str(tmp_path)!r})"], cwd=ROOT, env=forced_devices_env(tfds_dir),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    refused = tmp_path / "refused.txt"
+def test_a_run_on_four_devices_resumed_ends_as_the_uninterrupted_one_bit_for_bit(forced):
+    out, _ = forced  # the fixture's process ran train_then_resume_on_forced_devices too
+    refused = out / "refused.txt"
     assert not refused.exists(), refused.read_text()
-    resumed, whole = read_metrics(tmp_path / "resumed"), read_metrics(out / "devices_4")
+    resumed, whole = read_metrics(out / "resumed"), read_metrics(out / "devices_4")
     drop_time = lambda records: [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]  # noqa: E731
     assert drop_time(resumed) == drop_time(whole)
 
@@ -277,13 +273,11 @@ def test_every_process_of_a_slurm_step_names_the_same_run_dir():
     assert shared_run_dir({}) is None
 
 
-@pytest.mark.slow
-def test_the_bench_times_the_epoch_on_forced_cpu_devices_against_one_device(monkeypatch):
-    from runner.bench.__main__ import MLP20X100, SMOKE
-    from runner.bench.harness import measure_data_parallel_anywhere
-
-    monkeypatch.setenv("XLA_FLAGS", UNOPTIMIZED)
-    row = measure_data_parallel_anywhere(MLP20X100 + SMOKE["overrides"], 16, 64, 1, 4)
+# The row of `python -m runner.bench --smoke` (measure_data_parallel_anywhere over 4 devices forced in a
+# subprocess): the session's one smoke run (tests/conftest.py).
+@pytest.mark.xdist_group("bench_smoke")
+def test_the_bench_times_the_epoch_on_forced_cpu_devices_against_one_device(bench_smoke):
+    row = bench_smoke[1]["data_parallel"]
     assert row["forced_cpu_devices"] and row["devices"] == 4 and row["batch_size"] == 16
     assert row["one_device_examples_per_s"] > 0 and row["data_parallel_examples_per_s"] > 0
     assert row["speedup"] == pytest.approx(row["data_parallel_examples_per_s"] / row["one_device_examples_per_s"])

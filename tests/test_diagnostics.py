@@ -66,7 +66,6 @@ def _hand_forward(params, x, activation):
     return pre, act
 
 
-@pytest.mark.slow  # make test: the per-input norm's test below checks grad_norm on a hand computation too
 def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
     # Batch norm and dropout on: the diagnostics must see the step's own batch statistics and dropout mask.
     parts, state, x, y = _setup()
@@ -317,7 +316,6 @@ def test_a_healthy_default_net_reads_a_ratio_near_1_whatever_its_input_width(dat
     assert 0.5 <= _first_step_ratio(*data) <= 2
 
 
-@pytest.mark.slow
 def test_vanishing_gradients_presets_keep_their_order_on_8x8_and_28x28_inputs(tfds_dir, images_28x28):
     for data in [("dataset=digits",), ("dataset=npz", images_28x28)]:
         ratio = {variant: _first_step_ratio("+experiment=vanishing_gradients",

@@ -330,7 +330,6 @@ MlflowLogger(RunStart(run_dir, {"job": run_dir.name}, 1, 0), tracking_uri=sys.ar
 """
 
 
-@pytest.mark.slow  # three processes importing jax and mlflow: ~17 s on two cores
 def test_parallel_sweep_jobs_share_a_new_sqlite_store(tmp_path):
     store = f"sqlite:///{tmp_path}/outputs/mlflow.db"  # new: the jobs race to create its tables
     jobs = [subprocess.Popen([sys.executable, "-c", PARALLEL_JOB, str(tmp_path / f"job{i}"), store],
@@ -362,7 +361,6 @@ raise RuntimeError("a bug mid-run")
 """
 
 
-@pytest.mark.slow
 def test_a_run_that_crashes_ends_its_mlflow_run_failed_and_its_tensorboard_session_failed(tmp_path, store):
     result = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path), store], capture_output=True, text=True,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)

@@ -181,7 +181,6 @@ def test_auto_trains_at_the_suggestion_and_records_it_in_the_run_dir(tmp_path, t
 
 # ---- the command line ----
 
-@pytest.mark.slow
 def test_the_command_line_writes_a_readable_png_and_the_json(cli):
     # 64 examples in batches of 32: 40 steps cycle through 20 shuffled epochs.
     overrides = ["dataset.train_subset=64", "model.depth=1", "model.width=16"]

@@ -122,7 +122,7 @@ def documented_commands() -> list[Command]:
 # ---- what is not run, and why ----
 
 NOT_RUN = {
-    "make test": "runs the fast suite, this test among it (3-5 min)",
+    "make test": "runs the tests CI runs, this test's first chapter among them (3-6 min)",
     "make test-full": "runs every test, the slow ones too (over 10 min)",
     "make bench": "minutes of timing at full size (tests/test_bench.py runs `python -m runner.bench --smoke`)",
     "make book": "47 min over 3 seeds, and needs Fashion-MNIST's files (tests/test_book.py runs "
@@ -168,12 +168,10 @@ SECTIONS = {
     "Searching hyperparameters": None, "Running on many cores or a cluster": None,  # every command NOT_RUN
 }
 # Each command that trains costs 4-9 s on 2 cores however short its training (importing JAX, composing, compiling,
-# checkpointing), so `make test` runs the first chapter (the newcomer's first hour: 80-95 s) and `make test-full`
-# every chapter (measured on this repository's 2 cores at load 2-3, `pytest -s` prints each command's time).
-SLOW = {"devices": "4 commands (23 s)", "resume and report": "9 commands, two sweeps (50 s)",
-        "transfer and use": "15 commands (65 s)", "learning rate": "three range tests (22 s)",
-        "pretraining": "four full trainings, RBM and autoencoder pretraining first (53 s)",
-        "seeds": "25 sweep jobs (55 s)", "replicas": "13 members, 20 epochs until replicas take the cap (27 s)"}
+# checkpointing); measured on this repository's 2 cores at load 2-3 (`pytest -s` prints each command's time and CPU):
+# first steps 80-95 s, devices 4 commands (23 s), resume and report 9 commands and two sweeps (50 s), transfer and
+# use 15 commands (65 s), learning rate three range tests (22 s), pretraining four full trainings with RBM and
+# autoencoder pretraining first (53 s), seeds 25 sweep jobs (55 s), replicas 13 members (27 s).
 
 
 def _section_key(command: Command) -> tuple[str, str] | str | None:
@@ -488,7 +486,7 @@ CHAPTERS = ("first steps", "resume and report", "transfer and use", "pretraining
             "learning rate", "devices")
 
 
-@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CHAPTERS])
+@pytest.mark.parametrize("chapter", CHAPTERS)
 def test_readme_chapter_runs_as_printed(chapter, tmp_path, tfds_dir):
     env = environment(tmp_path, tfds_dir)
     commands = chapters()[chapter]

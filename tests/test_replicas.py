@@ -33,7 +33,6 @@ def test_a_plain_config_may_run_as_replicas():
     check_replicas(compose_config("trainer.replicas=4"))
 
 
-@pytest.mark.slow
 def test_each_member_matches_its_seed_run_alone_and_the_report_groups_them(cli):
     replicas = cli(*SMALL, "trainer.replicas=3", "trainer.seed=5", "hydra.run.dir=outputs/replicas")
     assert replicas.returncode == 0, replicas.stderr

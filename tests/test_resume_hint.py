@@ -90,30 +90,39 @@ def test_the_epoch_cap_lowers_trainer_epochs_only(monkeypatch):
     assert capped(compose_config("trainer.epochs=2")).trainer.epochs == 2  # below the cap: as typed
 
 
-@pytest.mark.slow  # a sweep stopped mid-run and resumed to its end: ~25 s; the hint's words are tested above
+# A small net on a few examples: ~3 ms of CPU an epoch, so 400 epochs leave seconds for the Ctrl-C to land in, and
+# the hint's run, capped at 100 epochs, ends job 1 wherever the Ctrl-C stopped it (within its first 100 epochs).
+TINY = ("model.depth=1", "model.width=8", "dataset.train_subset=64")
+CAP = 100
+
+
 def test_ctrl_c_in_a_sweep_prints_the_sweeps_command_and_following_it_finishes_every_job(cli):
     """Job 1 of 2 is stopped by Ctrl-C mid-run; the hint, run as printed (epochs capped to keep it short),
     finishes job 1 from its checkpoint and runs job 2: the whole sweep, not the one job."""
     sweep = cli.cwd / "outputs" / "sw"
-    first = subprocess.Popen([sys.executable, "-m", "runner", "-m", "activation=relu,elu", "trainer.epochs=400",
+    first = subprocess.Popen([sys.executable, "-m", "runner", "-m", "activation=relu,elu", "trainer.epochs=400", *TINY,
                               "hydra.callbacks.report.plots=false", f"hydra.sweep.dir={sweep}"], cwd=cli.cwd,
                              env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = sweep / "activation=relu,trainer.epochs=400" / "metrics.jsonl"
+    job = {a: ",".join(sorted([f"activation={a}", "trainer.epochs=400", *TINY])) for a in ("relu", "elu")}
+    metrics = sweep / job["relu"] / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
         time.sleep(0.02)
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr
+    stopped_at = read_summary(sweep / job["relu"])["epochs"]
+    assert 1 <= stopped_at < CAP, "the Ctrl-C should land early in job 1"
     (hint,) = [line for line in stderr.splitlines() if "continue the sweep with: " in line]
     command = hint.split("continue the sweep with: ", 1)[1]
-    assert command == ("python -m runner -m activation=relu,elu trainer.epochs=400 hydra.callbacks.report.plots=false "
-                       f"trainer.resume=true hydra.sweep.dir={sweep}")
+    assert command == (f"python -m runner -m activation=relu,elu trainer.epochs=400 {' '.join(TINY)} "
+                       f"hydra.callbacks.report.plots=false trainer.resume=true hydra.sweep.dir={sweep}")
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "runner"]
-    done = subprocess.run([sys.executable, *words[1:]], cwd=cli.cwd, env={**cli.env, MAX_EPOCHS_VARIABLE: "3"},
+    done = subprocess.run([sys.executable, *words[1:]], cwd=cli.cwd, env={**cli.env, MAX_EPOCHS_VARIABLE: str(CAP)},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summaries = {p.parent.name: read_summary(p.parent) for p in sweep.glob("*/summary.json")}
-    assert sorted(summaries) == ["activation=elu,trainer.epochs=400", "activation=relu,trainer.epochs=400"]
-    assert all(s["status"] == "completed" and s["epochs"] == 3 for s in summaries.values()), summaries
+    assert sorted(summaries) == sorted(job.values())
+    assert all(s["status"] == "completed" and s["epochs"] == CAP for s in summaries.values()), summaries
+    assert f"resumed from the checkpoint of epoch {stopped_at}" in done.stdout

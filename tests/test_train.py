@@ -24,8 +24,8 @@ def _setup(*overrides, n=96, shape=(8, 8, 1)):
 
 
 @pytest.mark.parametrize("overrides", [
-    pytest.param((), marks=pytest.mark.slow), ("regularizer=[l2,dropout]", "optimizer=momentum"),
-    pytest.param(("schedule=exponential", "schedule.decay_every=2", "schedule.unit=step"), marks=pytest.mark.slow)])
+    (), ("regularizer=[l2,dropout]", "optimizer=momentum"),
+    ("schedule=exponential", "schedule.decay_every=2", "schedule.unit=step")])
 def test_scanned_epoch_equals_one_step_at_a_time(overrides):
     parts, state, x, y = _setup(*overrides)
     key = jax.random.PRNGKey(3)

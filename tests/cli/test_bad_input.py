@@ -84,7 +84,6 @@ def test_unreadable_npz_is_rejected(cli, tmp_path):
     _assert_rejected(cli, ["dataset=npz", f"dataset.path={path}"], [str(path)])
 
 
-@pytest.mark.slow  # a whole run; tests/data/test_npz.py reads good files in make test
 def test_good_npz_trains(cli, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (200, 6, 6), dtype=np.uint8)

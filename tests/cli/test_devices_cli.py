@@ -12,9 +12,8 @@ from tests.test_devices import forced_devices_env
     (("trainer.devices=4", "trainer.batch_size=30"),
      "error: trainer.batch_size: 30 does not divide over the 4 devices of trainer.devices=4; valid: a multiple of 4 "
      "(e.g. 28 or 32), or trainer.devices=N for an N that divides 30"),
-    pytest.param(("trainer.batch_size=30",),  # auto: every device of the process
-                 "error: trainer.batch_size: 30 does not divide over the 4 devices of trainer.devices=auto; valid: a "
-                 "multiple", marks=pytest.mark.slow),
+    (("trainer.batch_size=30",),  # auto: every device of the process
+     "error: trainer.batch_size: 30 does not divide over the 4 devices of trainer.devices=auto; valid: a multiple"),
     (("trainer.devices=8",),
      "error: trainer.devices: 8, but this process has 4 device(s) (cpu:0, cpu:1, cpu:2, cpu:3); valid: auto or an "
      "integer in [1, 4]"),

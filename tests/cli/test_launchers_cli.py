@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.conftest import read_metrics, read_summary
@@ -61,23 +60,31 @@ def test_an_unknown_launcher_is_one_line_naming_the_presets(cli):
     assert not (cli.cwd / "outputs").exists()
 
 
-@pytest.mark.slow
+# A small net on a few examples: these tests are of processes and signals, not of training.
+TINY = ("model.depth=1", "model.width=8", "dataset.train_subset=64", "hydra.callbacks.report.plots=false")
+
+
 def test_parallel_runs_each_job_in_a_process_whose_xla_threads_are_capped(cli):
     import joblib
 
     process = popen(cli, "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "trainer.seed=0,1",
-                    "trainer.epochs=40")
+                    "trainer.epochs=1", *TINY)
     seen: dict[int, int] = {}
 
     def both_workers_computing():
+        # A worker seen computing is held (SIGSTOP) until the other is seen too: the first cannot finish and take
+        # the second job, and neither can end before it is counted, however the machine's load times them.
         for pid in descendants(process.pid):
-            if threads := xla_compute_threads(pid):
+            if pid not in seen and (threads := xla_compute_threads(pid)):
                 seen[pid] = threads
+                os.kill(pid, signal.SIGSTOP)
         return len(seen) == 2
 
     try:
         wait_for(both_workers_computing, 240, "two worker processes running XLA")
     finally:
+        for pid in seen:
+            os.kill(pid, signal.SIGCONT)
         out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     # Two processes, each with cores // 2 compute threads (XLA's default is one per core).
@@ -85,9 +92,8 @@ def test_parallel_runs_each_job_in_a_process_whose_xla_threads_are_capped(cli):
     assert [read_summary(d)["status"] for d in cli.run_dirs()] == ["completed", "completed"]
 
 
-@pytest.mark.slow
 def test_submitit_local_runs_a_four_job_sweep_each_job_in_its_own_process(cli):
-    result = cli("-m", "hydra/launcher=slurm_local", "trainer.seed=0,1,2,3", "trainer.epochs=2")
+    result = cli("-m", "hydra/launcher=slurm_local", "trainer.seed=0,1,2,3", "trainer.epochs=1", *TINY)
     assert result.returncode == 0, result.stderr
     run_dirs = cli.run_dirs()
     assert [read_summary(d)["status"] for d in run_dirs] == ["completed"] * 4
@@ -99,7 +105,7 @@ def test_submitit_local_runs_a_four_job_sweep_each_job_in_its_own_process(cli):
 
 def signal_one_training_job(cli, signum: int, epochs: int) -> subprocess.CompletedProcess:
     """A one-job slurm_local sweep whose job gets `signum` once it has trained three epochs; as it ended."""
-    process = popen(cli, "-m", "hydra/launcher=slurm_local", f"trainer.epochs={epochs}")
+    process = popen(cli, "-m", "hydra/launcher=slurm_local", f"trainer.epochs={epochs}", *TINY)
 
     def training_job():
         metrics = list((cli.cwd / "outputs").rglob("metrics.jsonl"))
@@ -116,11 +122,11 @@ def signal_one_training_job(cli, signum: int, epochs: int) -> subprocess.Complet
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-@pytest.mark.slow
 def test_a_pre_empted_job_saves_its_checkpoint_and_is_requeued_to_resume_in_its_own_dir(cli):
     # SIGUSR2: what submitit's local controller sends before a timeout, and SLURM at a time limit or pre-emption
-    # (submitit's LocalJob._interrupt sends it the same way).
-    epochs = 400
+    # (submitit's LocalJob._interrupt sends it the same way). 600 epochs of 2 steps: seconds of training after the
+    # third epoch, in which the signal arrives (measured ~15 ms an epoch at load 5), and ~2 s of CPU resumed.
+    epochs = 600
     result = signal_one_training_job(cli, signal.SIGUSR2, epochs)
     assert result.returncode == 0, result.stderr
     [run_dir] = cli.run_dirs()  # the same dir, not a second one
@@ -134,13 +140,12 @@ def test_a_pre_empted_job_saves_its_checkpoint_and_is_requeued_to_resume_in_its_
     assert [m["epoch"] for m in read_metrics(run_dir)] == list(range(1, epochs + 1))  # each epoch once
 
 
-@pytest.mark.slow
 def test_a_job_stopped_by_sigterm_saves_its_checkpoint_and_its_submission_resumes_it(cli):
     # SIGTERM (scancel, or a pre-emption on a cluster that sends no user signal) stops the job, which submitit
     # does not requeue; SLURM may (PreemptMode=REQUEUE): it reruns the job's submission, rewritten to resume.
     from submitit.core.utils import DelayedSubmission
 
-    result = signal_one_training_job(cli, signal.SIGTERM, epochs=400)
+    result = signal_one_training_job(cli, signal.SIGTERM, epochs=5000)  # stopped at the third: only its length
     assert result.returncode != 0  # the sweep's process reports the job that stopped
     [run_dir] = cli.run_dirs()
     summary = read_summary(run_dir)

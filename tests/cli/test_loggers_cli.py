@@ -49,13 +49,13 @@ def tracked_run(tmp_path_factory, tfds_dir):
     return cli, run_dir, result
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("tracked_run")  # one worker runs the fixture once
 def test_a_tracked_run_says_nothing_more_on_stderr(tracked_run):
     _, _, result = tracked_run
     assert result.stderr == "", result.stderr  # no warnings or INFO chatter from the tools
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("tracked_run")  # one worker runs the fixture once
 def test_metrics_csv_rows_are_the_metrics_jsonl_records(tracked_run):
     _, run_dir, _ = tracked_run
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -63,7 +63,7 @@ def test_metrics_csv_rows_are_the_metrics_jsonl_records(tracked_run):
     assert rows == read_metrics(run_dir) and len(rows) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("tracked_run")  # one worker runs the fixture once
 def test_tensorboard_shows_the_runs_metrics_grad_norms_weights_and_hparams(tracked_run):
     _, run_dir, _ = tracked_run
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
@@ -96,7 +96,7 @@ def test_tensorboard_shows_the_runs_metrics_grad_norms_weights_and_hparams(track
     assert series("best_val_accuracy") == {summary["steps"]: float(np.float32(summary["best_val_accuracy"]))}
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("tracked_run")  # one worker runs the fixture once
 def test_mlflow_holds_a_finished_run_with_the_config_the_epochs_and_the_summary(tracked_run):
     cli, run_dir, _ = tracked_run
     client = MlflowClient(tracking_uri=f"sqlite:///{cli.cwd}/outputs/mlflow.db")

@@ -138,6 +138,7 @@ RUN_FILES = {
 }
 
 
+@pytest.mark.xdist_group("trained")  # one worker makes the module's run once
 @pytest.mark.parametrize("name,malformation", RUN_FILES, ids=[" ".join(k) for k in RUN_FILES])
 def test_a_malformed_file_of_a_run_dir_is_one_line_naming_it(trained, tmp_path, name, malformation):
     malform, read, words = RUN_FILES[name, malformation]
@@ -276,6 +277,7 @@ def test_on_the_command_line_a_malformed_conf_file_is_one_line_and_exit_2(cli, f
     assert not (cli.cwd / "outputs").exists()
 
 
+@pytest.mark.xdist_group("trained")  # one worker makes the module's run once
 def test_the_refused_resume_names_changed_choices_not_their_declarations(trained, tmp_path):
     run = _copy(trained, tmp_path)
     with pytest.raises(UserError) as refused:
@@ -298,6 +300,7 @@ def _fresh(*overrides):
     return cfg, parts, create_train_state(jax.random.PRNGKey(7), parts, np.zeros((1, 8, 8, 1), np.float32))
 
 
+@pytest.mark.xdist_group("trained")  # one worker makes the module's run once
 def test_a_runs_weights_file_by_itself_transfers_as_its_run_dir_does(trained, tmp_path):
     cfg, parts, state = _fresh("model.depth=2", "model.width=8")
     elsewhere = Path(shutil.copy(trained / "model.safetensors", tmp_path / "copy.safetensors"))
@@ -322,6 +325,7 @@ def test_a_runs_weights_file_by_itself_transfers_as_its_run_dir_does(trained, tm
     assert sources["copy"].scaling is None
 
 
+@pytest.mark.xdist_group("trained")  # one worker makes the module's run once
 def test_a_runs_weights_file_that_does_not_fit_names_the_tensors_or_the_source(trained):
     source = read_source(OmegaConf.create({"source": str(trained / "model.safetensors"), "layout": "flax"}))
     cfg, parts, wide = _fresh("model.depth=2", "model.width=16")
@@ -400,6 +404,7 @@ def test_no_usable_checkpoint_or_another_shape_is_one_line(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.xdist_group("trained")  # one worker makes the module's run once
 def test_resuming_a_run_whose_checkpoints_are_all_torn_is_one_line_and_exit_2(cli, trained):
     run = _copy(trained, cli.cwd)
     _truncate_all(run / "checkpoints")
@@ -412,6 +417,7 @@ def test_resuming_a_run_whose_checkpoints_are_all_torn_is_one_line_and_exit_2(cl
     assert snapshot(run) == before  # .hydra/ too: Hydra's rewrite of it is taken back
 
 
+@pytest.mark.xdist_group("trained")  # one worker makes the module's run once
 def test_the_report_on_a_run_dir_whose_summary_is_not_json_is_one_line_and_exit_2(trained, tmp_path, capsys):
     from runner.report import main
 

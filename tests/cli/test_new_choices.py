@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
 import yaml
 
 from tests.conftest import read_summary
@@ -76,7 +75,6 @@ CHOICES = ["optimizer=lion", "activation=celu", "initializer=orthogonal", "regul
            "clip=block_rms", "model=one_layer", "dataset=blobs", "stages=warm_up_lower"]
 
 
-@pytest.mark.slow
 def test_a_new_choice_of_every_kind_is_one_conf_file_and_runs(cli):
     conf = cli.cwd / "myconf"
     for name, text in CONF.items():

@@ -69,7 +69,7 @@ def user_env(tfds_dir: Path) -> dict[str, str]:
     return {**env, "TFDS_DATA_DIR": str(tfds_dir), "JAX_PLATFORMS": "cpu"}
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("package")  # one worker builds the wheel and the venv once
 def test_wheel_holds_every_module_and_conf_file_of_the_checkout(wheel):
     # pyproject.toml lists the packages (conf/ maps to runner/conf): a package left off the list fails here.
     with zipfile.ZipFile(wheel) as archive:
@@ -80,7 +80,7 @@ def test_wheel_holds_every_module_and_conf_file_of_the_checkout(wheel):
     assert packaged == modules | conf
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("package")  # one worker builds the wheel and the venv once
 def test_installed_wheel_trains_from_an_unrelated_directory(venv, tmp_path, tfds_dir):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -99,7 +99,7 @@ def test_installed_wheel_trains_from_an_unrelated_directory(venv, tmp_path, tfds
     assert (summary_path.parent / ".hydra" / "config.yaml").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("package")  # one worker builds the wheel and the venv once
 def test_installed_runner_helps_and_completes_from_its_packaged_conf(venv, tmp_path, tfds_dir):
     env = user_env(tfds_dir)
     help_text = sh(venv / "bin" / "runner", "--help", cwd=tmp_path, env=env).stdout

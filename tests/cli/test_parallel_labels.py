@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
 
-@pytest.mark.slow
 def test_each_parallel_jobs_lines_start_with_its_number_and_overrides(cli):
     done = cli("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "activation=relu,elu",
                "trainer.epochs=2", "hydra.callbacks.report.plots=false", "hydra.sweep.dir=outputs/sw")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.conftest import read_metrics, read_summary
+from tests.conftest import Runner, read_metrics, read_summary
 
 METRIC_KEYS = {"epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s"}
 SUMMARY_KEYS = {"status", "test_loss", "test_accuracy", "best_val_accuracy", "epochs", "steps", "wall_time_s",
@@ -35,26 +35,42 @@ def test_default_config_reaches_95_percent_on_digits(cli):
     assert resolved["schedule"]["_target_"].endswith("schedules.constant")
 
 
-@pytest.mark.slow
-def test_same_config_and_seed_give_identical_metrics(cli):
-    for _ in range(2):
-        assert cli("trainer.epochs=3", "dataset=mnist1d").returncode == 0
-    first, second = (read_metrics(d) for d in cli.run_dirs())
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in ms]  # noqa: E731
-    assert strip(first) == strip(second)
+# Two seeds in one multirun, and seed 0 again in a process of its own: 2 processes for the three comparisons.
+SEEDS_RUN = ("dataset=mnist1d", "dataset.train_subset=256", "model.depth=1", "model.width=16", "trainer.epochs=2")
 
 
-@pytest.mark.slow
-def test_different_seeds_give_different_metrics(cli):
-    for seed in (0, 1):
-        assert cli("trainer.epochs=1", f"trainer.seed={seed}").returncode == 0
-    first, second = (read_metrics(d) for d in cli.run_dirs())
-    assert first[0]["train_loss"] != second[0]["train_loss"]
+@pytest.fixture(scope="module")
+def seeded_runs(tmp_path_factory, tfds_dir) -> dict[str, list[dict]]:
+    """Each run's metrics: the multirun's jobs by seed ("0", "1") and the lone run of seed 0 ("0 alone")."""
+    cli = Runner(tmp_path_factory.mktemp("seeds"), tfds_dir)
+    swept = cli("-m", *SEEDS_RUN, "trainer.seed=0,1", "hydra.sweep.dir=outputs/sweep")
+    assert swept.returncode == 0, swept.stderr
+    alone = cli(*SEEDS_RUN, "trainer.seed=0", "hydra.run.dir=outputs/alone")
+    assert alone.returncode == 0, alone.stderr
+    runs = {str(read_summary(d)["seed"]): read_metrics(d) for d in (cli.cwd / "outputs" / "sweep").iterdir()
+            if (d / "summary.json").exists()}
+    return {**runs, "0 alone": read_metrics(cli.cwd / "outputs" / "alone")}
 
 
-@pytest.mark.slow
+def _without_times(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in records]
+
+
+@pytest.mark.xdist_group("seeded_runs")
+def test_same_config_and_seed_give_identical_metrics(seeded_runs):
+    # Another process, and a lone run against a multirun's job: the same numbers to the last bit.
+    assert len(seeded_runs["0 alone"]) == 2
+    assert _without_times(seeded_runs["0"]) == _without_times(seeded_runs["0 alone"])
+
+
+@pytest.mark.xdist_group("seeded_runs")
+def test_different_seeds_give_different_metrics(seeded_runs):
+    assert seeded_runs["0"][0]["train_loss"] != seeded_runs["1"][0]["train_loss"]
+
+
 def test_multirun_sweep_runs_every_combination_in_its_own_dir(cli):
-    result = cli("-m", "optimizer=sgd,adam", "activation=relu,elu", "trainer.epochs=1")
+    result = cli("-m", "optimizer=sgd,adam", "activation=relu,elu", "trainer.epochs=1", "model.depth=1",
+                 "model.width=8", "dataset.train_subset=64", "hydra.callbacks.report.plots=false")
     assert result.returncode == 0, result.stderr
     run_dirs = cli.run_dirs()
     assert len(run_dirs) == 4
@@ -65,13 +81,17 @@ def test_multirun_sweep_runs_every_combination_in_its_own_dir(cli):
     assert choices == {(o, a) for o in ("optax.sgd", "optax.adam") for a in ("jax.nn.relu", "jax.nn.elu")}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overrides", [
-    ("model=cnn", "trainer.epochs=1"),
-    ("model=cnn", "dataset=mnist1d", "trainer.epochs=1"),
-])
-def test_cnn_trains_on_images_and_signals(cli, overrides):
-    result = cli(*overrides)
+@pytest.fixture(scope="module")
+def cnn_runs(tmp_path_factory, tfds_dir) -> dict[str, dict]:
+    """One multirun of the CNN, one epoch on each dataset: each job's summary by dataset."""
+    cli = Runner(tmp_path_factory.mktemp("cnn"), tfds_dir)
+    result = cli("-m", "model=cnn", "dataset=digits,mnist1d", "trainer.epochs=1", "hydra.callbacks.report.plots=false")
     assert result.returncode == 0, result.stderr
-    [run_dir] = cli.run_dirs()
-    assert read_summary(run_dir)["test_accuracy"] > 0.3
+    return {yaml.safe_load((d / ".hydra" / "config.yaml").read_text())["dataset"]["name"]: read_summary(d)
+            for d in cli.run_dirs()}
+
+
+@pytest.mark.xdist_group("cnn_runs")
+@pytest.mark.parametrize("dataset", ["digits", "mnist1d"])  # images (8 x 8) and signals (40 x 1)
+def test_cnn_trains_on_images_and_signals(cnn_runs, dataset):
+    assert cnn_runs[dataset]["test_accuracy"] > 0.3

@@ -12,6 +12,7 @@ import yaml
 
 from tests.conftest import read_summary
 
+NO_PLOTS = ("hydra.callbacks.report.plots=false",)  # the report's tables are enough here; plots cost seconds
 QUIET = ("A new study created", "setup plugin", "Traceback", "DeprecationWarning")  # optuna, alembic, Python
 
 
@@ -40,11 +41,10 @@ def test_an_unknown_preset_is_one_line_and_exit_2(cli):
     assert not (cli.cwd / "outputs").exists()
 
 
-@pytest.mark.slow
 def test_a_trial_that_fails_at_run_time_is_recorded_and_the_study_goes_on(cli):
     # batch 5000 passes the pre-run check (an int >= 1) and fails in the run: digits has 1293 training examples.
     result = cli("-m", "hparams_search=learning_rate", "trainer.batch_size=choice(5000,32)",
-                 "hydra.sweeper.n_trials=2", "trainer.epochs=1")
+                 "hydra.sweeper.n_trials=2", "trainer.epochs=1", *NO_PLOTS)
     assert result.returncode == 1  # a sweep with a failed job
     (failed_overrides, failed), (done_overrides, done) = trials(cli)
     assert failed_overrides["trainer.batch_size"] == "5000" and failed["status"] == "failed"
@@ -59,20 +59,18 @@ def test_a_trial_that_fails_at_run_time_is_recorded_and_the_study_goes_on(cli):
     assert (next(cli.cwd.glob("outputs/multirun/*/*")) / "report" / "report.md").exists()
 
 
-@pytest.mark.slow
 def test_a_diverged_trial_does_not_stop_the_study(cli):
     result = cli("-m", "hparams_search=learning_rate", "optimizer=sgd", "optimizer.learning_rate=choice(0.05,1e6)",
-                 "hydra.sweeper.n_trials=2", "trainer.epochs=1")
+                 "hydra.sweeper.n_trials=2", "trainer.epochs=1", *NO_PLOTS)
     assert result.returncode == 0, result.stderr  # diverging is an outcome, not a failure
     statuses = {o["optimizer.learning_rate"]: s["status"] for o, s in trials(cli)}
     assert statuses == {"0.05": "completed", "1000000.0": "diverged"}
     assert results(cli)["best_params"] == {"optimizer.learning_rate": 0.05}
 
 
-@pytest.mark.slow
 def test_a_study_whose_every_trial_failed_ends_like_a_sweep_with_failed_jobs(cli):
     result = cli("-m", "hparams_search=dropout", "trainer.batch_size=5000", "hydra.sweeper.n_trials=2",
-                 "trainer.epochs=1")
+                 "trainer.epochs=1", *NO_PLOTS)
     assert result.returncode == 1
     assert "2 job(s) failed" in result.stderr and "Traceback" not in result.stderr
     assert [s["status"] for _, s in trials(cli)] == ["failed", "failed"]

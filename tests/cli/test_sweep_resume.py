@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 
-import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_config, read_metrics, read_summary, snapshot
 
-# Each epoch ends with a checkpoint (about half a second on CPU), so a job lasts long enough for SIGTERM to land.
-BASE = ("trainer.epochs=8", "trainer.batch_size=16", "model.depth=2", "model.width=32", "trainer.diagnostics_every=40",
-        "trainer.checkpoint_every=1")
+# A small net on a few examples (4 steps an epoch), each epoch ending with a checkpoint (~0.1 s of CPU; 0.1-0.4 s
+# wall, quiet to load 5): a job lasts seconds after its second epoch, for SIGTERM to land in.
+BASE = ("trainer.epochs=12", "trainer.batch_size=16", "model.depth=1", "model.width=8", "dataset.train_subset=64",
+        "trainer.diagnostics_every=4", "trainer.checkpoint_every=1")
 EXCLUDED_FROM_NAMES = ("trainer.checkpoint_every=1",)  # conf/config.yaml: what does not make a job another job
 
 
@@ -31,7 +31,6 @@ def without_times(records):
     return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in records]
 
 
-@pytest.mark.slow
 def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_the_failed_and_runs_the_new(cli):
     sweep = cli.cwd / "outputs" / "sweep"
     dirs = {(seed, act): sweep / job_name(*BASE, f"activation={act}", f"trainer.seed={seed}")
@@ -62,7 +61,7 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
     assert [m["epoch"] for m in read_metrics(failing)] == [1]
     assert "metrics.jsonl" in failed["written"] and not {"diagnostics.jsonl", "notes.txt"} & set(failed["written"])
     stopped = read_summary(interrupted)
-    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs"] < 8, "SIGTERM should land mid-job"
+    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs"] < 12, "SIGTERM should land mid-job"
     assert not new.exists()
     finished_bytes = {p.name: p.read_bytes() for p in completed.iterdir() if p.is_file()}
     finished_mtime = (completed / "metrics.jsonl").stat().st_mtime_ns
@@ -77,7 +76,7 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
     second = cli(*relaunch)
     assert second.returncode == 0, second.stderr
     assert sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != "report") == sorted(dirs.values())
-    assert f"skipped (completed): all 8 epochs trained; nothing to train in {completed}" in second.stdout
+    assert f"skipped (completed): all 12 epochs trained; nothing to train in {completed}" in second.stdout
     assert {p.name: p.read_bytes() for p in completed.iterdir() if p.is_file()} == finished_bytes
     assert (completed / "metrics.jsonl").stat().st_mtime_ns == finished_mtime
     assert f"resumed from the checkpoint of epoch {stopped['epochs']}" in second.stdout
@@ -85,7 +84,7 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
     for key in ("status", "test_loss", "test_accuracy", "best_val_accuracy", "steps", "epochs"):
         assert read_summary(interrupted)[key] == read_summary(cli.cwd / "outputs/reference")[key], key
     assert "re-running afresh (failed: cannot write " in second.stdout
-    assert [m["epoch"] for m in read_metrics(failing)] == list(range(1, 9)), "the failed attempt's line is gone"
+    assert [m["epoch"] for m in read_metrics(failing)] == list(range(1, 13)), "the failed attempt's line is gone"
     assert (failing / "notes.txt").read_text() == "mine\n"
     for job in dirs.values():
         assert read_summary(job)["status"] == "completed", job.name
@@ -102,10 +101,9 @@ def test_a_relaunched_sweep_skips_the_finished_resumes_the_interrupted_reruns_th
     assert {job: (job / "metrics.jsonl").read_bytes() for job in dirs.values()} == before
 
 
-@pytest.mark.slow
 def test_a_resumed_run_that_early_stopping_ended_trains_no_further(cli):
     run = ("trainer.epochs=30", "trainer.early_stopping.patience=1", "trainer.early_stopping.monitor=val_accuracy",
-           "model.depth=1", "model.width=16", "hydra.run.dir=outputs/es")
+           "model.depth=1", "model.width=8", "dataset.train_subset=64", "hydra.run.dir=outputs/es")
     assert cli(*run).returncode == 0
     run_dir = cli.cwd / "outputs" / "es"
     summary = read_summary(run_dir)
@@ -200,12 +198,12 @@ def test_a_fresh_sweep_into_a_sweep_dir_whose_job_left_only_metrics_is_refused(c
     assert snapshot(cli.cwd) == before
 
 
-@pytest.mark.slow
 def test_a_run_writes_nothing_in_its_dir_that_a_rerun_would_not_take_away(cli):
     """rundir.RUN_OUTPUTS is what a failed job's re-run removes: every file a run can write must be in it."""
     from runner.rundir import RUN_OUTPUTS
 
-    result = cli("trainer.epochs=1", "model.depth=1", "model.width=16", "trainer.diagnostics_every=20",
+    result = cli("trainer.epochs=1", "model.depth=1", "model.width=8", "dataset.train_subset=64",
+                 "trainer.diagnostics_every=1",
                  "optimizer.learning_rate=auto", "logger=[jsonl,csv,tensorboard]", "hydra.run.dir=outputs/all")
     assert result.returncode == 0, result.stderr
     written = {p.name for p in (cli.cwd / "outputs" / "all").iterdir()} - {".hydra"}

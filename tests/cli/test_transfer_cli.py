@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from runner import weights
-from tests.conftest import trained_run, read_metrics, read_summary, sample
+from tests.conftest import trained_run, read_metrics, read_summary
 
 SMALL = ("model.depth=3", "model.width=32", "trainer.batch_size=16")
 TASK_A = (*SMALL, "dataset.classes=[0,1,2,3,4]", "trainer.epochs=2")
@@ -19,6 +20,10 @@ TASK_B = (*SMALL, "dataset.classes=[5,6]", "dataset.train_subset=40", "trainer.e
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, tfds_dir):
     return trained_run(tmp_path_factory, tfds_dir, "task_a", *TASK_A)
+
+
+# Every test reads task A's run: one worker runs them (make's --dist loadgroup), and task A once.
+pytestmark = pytest.mark.xdist_group("transfer_source")
 
 
 def _without_times(records):
@@ -32,29 +37,33 @@ def test_every_run_writes_its_weights_and_input_scaling(source):
     assert len(scaling["mean"]) == len(scaling["std"]) == 1
 
 
-@pytest.mark.slow
 def test_frozen_reused_layers_stay_bit_identical_and_caching_gives_the_same_run(cli, source):
-    frozen = cli(*TASK_B, f"transfer.source={source}", "transfer.reuse_layers=2", "hydra.run.dir=outputs/frozen")
-    assert frozen.returncode == 0, frozen.stderr
-    assert "transfer: dense_0, dense_1 from" in frozen.stdout
-    before, after = weights.load(source / "model.safetensors"), weights.load(cli.cwd / "outputs/frozen/model.safetensors")
+    # Both runs in one multirun (one process started): uncached, then cached.
+    result = cli("-m", *TASK_B, f"transfer.source={source}", "transfer.reuse_layers=2", "transfer.cache=false,true",
+                 "hydra.sweep.dir=outputs/s", "hydra.callbacks.report.plots=false")
+    assert result.returncode == 0, result.stderr
+    assert "transfer: dense_0, dense_1 from" in result.stdout
+    runs = {read_config(d)["transfer"]["cache"]: d for d in cli.run_dirs()}
+    frozen, cached = runs[False], runs[True]
+    before, after = weights.load(source / "model.safetensors"), weights.load(frozen / "model.safetensors")
     for name in before:
         if name.split(".")[0] in ("dense_0", "dense_1", "block_0", "block_1"):
             np.testing.assert_array_equal(after[name], before[name], err_msg=name)  # parameters and batch stats
     assert not np.array_equal(after["dense_2.kernel"], before["dense_2.kernel"])
     assert after["head.kernel"].shape == (32, 2)
 
-    cached = cli(*TASK_B, f"transfer.source={source}", "transfer.reuse_layers=2", "transfer.cache=true",
-                 "hydra.run.dir=outputs/cached")
-    assert cached.returncode == 0, cached.stderr
-    for a, b in zip(read_metrics(cli.cwd / "outputs/cached"), read_metrics(cli.cwd / "outputs/frozen"), strict=True):
+    for a, b in zip(read_metrics(cached), read_metrics(frozen), strict=True):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
-    assert read_summary(cli.cwd / "outputs/cached")["test_accuracy"] == pytest.approx(
-        read_summary(cli.cwd / "outputs/frozen")["test_accuracy"], abs=1e-6)
+            # the cached run computes the frozen layers' features once, in other batch shapes: rounding differs
+            # (measured: 1.3e-5 relative on val_loss), while a wrong feature would move every number by far more
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert read_summary(cached)["test_accuracy"] == pytest.approx(read_summary(frozen)["test_accuracy"], abs=1e-6)
 
 
-@pytest.mark.slow
+def read_config(run_dir) -> dict:
+    return yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+
+
 def test_unfreezing_after_e_epochs_moves_the_reused_layers_at_a_lower_rate(cli, source):
     result = cli(*TASK_B, f"transfer.source={source}", "transfer.reuse_layers=2", "transfer.unfreeze_after=1",
                  "transfer.reused_lr_scale=0.1", "hydra.run.dir=outputs/unfrozen", "trainer.checkpoint_every=1")
@@ -92,8 +101,7 @@ BAD = [
 ]
 
 
-# Each case starts JAX and reads the data (~4 s): one runs in `make test`, every one in `make test-full`.
-@pytest.mark.parametrize("case", sample(range(len(BAD)), fast={0}))
+@pytest.mark.parametrize("case", range(len(BAD)))
 def test_a_bad_transfer_is_one_line_exit_2_and_nothing_written(cli, source, tmp_path, case):
     make_args, words = BAD[case]
     result = cli(*TASK_B, *make_args(source, tmp_path))

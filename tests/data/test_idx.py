@@ -326,8 +326,7 @@ def test_bad_local_files_of_dataset_mnist_are_refused_by_the_check(dataset, tmp_
         check_dataset(dataset("dataset=mnist", f"dataset.path={tmp_path}"))
 
 
-@pytest.mark.slow  # reads 30 MB; the synthetic sets above make the same claims in make test
-@needs_real_fashion_mnist
+@needs_real_fashion_mnist  # reads 30 MB; the synthetic sets above make the same claims
 def test_the_real_fashion_mnist_has_its_published_counts_shapes_and_first_labels():
     data = read_idx_set(REAL_FASHION_MNIST)
     assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
@@ -336,8 +335,7 @@ def test_the_real_fashion_mnist_has_its_published_counts_shapes_and_first_labels
     assert data.y_train[:3].tolist() == [9, 0, 0] and data.y_test[:3].tolist() == [9, 2, 1]
 
 
-@pytest.mark.slow  # about 10 s: tfds prepares all 70,000 examples; the synthetic sets make the same claim quickly
-@needs_real_fashion_mnist
+@needs_real_fashion_mnist  # about 10 s: tfds prepares all 70,000 examples; the synthetic sets make the same claim
 def test_the_real_fashion_mnist_read_locally_is_tfds_copy_of_it(tmp_path, serve):
     # Debian's .gz files hold the published bytes (get-fashion-mnist checks their MD5s), but are not the .gz files
     # whose checksums tfds registers: served here with their own, as test_local_files_give_... serves its sets.
