@@ -23,13 +23,16 @@ moving average, avg_t = beta avg_{t-1} + (1 - beta) loss_t, avg_{-1} = 0, smooth
 The test stops at the first step whose loss is not finite or whose smoothed loss exceeds `divergence_factor` times
 the lowest smoothed loss before it; that step is the last one recorded.
 
-One compiled program: the sweep is a `lax.scan` over the steps; the rates are a table on the device, given to the
-optimizer as its learning-rate schedule (`lr(count) = table[count]`), so the optimizer's own step count picks lr_t.
-That is the path every schedule of the runner takes (runner/optim.py), so lr_t enters each optimizer exactly where
-its rate does: Adam's final scale, AdamW's decay, FTRL's sigma and closed form. Scaling the updates by lr_t / lr0
-instead would be exact only where the rate is a last multiplier, not for FTRL; `inject_hyperparams` would be
-exact too, but needs the chain assembled outside runner/optim.py. After the stop, a `lax.cond` skips the remaining
-steps (their losses are NaN and are dropped); the host reads the losses once, at the end.
+The run's loop (runner/loop.py) trains it: one stage of ceil(steps / steps per epoch) epochs, each one compiled
+program of the run's train step; the rates are a table on the device, given to the optimizer as its learning-rate
+schedule (`lr(count) = table[count]`), so the optimizer's own step count picks lr_t. That is the path every
+schedule of the runner takes (runner/optim.py), so lr_t enters each optimizer exactly where its rate does: Adam's
+final scale, AdamW's decay, FTRL's sigma and closed form. Scaling the updates by lr_t / lr0 instead would be exact
+only where the rate is a last multiplier, not for FTRL; `inject_hyperparams` would be exact too, but needs the
+chain assembled outside runner/optim.py. Each epoch's metrics hold the loss of each of its steps, read with the
+epoch's chunks (no host round-trip per step); at each epoch's end a handler (`RangeStop`) smooths them and applies
+the stop rule, and at the stop it ends the loop: the steps that epoch took after the stop (and those past the
+test's last step) are dropped.
 
 The suggestion: the rate of the lowest smoothed loss, divided by 10 (fast.ai's `lr_min`), to 3 significant digits.
 The lowest point is the largest rate at which the loss still fell as far as it would; a run trains for many epochs

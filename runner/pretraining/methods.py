@@ -185,7 +185,7 @@ def autoencoder(context: Context, epochs: int = 10, learning_rate: float = 1e-3)
         trainable = {name: params[name], **({block: params[block]} if block in params else {}), "decoder": decoder}
         stats = {block: batch_stats[block]} if block in batch_stats else {}
         state = TrainState.create(apply_fn=None, params=trainable, tx=optimizer, batch_stats=stats)
-        state = _train_layer(context, name, autoencoder_update(body, k), state, learning_rate, x, key,
+        state = train_layer(context, name, autoencoder_update(body, k), state, learning_rate, x, key,
                              epochs, "reconstruction loss")
         params = {**params, **{n: p for n, p in state.params.items() if n != "decoder"}}
         batch_stats = {**batch_stats, **state.batch_stats}
@@ -282,7 +282,7 @@ def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int =
                       params[name]["bias"])
         # CD-k is its own update, not a gradient step: the state's optimizer (the identity) is never applied.
         state = TrainState.create(apply_fn=None, params=machine, tx=optax.identity(), batch_stats={})
-        machine = _train_layer(context, name, rbm_update(k, learning_rate), state, learning_rate, v, key, epochs,
+        machine = train_layer(context, name, rbm_update(k, learning_rate), state, learning_rate, v, key, epochs,
                                "reconstruction error").params
         v = np.asarray(_batched(lambda m, vb: jax.nn.sigmoid(vb @ m.weights + m.hidden_bias), machine, v))
         kernel, bias = np.asarray(machine.weights), np.asarray(machine.hidden_bias)
@@ -343,7 +343,7 @@ def _with_top_cut(model: Any) -> Any:
     return model.clone(widths=tuple(model.dense_widths) + (1,))
 
 
-def _train_layer(context: Context, name: str, update: Update, state: TrainState, learning_rate: float,
+def train_layer(context: Context, name: str, update: Update, state: TrainState, learning_rate: float,
                  x: np.ndarray, key: jax.Array, epochs: int, what: str) -> TrainState:
     """`state` after `epochs` epochs of `update` over shuffled batches of `x`, in the run's loop (`Loop`).
 
