@@ -185,8 +185,8 @@ def autoencoder(context: Context, epochs: int = 10, learning_rate: float = 1e-3)
         trainable = {name: params[name], **({block: params[block]} if block in params else {}), "decoder": decoder}
         stats = {block: batch_stats[block]} if block in batch_stats else {}
         state = TrainState.create(apply_fn=None, params=trainable, tx=optimizer, batch_stats=stats)
-        state = train_layer(context, name, autoencoder_update(body, k), state, learning_rate, x, key,
-                             epochs, "reconstruction loss")
+        state = train_layer(context, name, autoencoder_update(body, k), state, learning_rate, x, key, epochs,
+                            "reconstruction loss")
         params = {**params, **{n: p for n, p in state.params.items() if n != "decoder"}}
         batch_stats = {**batch_stats, **state.batch_stats}
         variables = {"params": {n: params[n] for n in (name, block) if n in params}, "batch_stats": state.batch_stats}
@@ -283,7 +283,7 @@ def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int =
         # CD-k is its own update, not a gradient step: the state's optimizer (the identity) is never applied.
         state = TrainState.create(apply_fn=None, params=machine, tx=optax.identity(), batch_stats={})
         machine = train_layer(context, name, rbm_update(k, learning_rate), state, learning_rate, v, key, epochs,
-                               "reconstruction error").params
+                              "reconstruction error").params
         v = np.asarray(_batched(lambda m, vb: jax.nn.sigmoid(vb @ m.weights + m.hidden_bias), machine, v))
         kernel, bias = np.asarray(machine.weights), np.asarray(machine.hidden_bias)
         if index == 0:
@@ -344,7 +344,7 @@ def _with_top_cut(model: Any) -> Any:
 
 
 def train_layer(context: Context, name: str, update: Update, state: TrainState, learning_rate: float,
-                 x: np.ndarray, key: jax.Array, epochs: int, what: str) -> TrainState:
+                x: np.ndarray, key: jax.Array, epochs: int, what: str) -> TrainState:
     """`state` after `epochs` epochs of `update` over shuffled batches of `x`, in the run's loop (`Loop`).
 
     A greedy layer's training is a `TrainState` whose params are what the layer learns (an autoencoder's layer,
@@ -392,8 +392,8 @@ def _source(context: Context, params: dict, batch_stats: dict, scaling: Any,
     return Source(Path(f"pretraining={context.method}"), source_layers, scaling)
 
 
-# A greedy layer's epoch loss: the mean of its steps' losses as XLA reduces an array (pairwise), which the loop's
-# running sum matches only to the last bit or two.
+# A greedy layer's epoch loss: the mean of its step losses as XLA reduces an array, as pretraining.jsonl has always
+# had it; the loop's running sum (the record's train_loss) differs from that in the last bit or two.
 _mean = jax.jit(jnp.mean)
 
 
