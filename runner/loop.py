@@ -28,7 +28,8 @@ from runner.distributed import DataParallel
 from runner.handlers import EpochEnd, Handler, write_diagnostics
 from runner.optim import applied_rate, continue_schedule, rate_inputs, written_rate
 from runner.stages import Stage, stage_at, stage_optimizer
-from runner.train import Parts, TrainState, finite_members, make_epoch_programs, make_train_epoch, nonfinite
+from runner.train import (Parts, TrainState, Update, classifier_update, finite_members, make_epoch_programs, nonfinite,
+                          whole_epoch)
 
 
 @dataclasses.dataclass
@@ -50,6 +51,8 @@ class StageProgram:
     """One stage's compiled epoch — its start and its chunk of steps — and its checked replay (compiled
     only if an epoch goes non-finite).
 
+    The step is `update` (runner/train.py `Update`), by default the run's train step of `parts` with the
+    stage's frozen layers; `step_losses`: the epoch's metrics also hold each step's loss.
     With `data_parallel` (several devices, runner/distributed.py) the same programs take and return
     everything replicated over the devices and split each step's batch over them; without, one device.
     With `members` (trainer.replicas, runner/replicas.py) the state, data and key stack K runs on a leading axis
@@ -57,13 +60,15 @@ class StageProgram:
     """
 
     def __init__(self, parts: Parts, stage: Stage, batch_size: int, diagnostics_every: int,
-                 state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
-                 data_parallel: DataParallel | None = None, members: bool = False):
+                 state: TrainState, x: jax.Array, y: jax.Array | None, key: jax.Array,
+                 data_parallel: DataParallel | None = None, members: bool = False, update: Update | None = None,
+                 step_losses: bool = False):
         split = None if data_parallel is None else data_parallel.batch
         placed = {} if data_parallel is None else {"in_shardings": data_parallel.replicated,
                                                    "out_shardings": data_parallel.replicated}
-        begin, train_steps = make_epoch_programs(parts, batch_size, diagnostics_every, frozen=stage.frozen,
-                                                 batch_sharding=split)
+        update = classifier_update(parts, stage.frozen) if update is None else update
+        begin, train_steps = make_epoch_programs(update, batch_size, diagnostics_every, batch_sharding=split,
+                                                 step_losses=step_losses)
         if members:
             begin, train_steps = jax.vmap(begin), jax.vmap(train_steps, in_axes=(0, 0, 0, 0, None, None))
         self.begin = jax.jit(begin, **placed).lower(state, x, key).compile()
@@ -74,8 +79,8 @@ class StageProgram:
             carry, x, y, order, bound, bound).compile()
         self.steps = order.shape[-2]  # order: ([members,] steps, batch)
         # members keep their last finite epoch instead (Loop._members_finite): no replay
-        self.checked = None if members else jax.jit(make_train_epoch(
-            parts, batch_size, diagnostics_every, checked=True, frozen=stage.frozen, batch_sharding=split), **placed)
+        self.checked = None if members else jax.jit(whole_epoch(make_epoch_programs(
+            update, batch_size, diagnostics_every, checked=True, batch_sharding=split)), **placed)
 
 
 CHUNK_SECONDS = 0.5  # a run's chunks: the bar moves and Ctrl-C acts about this often
@@ -129,7 +134,7 @@ class Loop:
     batch_size: int
     diagnostics_every: int
     x: jax.Array
-    y: jax.Array
+    y: jax.Array | None  # None: a training without labels (greedy pretraining's layers)
     data_key: jax.Array
     handlers: Sequence[Handler]
     diagnostics_path: Any  # where a diverged epoch's diagnostics still go
@@ -143,6 +148,13 @@ class Loop:
     # trainer.replicas: the state, data and key stack K members (runner/replicas.py); the record's values are then
     # lists, one per member, and a member that goes non-finite keeps its last finite epoch while the others go on
     members: bool = False
+    # The step every stage's epochs apply (runner/train.py); None: the run's train step of `parts`, with each stage's
+    # frozen layers. Greedy pretraining gives its layer's update; `parts` then gives the optimizer and its rate.
+    update: Update | None = None
+    step_losses: bool = False  # the epoch's metrics (EpochEnd.raw) also hold each step's loss: `step_losses`
+    # False: a non-finite loss is the handlers' to judge (the LR range test stops on it), not a divergence to
+    # replay; the epoch runs to its end
+    stop_when_nonfinite: bool = True
 
     @property
     def total_epochs(self) -> int:
@@ -170,7 +182,7 @@ class Loop:
         start = time.perf_counter()
         program = StageProgram(self.parts, self.stages[index], self.batch_size, self.diagnostics_every,
                                self._placed(outcome.state), self.x, self.y, self._placed(self.data_key),
-                               self.data_parallel, self.members)
+                               self.data_parallel, self.members, self.update, self.step_losses)
         if self.on_compile is not None:
             self.on_compile(outcome.state)
         outcome.compile_time += time.perf_counter() - start
@@ -189,10 +201,11 @@ class Loop:
         outcome.train_time, outcome.timed_epochs = outcome.train_time + seconds, outcome.timed_epochs + 1
         if self.members:
             state = _keep_where(jnp.asarray(finite_members(raw)), carry.state, before)
-        elif nonfinite(raw):
+        elif self.stop_when_nonfinite and nonfinite(raw):
             outcome.state, raw, outcome.divergence = replay_divergence(program.checked, before, self.x, self.y, key,
-                                                                       raw, layer_names(before.params))
-            write_diagnostics(self.diagnostics_path, epoch, raw, layer_names(before.params))
+                                                                       raw)
+            if "diagnostics" in raw:
+                write_diagnostics(self.diagnostics_path, epoch, raw, layer_names(before.params))
             outcome.status, outcome.epoch = "diverged", epoch - 1
             return True
         else:
@@ -219,7 +232,7 @@ class Loop:
             return done < program.steps and self.interrupt is not None and self.interrupt.is_set()
 
         return train_in_chunks(program, before, self.x, self.y, key, self.pacer, after_chunk,
-                               stop_when_nonfinite=not self.members)
+                               stop_when_nonfinite=self.stop_when_nonfinite and not self.members)
 
 
 def train_in_chunks(program: StageProgram, state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
@@ -246,8 +259,8 @@ def train_in_chunks(program: StageProgram, state: TrainState, x: jax.Array, y: j
     return carry, raw
 
 
-def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
-                      metrics: dict, layers: list[str]) -> tuple[TrainState, dict, dict]:
+def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Array | None, key: jax.Array,
+                      metrics: dict) -> tuple[TrainState, dict, dict]:
     """Replay an epoch that went non-finite with per-layer checks: (last finite state, metrics, divergence).
 
     divergence: `diverged_at_step`, the first step whose loss or a kernel gradient was not finite, and
@@ -258,7 +271,8 @@ def replay_divergence(checked_epoch, before: TrainState, x: jax.Array, y: jax.Ar
     step, layer = int(checked["first_nonfinite_step"]), int(checked["nonfinite_layer"])
     if step < 0:  # the replay stayed finite (the programs may round differently): report the first pass's step
         step = int(metrics["first_nonfinite_step"]) if metrics["first_nonfinite_step"] >= 0 else int(state.step) - 1
-    return state, checked, {"diverged_at_step": step, "diverged_layer": layers[layer] if layer >= 0 else None}
+    layer_name = layer_names(before.params)[layer] if layer >= 0 else None  # -1 also for an update without gradients
+    return state, checked, {"diverged_at_step": step, "diverged_layer": layer_name}
 
 
 @jax.jit

@@ -23,13 +23,16 @@ moving average, avg_t = beta avg_{t-1} + (1 - beta) loss_t, avg_{-1} = 0, smooth
 The test stops at the first step whose loss is not finite or whose smoothed loss exceeds `divergence_factor` times
 the lowest smoothed loss before it; that step is the last one recorded.
 
-One compiled program: the sweep is a `lax.scan` over the steps; the rates are a table on the device, given to the
-optimizer as its learning-rate schedule (`lr(count) = table[count]`), so the optimizer's own step count picks lr_t.
-That is the path every schedule of the runner takes (runner/optim.py), so lr_t enters each optimizer exactly where
-its rate does: Adam's final scale, AdamW's decay, FTRL's sigma and closed form. Scaling the updates by lr_t / lr0
-instead would be exact only where the rate is a last multiplier, not for FTRL; `inject_hyperparams` would be
-exact too, but needs the chain assembled outside runner/optim.py. After the stop, a `lax.cond` skips the remaining
-steps (their losses are NaN and are dropped); the host reads the losses once, at the end.
+The run's loop (runner/loop.py) trains it: one stage of ceil(steps / steps per epoch) epochs, each one compiled
+program of the run's train step; the rates are a table on the device, given to the optimizer as its learning-rate
+schedule (`lr(count) = table[count]`), so the optimizer's own step count picks lr_t. That is the path every
+schedule of the runner takes (runner/optim.py), so lr_t enters each optimizer exactly where its rate does: Adam's
+final scale, AdamW's decay, FTRL's sigma and closed form. Scaling the updates by lr_t / lr0 instead would be exact
+only where the rate is a last multiplier, not for FTRL; `inject_hyperparams` would be exact too, but needs the
+chain assembled outside runner/optim.py. Each epoch's metrics hold the loss of each of its steps, read with the
+epoch's chunks (no host round-trip per step); at each epoch's end a handler (`RangeStop`) smooths them and applies
+the stop rule, and at the stop it ends the loop: the steps that epoch took after the stop (and those past the
+test's last step) are dropped.
 
 The suggestion: the rate of the lowest smoothed loss, divided by 10 (fast.ai's `lr_min`), to 3 significant digits.
 The lowest point is the largest rate at which the loss still fell as far as it would; a run trains for many epochs
@@ -57,6 +60,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -80,7 +84,10 @@ from runner.process import exit_promptly, prepare_training_process
 from runner.config import is_auto_rate
 from runner.resumed import record_resolved
 from runner.techniques.schedules import Schedule
-from runner.train import Parts, TrainState, create_train_state, make_train_step
+from runner.handlers import EpochEnd
+from runner.loop import Loop
+from runner.stages import Stage
+from runner.train import Parts, create_train_state
 
 PNG, JSON = "lr_find.png", "lr_find.json"
 SUGGESTION_RULE = "lowest smoothed loss / 10"
@@ -148,13 +155,49 @@ def track_step(track: Track, loss: jax.Array, beta: float, divergence_factor: fl
     return kept, jnp.where(track.stopped, jnp.nan, smoothed)
 
 
-def track_losses(losses: jax.Array, beta: float, divergence_factor: float) -> tuple[jax.Array, jax.Array]:
-    """(smoothed losses, stop step or -1) of a loss sequence: the sweep's own rule, on given losses."""
+def advance_track(track: Track, losses: jax.Array, beta: float,
+                  divergence_factor: float) -> tuple[Track, jax.Array]:
+    """`track_step` over a sequence of losses, from `track`: (track after them, their smoothed losses)."""
     def body(track, loss):
         return track_step(track, loss, beta, divergence_factor)
 
-    track, smoothed = jax.lax.scan(body, start_track(), jnp.asarray(losses, jnp.float32))
+    return jax.lax.scan(body, track, jnp.asarray(losses, jnp.float32))
+
+
+def track_losses(losses: jax.Array, beta: float, divergence_factor: float) -> tuple[jax.Array, jax.Array]:
+    """(smoothed losses, stop step or -1) of a loss sequence: the test's own rule, on given losses."""
+    track, smoothed = advance_track(start_track(), losses, beta, divergence_factor)
     return smoothed, track.stop_step
+
+
+class RangeStop:
+    """The range test's handler in the run's loop: at each epoch's end, the smoothing and the stop rule over the
+    epoch's step losses (`track_step`, its track carried from epoch to epoch: the same float32 operations in the
+    same order as step by step); at the stop, or at the test's last step, it ends the loop. The steps an epoch
+    took past either are dropped: they are not part of the test."""
+
+    def __init__(self, steps: int, beta: float, divergence_factor: float):
+        self.steps, self.track, self.losses, self.smoothed = steps, start_track(), [], []
+        self.advance = jax.jit(functools.partial(advance_track, beta=beta, divergence_factor=divergence_factor))
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        losses = np.asarray(end.raw["step_losses"])[: self.steps - len(self.losses)]
+        self.track, smoothed = self.advance(self.track, losses)
+        self.losses.extend(losses)
+        self.smoothed.extend(np.asarray(smoothed))
+        if self.stop_step is not None or len(self.losses) == self.steps:
+            end.stop = "early_stopped"
+
+    @property
+    def stop_step(self) -> int | None:
+        """The step that stopped the test; None while it runs (or when it ran every step)."""
+        stop = int(self.track.stop_step)
+        return None if stop < 0 else stop
+
+    def recorded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(losses, smoothed losses) of every step up to and including the stop, float64."""
+        kept = self.steps if self.stop_step is None else self.stop_step + 1
+        return (np.asarray(self.losses[:kept], np.float64), np.asarray(self.smoothed[:kept], np.float64))
 
 
 def suggest(rates: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
@@ -176,36 +219,6 @@ def finder_parts(cfg: DictConfig, num_classes: int, lrs: np.ndarray) -> Parts:
     schedule = Schedule(lambda count: table[count])
     optimizer = build_optimizer(cfg.optimizer, schedule, instantiate(cfg.clip, "clip"), regularizer.transform)
     return Parts(build_model(cfg, num_classes, regularizer), optimizer, regularizer, schedule)
-
-
-def make_sweep(parts: Parts, batch_size: int, steps: int, beta: float, divergence_factor: float) -> Callable:
-    """`sweep(state, x, y, key) -> (losses, smoothed, stop_step)`: the whole test as one program (jit it)."""
-    train_step = make_train_step(parts)
-
-    def sweep(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
-        per_epoch = x.shape[0] // batch_size
-        epochs = -(-steps // per_epoch)
-        # Epoch e (1-based) is shuffled with fold_in(key, e), as the run's loop does (runner/loop.py).
-        orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), x.shape[0]))(
-            jnp.arange(1, epochs + 1))
-        batches = orders[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)[:steps]
-
-        def body(carry, batch):
-            state, track = carry
-
-            def train(state):
-                state, metrics = train_step(state, x[batch], y[batch])
-                return state, metrics["loss"].astype(jnp.float32)
-
-            state, loss = jax.lax.cond(track.stopped, lambda s: (s, jnp.full((), jnp.nan, jnp.float32)), train,
-                                       state)
-            track, smoothed = track_step(track, loss, beta, divergence_factor)
-            return (state, track), (loss, smoothed)
-
-        (_, track), (losses, smoothed) = jax.lax.scan(body, (state, start_track()), batches)
-        return losses, smoothed, track.stop_step
-
-    return sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,18 +254,20 @@ def run_range_test(cfg: DictConfig, splits: Any, settings: FinderSettings = Find
     init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3)
     x, y = jax.device_put(splits.x_train), jax.device_put(splits.y_train)
     state = create_train_state(init_key, parts, x[:batch_size])
-    sweep = jax.jit(make_sweep(parts, batch_size, settings.steps, settings.beta, settings.divergence_factor))
-    losses, smoothed, stop_step = jax.device_get(sweep(state, x, y, data_key))
-    stop = int(stop_step)
-    kept = settings.steps if stop < 0 else stop + 1
-    losses, smoothed = np.asarray(losses[:kept], np.float64), np.asarray(smoothed[:kept], np.float64)
-    reason = None if stop < 0 else "non-finite loss" if not math.isfinite(losses[stop]) else "diverged"
+    judge = RangeStop(settings.steps, settings.beta, settings.divergence_factor)
+    # The run's loop, one stage of as many epochs as the steps need (epoch e shuffled by fold_in(data_key, e));
+    # a non-finite loss is the test's to judge, not a divergence to replay.
+    epochs = -(-settings.steps // (len(splits.x_train) // batch_size))
+    Loop(parts, [Stage("lr_find", epochs)], batch_size, 0, x, y, data_key, [judge], None, step_losses=True,
+         stop_when_nonfinite=False).run(state, 0, 1)
+    (losses, smoothed), stop = judge.recorded(), judge.stop_step
+    kept = len(losses)
+    reason = None if stop is None else "non-finite loss" if not math.isfinite(losses[stop]) else "diverged"
     # The stopping step itself is shown, not judged: its smoothed loss is past the divergence line or not finite.
-    judged = kept if stop < 0 else stop
+    judged = kept if stop is None else stop
     rates = smoothed_rates(lrs, settings.beta)[:kept]
     suggestion, lowest = suggest(rates[:judged], smoothed[:judged])
-    return RangeTest(lrs[:kept], losses, smoothed, rates, None if stop < 0 else stop, reason, suggestion, lowest,
-                     settings)
+    return RangeTest(lrs[:kept], losses, smoothed, rates, stop, reason, suggestion, lowest, settings)
 
 
 def describe_result(test: RangeTest) -> str:

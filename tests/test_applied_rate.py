@@ -62,9 +62,8 @@ class OptimizerSteps:
     counting the step. The applied rate depends on the optimizer's state alone (its counts, the plateau's scale),
     which moves as in training; the model would add ~2 s of compiling per stage for every optimizer and schedule."""
 
-    def __init__(self, parts, stage, batch_size, diagnostics_every, state, x, y, key, data_parallel=None,
-                 members=False):
-        del parts, stage, diagnostics_every, state, y, key, data_parallel, members
+    def __init__(self, parts, stage, batch_size, diagnostics_every, state, x, y, key, *options):
+        del parts, stage, diagnostics_every, state, y, key, options
         self.steps, self.checked = x.shape[0] // batch_size, None
 
         def step(_, state):

@@ -1,5 +1,6 @@
 """The host loop: an epoch run in chunks is the epoch run whole, bit for bit; a signal mid-epoch drops only
-that epoch's steps, and continuing from there is the uninterrupted run."""
+that epoch's steps, and continuing from there is the uninterrupted run; any update (not only the train step) runs
+in it on the run's batches with its per-step losses, and a handler may judge a non-finite loss and stop the loop."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from runner.build import build_parts
 from runner.loop import Loop, Pacer
 from runner.stages import Stage, stage_optimizer
-from runner.train import create_train_state, make_train_epoch
+from runner.techniques.regularizers import Regularizer
+from runner.techniques.schedules import Schedule
+from runner.train import Parts, TrainState, Update, create_train_state, make_train_epoch
 from tests.conftest import compose_config
 
 N, BATCH = 112, 16  # 7 steps an epoch
@@ -160,3 +164,71 @@ def test_members_are_each_the_run_alone_and_one_going_non_finite_stops_only_itse
     kept = jax.tree.map(lambda leaf: leaf[1], outcome.state.params)
     for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(jax.tree.map(lambda leaf: leaf[1], states.params))):
         np.testing.assert_array_equal(a, b)  # its starting weights: its first epoch never went finite
+
+
+def _toy_parts():
+    """What the loop reads of Parts when it is given an update: the optimizer (its state's count) and the rate."""
+    return Parts(None, optax.identity(), Regularizer(), Schedule(optax.constant_schedule(0.1)))
+
+
+def _running_total(nan_at_step=-1):
+    """An update that is not a gradient step: total += the batch's mean + a uniform draw of the batch's key; its
+    loss is the new total (NaN at step `nan_at_step`)."""
+    def apply(state, x, y, key):
+        assert y is None  # no labels
+        total = state.params["total"] + jnp.mean(x) + jax.random.uniform(key)
+        loss = jnp.where(state.step == nan_at_step, jnp.nan, total)
+        return state.replace(step=state.step + 1, params={"total": total}), {"loss": loss}, None
+
+    return Update(apply)
+
+
+class StepLosses:
+    """A handler that keeps each epoch's step losses, and stops the loop at the first epoch holding a NaN."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_epoch_end(self, end):
+        self.losses.append(np.asarray(end.raw["step_losses"]))
+        if np.isnan(self.losses[-1]).any():
+            end.stop = "early_stopped"
+
+
+def _toy_loop(update, epochs, **options):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(N, 3)), jnp.float32)
+    state = TrainState.create(apply_fn=None, params={"total": jnp.zeros(())}, tx=optax.identity())
+    handler = StepLosses()
+    loop = Loop(_toy_parts(), [Stage("train", epochs)], BATCH, 0, x, None, jax.random.PRNGKey(3), [handler], None,
+                update=update, step_losses=True, pacer=FixedPacer(3), **options)
+    return loop, state, handler
+
+
+def test_any_update_runs_in_the_loop_on_the_runs_batches_and_keys_with_its_step_losses():
+    loop, state, handler = _toy_loop(_running_total(), epochs=2)
+    outcome = loop.run(state, 0, 1)
+    total, by_hand = jnp.zeros(()), []
+    for epoch in (1, 2):  # epoch e: permutation(fold_in(key, e)); step i's key fold_in(that key, i)
+        epoch_key = jax.random.fold_in(loop.data_key, epoch)
+        order = jax.random.permutation(epoch_key, N)[: N // BATCH * BATCH].reshape(-1, BATCH)
+        for i, indices in enumerate(order):
+            total = total + jnp.mean(loop.x[indices]) + jax.random.uniform(jax.random.fold_in(epoch_key, i))
+            by_hand.append(float(total))
+    np.testing.assert_allclose(np.concatenate(handler.losses), by_hand, rtol=1e-6)
+    assert (outcome.status, int(outcome.state.step)) == ("completed", 2 * N // BATCH)
+
+
+def test_a_non_finite_loss_left_to_the_handlers_reaches_them_and_their_stop_ends_the_loop():
+    loop, state, handler = _toy_loop(_running_total(nan_at_step=3), epochs=3, stop_when_nonfinite=False)
+    outcome = loop.run(state, 0, 1)
+    assert (outcome.status, outcome.epoch) == ("early_stopped", 1)
+    (losses,) = handler.losses  # the whole first epoch ran; nothing after its end
+    assert np.isnan(losses[3]) and np.isfinite(np.delete(losses, 3)).all()
+    assert int(outcome.state.step) == N // BATCH
+
+
+def test_by_default_a_non_finite_loss_of_an_update_without_gradients_is_a_divergence_at_its_step():
+    loop, state, handler = _toy_loop(_running_total(nan_at_step=3), epochs=3)
+    outcome = loop.run(state, 0, 1)
+    assert outcome.status == "diverged" and handler.losses == []
+    assert outcome.divergence == {"diverged_at_step": 3, "diverged_layer": None}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,9 +19,10 @@ from runner.checks import describe, parse_spec
 from runner.config import CONF_DIR
 from runner.errors import UserError
 from runner.lr_find import (FinderSettings, finder_parts, lr_sequence, main, record_found_rate,
-                            resolve_auto_learning_rate, smoothed_rates, suggest, track_losses)
+                            resolve_auto_learning_rate, run_range_test, smoothed_rates, suggest, track_losses)
 from runner.preflight import preflight
 from runner.resumed import resumed_overrides
+from runner.train import create_train_state, make_train_step
 from tests.conftest import compose_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -113,6 +116,43 @@ def test_the_finders_optimizer_applies_lrs_t_at_step_t():
         grads = {"w": jnp.full(3, float(t + 1))}
         updates, state = tx.update(grads, state, params)
         np.testing.assert_allclose(updates["w"], -lrs[t] * (t + 1), rtol=1e-6)  # plain SGD: -lr_t g
+
+
+def _hand_written_range_test(cfg, x, y, lrs):
+    """Each step's loss (before its update) of `make_train_step` over the run's batches, one step at a time: epoch
+    e (1-based) shuffled by permutation(fold_in(data_key, e)), the last partial batch dropped, lr_t the table's."""
+    parts = finder_parts(cfg, num_classes=10, lrs=lrs)
+    batch = cfg.trainer.batch_size
+    init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3)
+    state = create_train_state(init_key, parts, jnp.asarray(x[:batch]))
+    step, losses, epoch = jax.jit(make_train_step(parts)), [], 0
+    while len(losses) < len(lrs):
+        epoch += 1
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), len(x)))
+        for indices in order[: len(x) // batch * batch].reshape(-1, batch)[: len(lrs) - len(losses)]:
+            state, metrics = step(state, jnp.asarray(x[indices]), jnp.asarray(y[indices]))
+            losses.append(float(metrics["loss"]))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("max_lr, stops", [(1e-2, False), (1e4, True)])
+def test_the_finders_step_losses_are_a_hand_written_loop_of_the_train_step_and_end_at_the_stop(max_lr, stops):
+    """The test runs in the run's loop (7 steps an epoch, 17 steps: 3 epochs, the last one partly); its losses are
+    those of the hand-written loop with the table's rates, and where the rule stops the test, the steps the loop
+    took after the stop (the rest of that epoch) are dropped."""
+    cfg = compose_config("model.depth=1", "model.width=16", "trainer.batch_size=16", "regularizer=[]",
+                         "optimizer=sgd", "optimizer.learning_rate=auto")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 120).astype(np.int32)
+    settings = FinderSettings(min_lr=1e-3, max_lr=max_lr, steps=17, beta=0.5)
+    test = run_range_test(cfg, SimpleNamespace(x_train=x, y_train=y, num_classes=10), settings)
+    by_hand = _hand_written_range_test(cfg, x, y, lr_sequence(1e-3, max_lr, 17))
+    smoothed, stop = track_losses(by_hand, 0.5, settings.divergence_factor)
+    assert (test.stop_step is not None) == stops and (test.stop_step or -1) == int(stop)
+    kept = 17 if test.stop_step is None else test.stop_step + 1
+    assert len(test.losses) == len(test.smoothed) == len(test.lrs) == kept
+    np.testing.assert_allclose(test.losses, by_hand[:kept], rtol=1e-5)
+    np.testing.assert_allclose(test.smoothed, np.asarray(smoothed)[:kept], rtol=1e-5)
 
 
 # ---- the `auto or > 0` range ----

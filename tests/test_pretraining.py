@@ -9,14 +9,16 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from runner.build import build_parts
 from runner.data.splits import TrainTest, split_and_scale
 from runner.errors import UserError
-from runner.pretraining.methods import RBM, cd_update, fold_input_map, generated_task, pretrain
+from runner.pretraining.methods import (RBM, Context, cd_update, fold_input_map, generated_task, pretrain, rbm_update,
+                                       train_layer)
 from runner.stages import stage_optimizer
-from runner.train import create_train_state, make_train_epoch
+from runner.train import TrainState, create_train_state, make_train_epoch
 from runner.transfer import graft, reused_layers, transfer_stages
 from tests.conftest import compose_config
 
@@ -194,3 +196,35 @@ def test_a_supervised_source_grafts_into_a_state_that_trains_with_its_layers_fro
                                   source.layers[0].block_stats["norm.mean"])
     assert not np.array_equal(trained.params["dense_1"]["kernel"], state.params["dense_1"]["kernel"])
     assert not np.array_equal(trained.params["head"]["kernel"], state.params["head"]["kernel"])
+
+
+def test_an_rbm_layer_trained_in_the_loop_is_cd_update_applied_by_hand_over_the_same_batches(tmp_path):
+    """train_layer runs rbm_update in the run's loop: epoch e's batches are permutation(fold_in(key, e)), step i's
+    uniforms come from fold_in(that epoch key, i), each step is exactly `cd_update`, and each epoch's
+    pretraining.jsonl loss is the mean of its steps' reconstruction errors."""
+    n, batch, visible, hidden, k, lr, epochs = 40, 8, 12, 6, 2, 0.1, 2
+    rng = np.random.default_rng(0)
+    v = rng.random((n, visible)).astype(np.float32)
+    start = RBM(jnp.asarray(rng.normal(0, 0.1, (visible, hidden)), jnp.float32), jnp.zeros(visible), jnp.zeros(hidden))
+    key = jax.random.PRNGKey(7)
+    context = Context(compose_config(*TINY, f"trainer.batch_size={batch}"), tmp_path, _Quiet(), "rbm")
+    state = TrainState.create(apply_fn=None, params=start, tx=optax.identity(), batch_stats={})
+    trained = train_layer(context, "dense_0", rbm_update(k, lr), state, lr, v, key, epochs, "reconstruction error")
+
+    machine, means = start, []
+    for epoch in range(1, epochs + 1):
+        epoch_key = jax.random.fold_in(key, epoch)
+        order = np.asarray(jax.random.permutation(epoch_key, n)).reshape(n // batch, batch)
+        errors = []
+        for i, indices in enumerate(order):
+            uniforms = jax.random.uniform(jax.random.fold_in(epoch_key, i), (k, batch, hidden))
+            machine, error = cd_update(machine, jnp.asarray(v[indices]), uniforms, lr)
+            errors.append(float(error))
+        means.append(np.mean(errors))
+    for got, want in zip(trained.params, machine, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert int(trained.step) == epochs * n // batch
+    logged = [json.loads(line) for line in (tmp_path / "pretraining.jsonl").read_text().splitlines()]
+    assert [(r["layer"], r["epoch"]) for r in logged] == [("dense_0", 1), ("dense_0", 2)]
+    np.testing.assert_allclose([r["loss"] for r in logged], means, rtol=1e-5)
+    assert "accuracy" not in logged[0]  # a greedy layer does not classify

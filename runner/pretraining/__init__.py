@@ -19,7 +19,8 @@ with the same `transfer.reuse_layers`, `freeze`, `unfreeze_after`, `reused_lr_sc
 Unsupervised and generated-label pretraining use every training input of the run's dataset, also those whose
 labels `dataset.labeled_examples` set aside (`Splits.x_unlabeled`); never validation or test inputs. Greedy
 methods pretrain dense layers only (a conv layer is refused) and only the lowest `transfer.reuse_layers`.
-Every pretraining epoch is one compiled program; each epoch's loss goes to `pretraining.jsonl` in the run dir.
+Every pretraining epoch is one compiled program in the run's loop (runner/loop.py; a greedy layer is one run of it);
+each epoch's loss goes to `pretraining.jsonl` in the run dir.
 Pretraining runs on one device and, on `trainer.resume=true`, runs again (deterministic), before the checkpoint's
 weights replace the grafted ones.
 """

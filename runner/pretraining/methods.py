@@ -26,7 +26,9 @@ from runner.outputs import append_jsonl, rewrite_jsonl
 from runner.handlers import EpochEnd
 from runner.loop import Loop
 from runner.stages import Stage
-from runner.train import create_train_state
+from runner.techniques.regularizers import Regularizer
+from runner.techniques.schedules import Schedule
+from runner.train import Parts, TrainState, Update, create_train_state
 from runner.transfer import Source, SourceLayer
 
 LOG_FILE = "pretraining.jsonl"
@@ -173,7 +175,6 @@ def autoencoder(context: Context, epochs: int = 10, learning_rate: float = 1e-3)
     model, params, batch_stats, splits, layers = _greedy_start(context)
     body = _with_top_cut(model)
     x = splits.all_train_inputs
-    batch_size = _batch_size(context.cfg, len(x), context.method)
     optimizer = optax.adam(learning_rate)
     for k, name in enumerate(layers):
         block = block_of(name)
@@ -183,29 +184,35 @@ def autoencoder(context: Context, epochs: int = 10, learning_rate: float = 1e-3)
                    "bias": jnp.zeros(features, jnp.float32)}
         trainable = {name: params[name], **({block: params[block]} if block in params else {}), "decoder": decoder}
         stats = {block: batch_stats[block]} if block in batch_stats else {}
-
-        def loss_fn(trainable, stats, batch, step_key, k=k):
-            encoder = {n: p for n, p in trainable.items() if n != "decoder"}
-            code, updates = body.apply({"params": encoder, "batch_stats": stats}, batch, train=True, dropout=False,
-                                       start=k, stop=k + 1, mutable=["batch_stats"], rngs={"dropout": step_key})
-            flat = batch.reshape(batch.shape[0], -1)
-            reconstruction = code @ trainable["decoder"]["kernel"] + trainable["decoder"]["bias"]
-            return jnp.mean((reconstruction - flat) ** 2), updates.get("batch_stats", {})
-
-        def step(carry, batch, step_key, loss_fn=loss_fn):
-            trainable, stats, opt_state = carry
-            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, stats, batch, step_key)
-            updates, opt_state = optimizer.update(grads, opt_state, trainable)
-            return (optax.apply_updates(trainable, updates), stats, opt_state), loss
-
-        carry = _train_layer(context, name, step, (trainable, stats, optimizer.init(trainable)), x, batch_size,
-                             epochs, key, "reconstruction loss")
-        trainable, stats, _ = carry
-        params = {**params, **{n: p for n, p in trainable.items() if n != "decoder"}}
-        batch_stats = {**batch_stats, **stats}
-        variables = {"params": {n: params[n] for n in (name, block) if n in params}, "batch_stats": stats}
+        state = TrainState.create(apply_fn=None, params=trainable, tx=optimizer, batch_stats=stats)
+        state = train_layer(context, name, autoencoder_update(body, k), state, learning_rate, x, key, epochs,
+                            "reconstruction loss")
+        params = {**params, **{n: p for n, p in state.params.items() if n != "decoder"}}
+        batch_stats = {**batch_stats, **state.batch_stats}
+        variables = {"params": {n: params[n] for n in (name, block) if n in params}, "batch_stats": state.batch_stats}
         x = _batched(lambda v, xb, k=k: body.apply(v, xb, train=False, start=k, stop=k + 1), variables, x)
     return _source(context, params, batch_stats, splits.scaling, layers)
+
+
+def autoencoder_update(body: Any, k: int) -> Update:
+    """One step of layer k's autoencoder: the state's params are the layer, its block and the decoder, its
+    batch_stats the block's; one step of its optimizer (Adam) on the mean squared reconstruction error."""
+    def loss_fn(trainable, stats, batch, step_key):
+        encoder = {n: p for n, p in trainable.items() if n != "decoder"}
+        code, updates = body.apply({"params": encoder, "batch_stats": stats}, batch, train=True, dropout=False,
+                                   start=k, stop=k + 1, mutable=["batch_stats"], rngs={"dropout": step_key})
+        flat = batch.reshape(batch.shape[0], -1)
+        reconstruction = code @ trainable["decoder"]["kernel"] + trainable["decoder"]["bias"]
+        return jnp.mean((reconstruction - flat) ** 2), updates.get("batch_stats", {})
+
+    def apply(state: TrainState, x: jax.Array, y: None, key: jax.Array):
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, x, key)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, batch_stats=stats)
+        return state, {"loss": loss}, None
+
+    return Update(apply)
 
 
 class RBM(NamedTuple):
@@ -265,7 +272,6 @@ def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int =
                         f"{type(layer).__name__} layer")
     model, params, batch_stats, splits, layers = _greedy_start(context)
     x = splits.all_train_inputs
-    batch_size = _batch_size(cfg, len(x), context.method)
     lo, scale = _min_max(x)
     channel = np.arange(int(np.prod(x.shape[1:]))) % x.shape[-1]  # each flattened input's channel
     v = (x.reshape(len(x), -1) - lo[channel]) / scale[channel]
@@ -274,19 +280,27 @@ def rbm(context: Context, epochs: int = 10, learning_rate: float = 0.1, k: int =
         mean = np.clip(v.mean(axis=0), 1e-3, 1 - 1e-3)
         machine = RBM(params[name]["kernel"], jnp.asarray(np.log(mean / (1 - mean)), jnp.float32),
                       params[name]["bias"])
-        hidden = machine.hidden_bias.shape[0]
-
-        def step(machine, batch, step_key, hidden=hidden):
-            uniforms = jax.random.uniform(step_key, (k, batch.shape[0], hidden))
-            return cd_update(machine, batch, uniforms, learning_rate)
-
-        machine = _train_layer(context, name, step, machine, v, batch_size, epochs, key, "reconstruction error")
+        # CD-k is its own update, not a gradient step: the state's optimizer (the identity) is never applied.
+        state = TrainState.create(apply_fn=None, params=machine, tx=optax.identity(), batch_stats={})
+        machine = train_layer(context, name, rbm_update(k, learning_rate), state, learning_rate, v, key, epochs,
+                              "reconstruction error").params
         v = np.asarray(_batched(lambda m, vb: jax.nn.sigmoid(vb @ m.weights + m.hidden_bias), machine, v))
         kernel, bias = np.asarray(machine.weights), np.asarray(machine.hidden_bias)
         if index == 0:
             kernel, bias = fold_input_map(kernel, bias, lo[channel], scale[channel])
         params = {**params, name: {"kernel": kernel, "bias": bias}}
     return _source(context, params, batch_stats, splits.scaling, layers)
+
+
+def rbm_update(k: int, learning_rate: float) -> Update:
+    """One CD-k update (`cd_update`) of the state's params, an `RBM`, on a batch of visible units: the Gibbs
+    steps' uniforms are drawn from the batch's key, uniform(key, (k, batch, hidden))."""
+    def apply(state: TrainState, x: jax.Array, y: None, key: jax.Array):
+        uniforms = jax.random.uniform(key, (k, x.shape[0], state.params.hidden_bias.shape[0]))
+        machine, error = cd_update(state.params, x, uniforms, learning_rate)
+        return state.replace(step=state.step + 1, params=machine), {"loss": error}, None
+
+    return Update(apply)
 
 
 def fold_input_map(kernel: np.ndarray, bias: np.ndarray, lo: np.ndarray,
@@ -329,34 +343,25 @@ def _with_top_cut(model: Any) -> Any:
     return model.clone(widths=tuple(model.dense_widths) + (1,))
 
 
-def _train_layer(context: Context, name: str, step: Callable, carry: Any, x: np.ndarray, batch_size: int,
-                 epochs: int, key: jax.Array, what: str) -> Any:
-    """`carry` after `epochs` epochs of `step(carry, batch, key) -> (carry, loss)` over shuffled batches of `x`."""
-    train_epoch = jax.jit(_epoch_program(step, batch_size))
-    x = jax.device_put(x)
-    log = _Log(context, name)
-    for epoch in range(1, epochs + 1):
-        carry, loss = train_epoch(carry, x, jax.random.fold_in(key, epoch))
-        log.epoch(epoch, float(loss))
+def train_layer(context: Context, name: str, update: Update, state: TrainState, learning_rate: float,
+                x: np.ndarray, key: jax.Array, epochs: int, what: str) -> TrainState:
+    """`state` after `epochs` epochs of `update` over shuffled batches of `x`, in the run's loop (`Loop`).
+
+    A greedy layer's training is a `TrainState` whose params are what the layer learns (an autoencoder's layer,
+    block and decoder; an `RBM`): the loop reads a state's step, params and optimizer state, whatever the update.
+    One stage, no labels; epoch e's batch order is permutation(fold_in(key, e)), the run's. The handler `_Log`
+    writes each epoch's pretraining.jsonl line.
+    """
+    batch_size = _batch_size(context.cfg, len(x), context.method)
+    # The loop reads a Parts' optimizer and schedule (the record's lr); the model and the loss are the update's.
+    parts = Parts(None, state.tx, Regularizer(), Schedule(optax.constant_schedule(learning_rate)))
+    log = _Log(context, name, classifies=False)
+    outcome = Loop(parts, [Stage(name, epochs)], batch_size, 0, jax.device_put(x), None, key, [log], None,
+                   update=update, step_losses=True).run(state, 0, 1)
+    if outcome.status == "diverged":
+        log.nonfinite(outcome.epoch + 1)
     log.done(epochs, what)
-    return carry
-
-
-def _epoch_program(step: Callable, batch_size: int) -> Callable:
-    """`epoch(carry, x, key) -> (carry, mean loss)`: `step` over the shuffled batches of `x`, one `lax.scan`.
-
-    The last partial batch is dropped, as in the run's epoch."""
-    def epoch(carry, x, key):
-        steps = x.shape[0] // batch_size
-        order = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
-
-        def body(carry, i):
-            return step(carry, x[order[i]], jax.random.fold_in(key, i))
-
-        carry, losses = jax.lax.scan(body, carry, jnp.arange(steps))
-        return carry, losses.mean()
-
-    return epoch
+    return outcome.state
 
 
 def _batched(fn: Callable, variables: Any, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -387,11 +392,17 @@ def _source(context: Context, params: dict, batch_stats: dict, scaling: Any,
     return Source(Path(f"pretraining={context.method}"), source_layers, scaling)
 
 
+# A greedy layer's epoch loss: the mean of its step losses as XLA reduces an array, as pretraining.jsonl has always
+# had it; the loop's running sum (the record's train_loss) differs from that in the last bit or two.
+_mean = jax.jit(jnp.mean)
+
+
 class _Log:
     """Each pretraining epoch's loss: a line of pretraining.jsonl, and one console line per layer or body."""
 
-    def __init__(self, context: Context, layer: str):
+    def __init__(self, context: Context, layer: str, classifies: bool = True):
         self.context, self.layer, self.losses, self.start = context, layer, [], time.perf_counter()
+        self.classifies = classifies  # the whole net's epochs also have an accuracy; a greedy layer's do not
 
     def epoch(self, epoch: int, loss: float, **extra: float) -> None:
         if not math.isfinite(loss):
@@ -401,8 +412,11 @@ class _Log:
                              **extra})
 
     def on_epoch_end(self, end: EpochEnd) -> None:
-        """The whole net's epoch, ended in the run's loop (supervised, auxiliary)."""
-        self.epoch(end.epoch, end.record["train_loss"], accuracy=end.record["train_accuracy"])
+        """An epoch ended in the run's loop: the whole net's (supervised, auxiliary) or a greedy layer's."""
+        if self.classifies:
+            self.epoch(end.epoch, end.record["train_loss"], accuracy=end.record["train_accuracy"])
+        else:
+            self.epoch(end.epoch, float(_mean(end.raw["step_losses"])))
 
     def nonfinite(self, epoch: int) -> None:
         raise UserError(f"pretraining={self.context.method}: the loss of {self.layer} went non-finite in epoch "
