@@ -1,11 +1,11 @@
 """`python -m runner [overrides]`: the Hydra entry point.
 
 Before Hydra creates anything, every job's config (each combination of a `-m` sweep) is composed and
-checked without importing jax, and the output dir is claimed (runner/rundir.py); a user error prints one
+checked without importing jax, and the output dir is claimed (runner/rundir/claim.py); a user error prints one
 line on stderr and exits with code 2. Inside Hydra, a job that fails ends as status `failed` with its reason
 in summary.json and the sweep goes on; a single run that fails on the user's mistake takes back what it
 wrote and exits 2. A sweep job first looks at what its dir holds from an earlier launch of the same sweep
-(runner/relaunch.py): a job that ended for good is skipped, an interrupted one continues, a failed one
+(runner/rundir/relaunch.py): a job that ended for good is skipped, an interrupted one continues, a failed one
 runs again.
 """
 
@@ -23,20 +23,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner import relaunch
-from runner.config import CONF_DIR, capped, register_schemas
-from runner.relations import validate
+from runner.cli.preflight import Invocation, preflight
+from runner.cli.relations import validate
+from runner.config.compose import CONF_DIR, capped, register_schemas
+from runner.config.safety import check_interpolations, check_override
 from runner.console import Console, error
-from runner.distributed import process_index_from_env
 from runner.errors import UserError, first_line
-from runner.loggers import check_logger_packages
-from runner.interrupts import Interrupted
-from runner.outputs import write_json
-from runner.records import read_summary
-from runner.preflight import Invocation, preflight
-from runner.process import exit_promptly, prepare_training_process
-from runner.rundir import RunDirClaim, clear_run_outputs, register_job_dir_resolver, track, written_names
-from runner.safety import check_interpolations, check_override
+from runner.rundir.claim import RunDirClaim, clear_run_outputs, register_job_dir_resolver, track, written_names
+from runner.rundir import relaunch
+from runner.rundir.outputs import write_json
+from runner.rundir.records import read_summary
+from runner.scale.distributed import process_index_from_env
+from runner.training.interrupts import Interrupted
+from runner.training.loggers import check_logger_packages
+from runner.training.process import exit_promptly, prepare_training_process
 
 register_schemas()
 register_job_dir_resolver()  # hydra.sweep.subdir: a job's dir is named by its overrides
@@ -60,7 +60,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, console: Console) -> float | None:
-    """One job of a sweep, after what its dir holds from an earlier launch (runner/relaunch.py): skip a job
+    """One job of a sweep, after what its dir holds from an earlier launch (runner/rundir/relaunch.py): skip a job
     that ended for good, continue one from its checkpoint, run any other afresh."""
     plan = relaunch.plan(run_dir, cfg.trainer.epochs)
     if plan.line:
@@ -79,12 +79,12 @@ def train_job(cfg: DictConfig, run_dir: Path, console: Console, multirun: bool) 
     failed on the user's mistake, takes back what it wrote and exits 2."""
     try:
         check_job(cfg)  # again inside the job: a sweeper may sample values the pre-run check never saw
-        cfg = capped(cfg)  # RUNNER_MAX_EPOCHS, a test aid (runner/config.py)
+        cfg = capped(cfg)  # RUNNER_MAX_EPOCHS, a test aid (runner/config/compose.py)
         prepare_training_process()  # jax and tfds load only once the config is known good
         if cfg.trainer.replicas > 1:  # K seeds as one vmapped program, each member its own run dir
-            from runner.replicas import train_replicas as train
+            from runner.cli.replicas import train_replicas as train
         else:
-            from runner.run import train_and_evaluate as train
+            from runner.cli.run import train_and_evaluate as train
         summary = train(cfg, run_dir, console)
     except relaunch.NothingToTrain as e:  # resumed from the checkpoint of a run that had ended
         console.info(str(e))
@@ -130,7 +130,7 @@ def check_job(cfg: DictConfig) -> None:
 
 
 def _take_back() -> None:
-    """A single run that failed on the user's mistake: remove what this invocation created (runner/rundir.py)."""
+    """A single run that failed on the user's mistake: remove what this invocation created (runner/rundir/claim.py)."""
     if _invocation.claim is None:
         return
     hydra = HydraConfig.get()
@@ -197,7 +197,7 @@ def failed_jobs(sweep_dir: Path) -> list[Path]:
 
 
 def cli() -> None:
-    """`python -m runner` and the `runner` command: the run, then a prompt exit (runner/process.py)."""
+    """`python -m runner` and the `runner` command: the run, then a prompt exit (runner/training/process.py)."""
     try:
         run_command_line()
     except SystemExit as e:

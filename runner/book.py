@@ -8,7 +8,7 @@ Each experiment is a preset, `conf/experiment/book/NAME.yaml`, that is one cell 
 run keeps about one core busy), the longest first, skipping those whose summaries say completed, so a second run
 after Ctrl-C goes on where the first stopped. Then it writes `docs/book.md`: one row per number the notebook
 prints, the book's value against ours (mean ± 95% t-interval over the seeds, the difference, whether the book's
-value lies within our seeds' range and within our 95% prediction interval for one run, runner/stats.py), the
+value lies within our seeds' range and within our 95% prediction interval for one run, runner/report/stats.py), the
 chapter's orderings as paired differences (same seed), and the measured causes of the rows that miss by more than
 1.5 points. README's section between the book markers gets the same table.
 
@@ -35,8 +35,8 @@ import numpy as np
 
 from runner.console import error
 from runner.errors import ArgumentParser, UserError
-from runner.outputs import write_atomic
-from runner.stats import mean_interval, paired_difference, prediction_interval
+from runner.report.stats import mean_interval, paired_difference, prediction_interval
+from runner.rundir.outputs import write_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.5  # points: a row's mean within this of the book's printed value
@@ -347,7 +347,7 @@ def predict_dropout(data: Path, out: Path, members: Sequence[Path], log: Path) -
             np.savez(inputs / f"test{suffix}.npz", x=scale(sets.x_test), y=sets.y_test)
     cpu = 0.0
     for member in members:
-        # A replica member has no input_scaling.json (runner/replicas.py writes none), and runner.predict then feeds
+        # A replica member has no input_scaling.json (runner/cli/replicas.py writes none), and runner.predict then feeds
         # the inputs as they are: give it the preset's scaling (dataset.scaling=unit) already applied.
         suffix = "" if (member / "input_scaling.json").exists() else "_unit"
         first, train, test = (inputs / f"{n}{suffix}.npz" for n in names)
@@ -411,7 +411,7 @@ def table(out: Path, seeds: Sequence[int]) -> tuple[str, dict[str, str]]:
     """The rows' markdown table, and the rows that miss the target, each with what explains its gap ("" if nothing).
 
     The book's number is one run, so beside the mean's interval each row has our one-run 95% prediction interval
-    (runner/stats.py): a gap with the book's value inside it, smaller than its half-width, is explained by seed
+    (runner/report/stats.py): a gap with the book's value inside it, smaller than its half-width, is explained by seed
     variance. A gap is explained by a measured cause where a second run with the suspected setting changed lands
     within TARGET of the book (`causes`)."""
     lines = ["| cell | what | book | ours (mean ± 95% CI) | ours − book | seeds' range | book in range | "
@@ -537,7 +537,7 @@ def write_docs(out: Path, seeds: Sequence[int], doc: Path, readme: Path | None, 
         "validation accuracy at the last epoch unless the row says test or training set). "
         f"Target: the mean within {TARGET} points of the book, or the gap explained. The book's number is one run: "
         "`one run (95% PI)` is where one more run of ours would land with 95% probability, mean ± t(0.975, n−1) · sd "
-        "· √(1 + 1/n) over the seeds (runner/stats.py, `prediction_interval`); a gap whose book value lies inside it "
+        "· √(1 + 1/n) over the seeds (runner/report/stats.py, `prediction_interval`); a gap whose book value lies inside it "
         "is explained by seed variance. A gap is explained by a measured cause where the preset rerun with the "
         "suspected setting changed lands within the target (the causes table below).",
         rows,

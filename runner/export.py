@@ -2,7 +2,7 @@
 
 Writes into the run dir:
 
-    model.folded.safetensors   the weights with batch norm folded into the layer before it (runner/weights.py's
+    model.folded.safetensors   the weights with batch norm folded into the layer before it (runner/net/weights.py's
                                names, without the folded `block_<i>.norm.*`), in --dtype if given
     model.jax_export           a serialized `jax.export` program: raw float32 inputs (batch, *example shape), the
                                run's input scaling applied inside, to float32 logits (batch, classes); the batch
@@ -37,9 +37,9 @@ import numpy as np
 
 from runner.console import Console, command
 from runner.errors import ArgumentParser, UserError
-from runner.layers import block_of
-from runner.outputs import write_atomic
-from runner.trained import TrainedRun, build_net, read_run
+from runner.net.layers import block_of
+from runner.reuse.trained import TrainedRun, build_net, read_run
+from runner.rundir.outputs import write_atomic
 
 FOLDED_FILE = "model.folded.safetensors"
 PROGRAM_FILE = "model.jax_export"
@@ -116,11 +116,11 @@ def export_program(program: Callable, input_shape: Sequence[int]) -> bytes:
 
 
 def safetensors_bytes(variables: dict, dtype: str, metadata: dict[str, str]) -> bytes:
-    """runner/weights.py's names and layout; through safetensors' flax writer, which knows bfloat16."""
+    """runner/net/weights.py's names and layout; through safetensors' flax writer, which knows bfloat16."""
     import jax.numpy as jnp
     from safetensors.flax import save
 
-    from runner import weights
+    from runner.net import weights
 
     flat = weights.flat_weights(variables["params"], variables.get("batch_stats"))
     return save({k: jnp.asarray(v, dtype) if np.issubdtype(v.dtype, np.floating) else jnp.asarray(v)

@@ -1,6 +1,6 @@
 """`python -m runner.predict RUN_DIR INPUT.npz`: a finished run's net on new inputs, written as predictions.npz.
 
-The net is the run's own (runner/trained.py: its config, input scaling and model.safetensors, the weights its test
+The net is the run's own (runner/reuse/trained.py: its config, input scaling and model.safetensors, the weights its test
 metrics are of, the best epoch's when early stopping restored them). INPUT.npz holds `x` (or, a dataset file in the
 Keras convention, `x_test`): N examples of the shape the run trained on, raw as its dataset gives them (the run's
 input scaling is applied here); a channel axis of 1 may be left out. The output, beside INPUT or at --out FILE:
@@ -28,8 +28,8 @@ import numpy as np
 from runner.console import Console, command
 from runner.data.npz import read_members
 from runner.errors import ArgumentParser, UserError
-from runner.outputs import write_atomic
-from runner.trained import TrainedRun, build_net, read_run
+from runner.reuse.trained import TrainedRun, build_net, read_run
+from runner.rundir.outputs import write_atomic
 
 INPUT_KEYS = ("x", "x_test")  # the first the file has is predicted
 LABEL_KEYS = {"x": "y", "x_test": "y_test"}
@@ -94,7 +94,7 @@ def make_predict(model, mc_samples: int) -> Callable:
     import jax
     import jax.numpy as jnp
 
-    from runner.train import predictive_passes
+    from runner.training.train import predictive_passes
 
     def predict(variables, x, key):
         if mc_samples == 0:
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _has_dropout(run: TrainedRun) -> bool:
     """Whether any regularizer of the run puts dropout into the net (its hidden or input dropout)."""
-    from runner.build import build_regularizer
+    from runner.training.build import build_regularizer
 
     regularizer = build_regularizer(run.cfg)
     return regularizer.hidden_dropout is not None or regularizer.input_dropout is not None

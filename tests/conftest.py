@@ -15,7 +15,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_d
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict
 
-from runner.config import compose_config, register_schemas  # noqa: F401 (tests import compose_config from here)
+from runner.config.compose import compose_config, register_schemas  # noqa: F401 (tests import compose_config from here)
 
 register_schemas()
 # The tests' programs are small: XLA's compile time dominates them, and its backend optimisations cost a quarter of
@@ -187,4 +187,4 @@ def compose_shared(*overrides: str, config_name: str = "config", hydra: bool = F
 @pytest.fixture
 def shared_compositions(monkeypatch):
     """preflight composing with compose_shared: a table's cases run the whole check, one composition each less."""
-    monkeypatch.setattr("runner.preflight.compose_config", compose_shared)
+    monkeypatch.setattr("runner.cli.preflight.compose_config", compose_shared)

@@ -1,4 +1,4 @@
-"""One truth for the applied learning rate (runner/optim.py: rate_inputs, applied_rate): metrics.jsonl's `lr` of
+"""One truth for the applied learning rate (runner/training/optim.py: rate_inputs, applied_rate): metrics.jsonl's `lr` of
 each epoch is lr_trace.jsonl's first entry of that epoch, for every optimizer and every schedule, across a stage
 change (stages=freeze_lower: a fresh optimizer state continues the schedule's count, FTRL's own count too)."""
 
@@ -13,14 +13,14 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_parts, build_stages
-from runner.config import CONF_DIR
+from runner.config.compose import CONF_DIR
 from runner.console import Console
-from runner.handlers import LearningRateTrace, Plateau, Validation
-from runner.loggers import build_loggers, close_loggers
-from runner.loop import Loop
-from runner.stages import stage_optimizer
-from runner.train import TrainState
+from runner.training.build import build_parts, build_stages
+from runner.training.handlers import LearningRateTrace, Plateau, Validation
+from runner.training.loggers import build_loggers, close_loggers
+from runner.training.loop import Loop
+from runner.training.stages import stage_optimizer
+from runner.training.train import TrainState
 from tests.conftest import compose_config, read_metrics
 
 SHORT = ("model.depth=2", "model.width=16", "trainer.epochs=3", "trainer.batch_size=256", "stages=freeze_lower",
@@ -50,15 +50,15 @@ def assert_metrics_lr_is_the_traces_first_rate(run_dir, schedule: str) -> None:
 # A whole run (~5 s, most of it compiling each stage's epoch): the run assembles the loop and its handlers as the
 # table below does.
 def test_a_runs_metrics_lr_is_the_traces_first_rate_of_each_epoch_across_a_stage_change(tmp_path, tfds_dir):
-    from runner.run import train_and_evaluate
+    from runner.cli.run import train_and_evaluate
 
     train_and_evaluate(config("ftrl", "exponential"), tmp_path, Console(live=False))
     assert_metrics_lr_is_the_traces_first_rate(tmp_path, "exponential")
 
 
 class OptimizerSteps:
-    """runner.loop.StageProgram without the model: one compiled loop over a chunk's steps, each applying the stage's
-    optimizer chain (state.tx) to unit gradients as the train step applies it (runner/train.py: value=loss) and
+    """runner.training.loop.StageProgram without the model: one compiled loop over a chunk's steps, each applying the stage's
+    optimizer chain (state.tx) to unit gradients as the train step applies it (runner/training/train.py: value=loss) and
     counting the step. The applied rate depends on the optimizer's state alone (its counts, the plateau's scale),
     which moves as in training; the model would add ~2 s of compiling per stage for every optimizer and schedule."""
 
@@ -85,10 +85,10 @@ class OptimizerSteps:
 @pytest.mark.parametrize("optimizer, schedule", CASES)
 def test_metrics_lr_is_the_traces_first_rate_of_each_epoch_for_every_optimizer_and_schedule(optimizer, schedule,
                                                                                           tmp_path, monkeypatch):
-    # The run's loop (runner/loop.py: stages, metrics' lr, the handlers) with the handlers a run gives it, in its
-    # order (runner/run.py: the trace before Plateau; metrics.jsonl written by the jsonl logger), on the run's
+    # The run's loop (runner/training/loop.py: stages, metrics' lr, the handlers) with the handlers a run gives it, in its
+    # order (runner/cli/run.py: the trace before Plateau; metrics.jsonl written by the jsonl logger), on the run's
     # optimizer chain, stages and schedule; each epoch's steps those of OptimizerSteps.
-    monkeypatch.setattr("runner.loop.StageProgram", OptimizerSteps)
+    monkeypatch.setattr("runner.training.loop.StageProgram", OptimizerSteps)
     cfg = config(optimizer, schedule)
     steps, batch_size = 5, cfg.trainer.batch_size  # as digits' 1,293 training examples give
     parts = build_parts(cfg, num_classes=10, steps_per_epoch=steps)

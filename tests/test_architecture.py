@@ -164,12 +164,52 @@ def test_no_choice_is_made_by_comparing_a_target_string():
 
 
 def test_the_train_step_and_the_loop_import_no_config_machinery():
-    """runner/train.py and runner/loop.py work on built objects: importing them imports no Hydra (the config is
-    turned into objects in runner/build.py, once)."""
+    """runner/training/train.py and runner/training/loop.py work on built objects: importing them imports no Hydra (the config is
+    turned into objects in runner/training/build.py, once)."""
     import subprocess
     import sys
 
-    code = "import sys, runner.train, runner.loop; print(sorted({'hydra'} & set(sys.modules)))"
+    code = "import sys, runner.training.train, runner.training.loop; print(sorted({'hydra'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# runner/'s parts, lowest first: a module imports only from its own part or one below it, so a part reads (and
+# tests) with only what is beneath it. The commands (`python -m runner.X`) sit on top and may import any part; no
+# part imports a command. A new module goes into the part of its concern; a new part takes its place in this list.
+LAYERS = ("errors", "console", "config", "techniques", "data", "rundir", "report", "net", "scale", "training",
+          "reuse", "cli")
+COMMANDS = ("__main__", "lr_find", "predict", "export", "models", "book", "bench")
+
+
+def part_of(module: str) -> str:
+    """runner.training.loop -> training; runner.errors -> errors."""
+    return module.split(".")[1] if "." in module else module
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import, in `graph` (module -> modules it imports), of a command or of a part above the importer's."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        part = part_of(module)
+        if part not in LAYERS:
+            continue
+        for other in sorted(imported):
+            above = part_of(other)
+            if above in COMMANDS or (above in LAYERS and LAYERS.index(above) > LAYERS.index(part)):
+                found.append(f"{module} imports {other}")
+    return found
+
+
+def test_the_layer_check_finds_an_import_from_above_and_only_that():
+    graph = {"runner.net.model": {"runner.errors", "runner.net.layers"}, "runner.rundir.records": {"runner.net.model"},
+             "runner.training.loop": {"runner.lr_find"}, "runner.lr_find": {"runner.cli.run"}}
+    assert upward_imports(graph) == ["runner.rundir.records imports runner.net.model",
+                                     "runner.training.loop imports runner.lr_find"]
+
+
+def test_each_part_of_runner_imports_only_from_itself_and_the_parts_below():
+    known = modules()
+    assert {part_of(m) for m in known} - {"runner"} == set(LAYERS) | set(COMMANDS), "a part without a place"
+    assert upward_imports({name: imports(path, known) for name, path in known.items()}) == []

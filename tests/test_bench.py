@@ -9,8 +9,8 @@ import pytest
 from runner.bench.__main__ import CASES, MLP20X100, SMOKE
 from runner.bench.harness import IMAGE_SHAPE, synthetic_data
 from runner.bench.reference import NUM_CLASSES, init_limit, limit_forward, limit_spec, make_limit_epoch, run_once
-from runner.build import build_parts
-from runner.config import compose_config
+from runner.config.compose import compose_config
+from runner.training.build import build_parts
 
 
 @pytest.mark.xdist_group("bench_smoke")  # the session's one smoke run (tests/conftest.py)

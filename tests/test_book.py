@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner import book
-from runner.config import CONF_DIR, compose_config
-from runner.relations import validate
+from runner.cli.relations import validate
+from runner.config.compose import CONF_DIR, compose_config
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment" / "book").glob("*.yaml"))
 DATA_DIRS = [os.environ.get("FASHION_MNIST_DIR"), "/usr/share/datasets/fashion-mnist"]
@@ -121,7 +121,7 @@ def test_an_experiment_whose_members_completed_is_skipped_and_an_unfinished_one_
 @pytest.mark.parametrize("experiment", [e for e in book.EXPERIMENTS + book.CAUSES if e.replicas],
                          ids=lambda e: book.run_dir(Path("out"), e).name)
 def test_every_replicas_command_the_driver_types_is_one_the_runner_takes(experiment, tmp_path):
-    from runner.replicas import check_replicas
+    from runner.cli.replicas import check_replicas
 
     args = book.command(experiment, Path("/data/fashion-mnist"), tmp_path / "run", [0, 1, 2], False, tmp_path)
     assert args[1:4] == ["-m", "runner", f"+experiment=book/{experiment.name}"] and "trainer.replicas=3" in args

@@ -1,9 +1,9 @@
 """The chapter's orderings (Géron, Hands-On ML, ch. 11), reproduced over seeds on the embedded datasets.
 
 Each claim is one multirun over seeds 0, 1, 2, read back from its summaries: `trainer.replicas=3` where the config
-allows it (the three seeds in one compiled program; member i is the run of seed i, runner/replicas.py), else
+allows it (the three seeds in one compiled program; member i is the run of seed i, runner/cli/replicas.py), else
 `trainer.seed=0,1,2`. An ordering
-"A beats B" holds when the paired difference A − B over the seeds (runner.stats.paired_difference: the same seed
+"A beats B" holds when the paired difference A − B over the seeds (runner.report.stats.paired_difference: the same seed
 gives both configs the same data split and batch order) has a 95% Student-t interval whose low end is above a
 margin (0 unless said). With 3 seeds t is 4.30, so the interval excludes the margin only when every seed agrees and
 the spread is small against the gap: a noisy or reversed ordering fails. test_the_criterion_* pins that down on
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.stats import COUNTED_STATUSES, paired_difference, override_key, override_value, seed_of
+from runner.report.stats import COUNTED_STATUSES, paired_difference, override_key, override_value, seed_of
 from tests.conftest import Runner, read_summary
 
 SEEDS = ("trainer.seed=0,1,2",)

@@ -8,11 +8,11 @@ import math
 import pytest
 import yaml
 
-from runner.checks import SPEC_KEY, describe, parse_spec
-from runner.config import CONF_DIR
+from runner.cli.preflight import preflight
+from runner.cli.relations import validate
+from runner.config.checks import SPEC_KEY, describe, parse_spec
+from runner.config.compose import CONF_DIR
 from runner.errors import UserError
-from runner.preflight import preflight
-from runner.relations import validate
 from tests.conftest import compose_shared
 
 
@@ -157,7 +157,7 @@ def _schema_declared() -> list[tuple[str, str]]:
     """(override, spec): every field of the schemas that declares a range, with each of its bad values."""
     import dataclasses
 
-    from runner.config import DatasetConfig, EarlyStoppingConfig, TrainerConfig
+    from runner.config.compose import DatasetConfig, EarlyStoppingConfig, TrainerConfig
 
     return [(f"{prefix}.{field.name}={value}", field.metadata["valid"])
             for prefix, schema in (("dataset", DatasetConfig), ("trainer", TrainerConfig),

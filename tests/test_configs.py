@@ -14,14 +14,14 @@ import optax
 import pytest
 import yaml
 
-from runner.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
-from runner.checks import SPEC_KEY, parse_spec
-from runner.config import CONF_DIR
-from runner.relations import validate
+from runner.cli.relations import validate
+from runner.config.checks import SPEC_KEY, parse_spec
+from runner.config.compose import CONF_DIR
 from runner.errors import UserError
-from runner.optim import build_optimizer
 from runner.techniques.regularizers import Regularizer
 from runner.techniques.schedules import Schedule
+from runner.training.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
+from runner.training.optim import build_optimizer
 from tests.conftest import compose_config
 
 STEPS_PER_EPOCH = 10

@@ -1,4 +1,4 @@
-"""runner.conv computes exactly lax.conv_general_dilated and its gradients; only the program differs."""
+"""runner.net.conv computes exactly lax.conv_general_dilated and its gradients; only the program differs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from runner.conv import _dimension_numbers, conv_general_dilated
+from runner.net.conv import _dimension_numbers, conv_general_dilated
 
 
 @pytest.mark.parametrize("x_shape,w_shape,padding", [

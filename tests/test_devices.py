@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.distributed import DataParallel, launched_processes, process_index_from_env, shared_run_dir
 from runner.errors import UserError
+from runner.scale.distributed import DataParallel, launched_processes, process_index_from_env, shared_run_dir
 from tests.conftest import ROOT, read_metrics, read_summary
 
 FORCED = "--xla_force_host_platform_device_count=4"
@@ -40,10 +40,10 @@ def train_on_forced_devices(out: str) -> None:
     to `out` (run dirs and results.json)."""
     import jax
 
-    from runner.config import compose_config
+    from runner.cli.run import train_and_evaluate
+    from runner.config.compose import compose_config
     from runner.console import Console
-    from runner.distributed import DataParallel
-    from runner.run import train_and_evaluate
+    from runner.scale.distributed import DataParallel
 
     out_dir, results = Path(out), {"device_count": jax.device_count()}
     for devices in (1, 4):
@@ -131,10 +131,10 @@ def test_dropout_masks_split_over_devices_are_the_bits_drawn_on_one(forced):
 
 def train_as_one_of_several_processes(run_dir: str, *overrides: str) -> None:
     """In each process of a multi-process run: the short run on this process's one CPU device, into `run_dir`."""
-    from runner.config import compose_config
+    from runner.cli.run import train_and_evaluate
+    from runner.config.compose import compose_config
     from runner.console import Console
-    from runner.interrupts import Interrupted
-    from runner.run import train_and_evaluate
+    from runner.training.interrupts import Interrupted
 
     try:
         train_and_evaluate(compose_config(*SHORT, *overrides), Path(run_dir), Console(live=False))
@@ -205,9 +205,9 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step_with_one_c
 def train_then_resume_on_forced_devices(out: str) -> None:
     """In the 4-device subprocess: epoch 1 of the short run on 4 devices, then resumed to its end (epoch 2), in
     `out`/resumed (`out`/refused.txt if the resume was refused)."""
-    from runner.config import compose_config
+    from runner.cli.run import train_and_evaluate
+    from runner.config.compose import compose_config
     from runner.console import Console
-    from runner.run import train_and_evaluate
 
     run_dir = Path(out) / "resumed"
     train_and_evaluate(compose_config(*SHORT, "trainer.devices=4", "trainer.epochs=1"), run_dir, Console(live=False))

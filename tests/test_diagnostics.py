@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_parts
 from runner.data import load_splits
-from runner.diagnostics import (capacity, empty_buffer, fan_in, layer_names, lowest_nonfinite, make_layer_stats,
-                                record, summarize, to_records)
-from runner.train import create_train_state, make_train_epoch, make_train_step, make_train_step_with_trace
+from runner.training.build import build_parts
+from runner.training.diagnostics import (capacity, empty_buffer, fan_in, layer_names, lowest_nonfinite,
+                                         make_layer_stats, record, summarize, to_records)
+from runner.training.train import create_train_state, make_train_epoch, make_train_step, make_train_step_with_trace
 from tests.conftest import compose_config
 
 BATCH, N, KEY = 16, 96, jax.random.PRNGKey(3)  # 6 steps per epoch

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from runner.build import build_parts
-from runner.config import CONF_DIR
+from runner.config.compose import CONF_DIR
 from runner.export import FOLDED_FILE, MANIFEST_FILE, PROGRAM_FILE, fold_batch_norm, main
-from runner.trained import build_net, read_run
+from runner.reuse.trained import build_net, read_run
+from runner.training.build import build_parts
 from tests.conftest import trained_run, compose_config, snapshot
 
 NORMALIZATIONS = sorted(p.stem for p in (CONF_DIR / "normalization").glob("*.yaml"))  # every conf choice

@@ -11,9 +11,9 @@ import optax
 import pytest
 from optax.contrib import reduce_on_plateau
 
-from runner.handlers import (Checkpointer, EarlyStopping, EpochEnd, Interrupt, MetricsWriter, Plateau, Progress,
-                             Validation)
-from runner.optim import plateau_scaling, plateau_state
+from runner.training.handlers import (Checkpointer, EarlyStopping, EpochEnd, Interrupt, MetricsWriter, Plateau,
+                                      Progress, Validation)
+from runner.training.optim import plateau_scaling, plateau_state
 
 
 class FakeState(SimpleNamespace):
@@ -71,7 +71,7 @@ def test_interrupt_ends_the_run_only_once_a_signal_arrived():
 def test_plateau_steps_reduce_on_plateau_with_the_validation_loss_once_an_epoch():
     plateau = reduce_on_plateau(factor=0.5, patience=2)
     handler = Plateau(plateau)
-    # The chain's scaling copy has been accumulating training losses (runner/optim.py); the decision ignores them.
+    # The chain's scaling copy has been accumulating training losses (runner/training/optim.py); the decision ignores them.
     chain_state = plateau_scaling().init({"w": jnp.zeros(1)})._replace(count=jnp.asarray(7), avg_value=jnp.nan)
     state = FakeState(params={}, batch_stats={}, opt_state=(optax.EmptyState(), chain_state))
     scales = []

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from runner.build import build_model, build_regularizer, instantiate
-from runner.config import CONF_DIR
+from runner.config.compose import CONF_DIR
+from runner.training.build import build_model, build_regularizer, instantiate
 from tests.conftest import compose_config
 
 FAN_IN, FAN_OUT = 800, 1250  # a Dense kernel is (fan_in, fan_out)

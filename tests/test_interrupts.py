@@ -1,4 +1,4 @@
-"""runner/interrupts.py: the first signal is recorded for the loop to act on; a second one stops the process at
+"""runner/training/interrupts.py: the first signal is recorded for the loop to act on; a second one stops the process at
 once, even inside a compiled program that never returns (where no Python signal handler can run)."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from tests.conftest import ROOT
 
 CHILD = """
 import os, signal
-from runner.process import prepare_training_process
+from runner.training.process import prepare_training_process
 prepare_training_process()  # as a run: CPU programs run on the calling thread, which no signal interrupts
 import jax, jax.numpy as jnp
-from runner.interrupts import deferred_signals
+from runner.training.interrupts import deferred_signals
 
 # sin keeps x finite, so x == x holds and the loop runs for ever.
 forever = jax.jit(lambda x: jax.lax.while_loop(lambda x: x == x, jnp.sin, x)).lower(jnp.float32(1.0)).compile()
@@ -49,7 +49,7 @@ def test_a_second_signal_stops_a_compiled_program_that_never_returns(first, seco
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
 def test_the_handlers_before_the_run_come_back_after_it():
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    from runner.interrupts import deferred_signals
+    from runner.training.interrupts import deferred_signals
 
     with deferred_signals() as received:
         signal.raise_signal(signal.SIGINT)

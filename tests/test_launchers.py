@@ -1,4 +1,4 @@
-"""What the runner's launchers add (runner/launchers.py), without launching: the parallel launcher's thread budget
+"""What the runner's launchers add (runner/scale/launchers.py), without launching: the parallel launcher's thread budget
 and the environment its workers start with; the overrides a requeued submitit job resumes with."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from runner.errors import UserError
-from runner.launchers import RESUME, THREAD_VARS, ThreadCapped, environ, quoted, resumed_overrides, thread_budget
+from runner.scale.launchers import RESUME, THREAD_VARS, ThreadCapped, environ, quoted, resumed_overrides, thread_budget
 
 
 @pytest.mark.parametrize("n_jobs, threads_per_job, cores, jobs, expected", [

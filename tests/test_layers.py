@@ -1,4 +1,4 @@
-"""The layer-name scheme (runner/layers.py) is the one the net builds: every reader of a parameter tree by layer
+"""The layer-name scheme (runner/net/layers.py) is the one the net builds: every reader of a parameter tree by layer
 finds the net's layers, their order and their blocks through it."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import jax
 import pytest
 
-from runner.build import build_parts
-from runner.layers import HEAD, block_of, hidden_layers, index_of, kind_of, weight_layers
-from runner.train import create_train_state
+from runner.net.layers import HEAD, block_of, hidden_layers, index_of, kind_of, weight_layers
+from runner.training.build import build_parts
+from runner.training.train import create_train_state
 from tests.conftest import compose_config
 
 
@@ -36,10 +36,10 @@ def test_ordering_is_by_position_not_by_text():
 
 
 def test_the_built_net_keeps_the_model_contract():
-    """runner/model.py's Model: what the rest of the runner asks of a net, here of the one the config builds."""
+    """runner/net/model.py's Model: what the rest of the runner asks of a net, here of the one the config builds."""
     import jax.numpy as jnp
 
-    from runner.model import Model
+    from runner.net.model import Model
 
     cfg = compose_config("model.depth=2", "model.width=8")
     parts = build_parts(cfg, num_classes=3, steps_per_epoch=1)

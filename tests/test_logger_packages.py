@@ -1,5 +1,5 @@
 """A chosen tracking tool that is not installed is one line before the data loads, naming the install command that
-fits how the runner was installed (runner/loggers.py: check_logger_packages, install_command)."""
+fits how the runner was installed (runner/training/loggers.py: check_logger_packages, install_command)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from runner import loggers
 from runner.errors import UserError
+from runner.training import loggers
 from tests.conftest import USER_XLA_FLAGS, compose_config
 
 
@@ -77,7 +77,7 @@ def test_tools_that_are_installed_or_need_nothing_pass(monkeypatch):
 
 def test_importing_the_loggers_imports_no_jax():
     """So that the check can run before anything is loaded (the pre-run checks import no JAX)."""
-    code = "import sys, runner.loggers; print(sorted({'jax', 'flax', 'optax'} & set(sys.modules)))"
+    code = "import sys, runner.training.loggers; print(sorted({'jax', 'flax', 'optax'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
 

@@ -21,15 +21,15 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
-from runner.config import CONF_DIR
-from runner.diagnostics import STATS, Buffer
-from runner import loggers as module
+from runner.cli.preflight import preflight
+from runner.config.compose import CONF_DIR
 from runner.errors import UserError
-from runner.handlers import EpochEnd
-from runner.loggers import (CsvLogger, JsonlLogger, MlflowLogger, RunStart, TensorBoardLogger, build_loggers,
-                            close_loggers, flat_params)
-from runner.outputs import append_jsonl, read_jsonl
-from runner.preflight import preflight
+from runner.rundir.outputs import append_jsonl, read_jsonl
+from runner.training import loggers as module
+from runner.training.diagnostics import STATS, Buffer
+from runner.training.handlers import EpochEnd
+from runner.training.loggers import (CsvLogger, JsonlLogger, MlflowLogger, RunStart, TensorBoardLogger, build_loggers,
+                                     close_loggers, flat_params)
 from tests.conftest import compose_config
 
 PARAMS = {"dense_0": {"kernel": np.arange(12.0).reshape(3, 4) / 7, "bias": np.zeros(4)},
@@ -322,7 +322,7 @@ def test_a_logger_added_on_resume_starts_with_the_history_of_metrics_jsonl(tmp_p
 PARALLEL_JOB = """
 import sys
 from pathlib import Path
-from runner.loggers import MlflowLogger, RunStart
+from runner.training.loggers import MlflowLogger, RunStart
 run_dir = Path(sys.argv[1])
 run_dir.mkdir()
 MlflowLogger(RunStart(run_dir, {"job": run_dir.name}, 1, 0), tracking_uri=sys.argv[2], experiment="sweep").close(
@@ -353,8 +353,8 @@ def test_an_unusable_tracking_uri_is_one_line_naming_the_key(tmp_path):
 CRASH = """
 import sys
 from pathlib import Path
-from runner.config import compose_config
-from runner.loggers import build_loggers
+from runner.config.compose import compose_config
+from runner.training.loggers import build_loggers
 loggers = build_loggers(compose_config("logger=[tensorboard,mlflow]", "logger.mlflow.tracking_uri=" + sys.argv[2]),
                         Path(sys.argv[1]))
 raise RuntimeError("a bug mid-run")

@@ -12,12 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_parts
-from runner.loop import Loop, Pacer
-from runner.stages import Stage, stage_optimizer
 from runner.techniques.regularizers import Regularizer
 from runner.techniques.schedules import Schedule
-from runner.train import Parts, TrainState, Update, create_train_state, make_train_epoch
+from runner.training.build import build_parts
+from runner.training.loop import Loop, Pacer
+from runner.training.stages import Stage, stage_optimizer
+from runner.training.train import Parts, TrainState, Update, create_train_state, make_train_epoch
 from tests.conftest import compose_config
 
 N, BATCH = 112, 16  # 7 steps an epoch
@@ -112,7 +112,7 @@ def test_a_signal_in_the_last_chunk_finishes_the_epoch():
     loop, state, recorder = _loop(FixedPacer(7), interrupt=interrupt,
                                   on_steps=lambda epoch, done, steps, metrics: interrupt.set())
     outcome = loop.run(state, 0, 1)
-    # Nothing of epoch 1 is dropped; ending the run after it is the Interrupt handler's job (runner/handlers.py).
+    # Nothing of epoch 1 is dropped; ending the run after it is the Interrupt handler's job (runner/training/handlers.py).
     assert (outcome.epoch, outcome.abandoned, len(recorder.records)) == (3, False, 3)
 
 
@@ -131,7 +131,7 @@ def test_members_are_each_the_run_alone_and_one_going_non_finite_stops_only_itse
     """trainer.replicas' loop: K members stacked on a leading axis, one vmapped program. Member 0 is the same
     loop run alone on its data (to vmap's rounding); member 1, whose inputs hold an inf, is `diverged` at its first
     step and keeps its starting weights, while member 0 trains all its epochs."""
-    from runner.handlers import EachMember
+    from runner.training.handlers import EachMember
 
     # no batch norm: it leaves the dense biases a zero gradient, whose rounding noise Adam scales up to whole steps
     cfg = compose_config(f"trainer.batch_size={BATCH}", "model.depth=2", "model.width=16", "regularizer=[]",

@@ -1,5 +1,5 @@
-"""The learning-rate range test (runner/lr_find.py): its rate sequence, smoothing, stop rule and suggestion against
-their definitions; the finder's optimizer applying lr_t at step t; `optimizer.learning_rate=auto` recorded in the
+"""The learning-rate range test (runner/training/lr_range.py; its command line, runner/lr_find.py): its rate
+sequence, smoothing, stop rule and suggestion against their definitions; the finder's optimizer applying lr_t at step t; `optimizer.learning_rate=auto` recorded in the
 run dir; the command line end to end and its one-line refusals."""
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from runner.checks import describe, parse_spec
-from runner.config import CONF_DIR
+from runner.cli.preflight import preflight
+from runner.config.checks import describe, parse_spec
+from runner.config.compose import CONF_DIR
 from runner.errors import UserError
-from runner.lr_find import (FinderSettings, finder_parts, lr_sequence, main, record_found_rate,
-                            resolve_auto_learning_rate, run_range_test, smoothed_rates, suggest, track_losses)
-from runner.preflight import preflight
-from runner.resumed import resumed_overrides
-from runner.train import create_train_state, make_train_step
+from runner.lr_find import main
+from runner.rundir.resumed import resumed_overrides
+from runner.training.lr_range import (FinderSettings, finder_parts, lr_sequence, record_found_rate,
+                                      resolve_auto_learning_rate, run_range_test, smoothed_rates, suggest,
+                                      track_losses)
+from runner.training.train import create_train_state, make_train_step
 from tests.conftest import compose_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from runner.build import build_model, build_regularizer
+from runner.training.build import build_model, build_regularizer
 from tests.conftest import compose_config
 
 

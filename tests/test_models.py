@@ -14,8 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.errors import UserError
-from runner.models import architecture, best_run, layers, main, read_sections
-from runner.records import read_overrides
+from runner.models import main
+from runner.reuse.catalog import architecture, best_run, layers, read_sections
+from runner.rundir.records import read_overrides
 from tests.conftest import ROOT, Runner, compose_config, read_summary, snapshot
 
 

@@ -1,4 +1,4 @@
-"""Tests for runner/optim.py: the chain clip -> optimizer(lr = schedule) -> regularizer transform.
+"""Tests for runner/training/optim.py: the chain clip -> optimizer(lr = schedule) -> regularizer transform.
 
 Optimizers are built from their conf/optimizer/*.yaml files through `build_optimizer` /
 `build_parts`, as a run builds them, and checked against the update rules written out by hand.
@@ -16,10 +16,10 @@ import optax
 import pytest
 import yaml
 
-from runner.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
-from runner.config import CONF_DIR
+from runner.config.compose import CONF_DIR
 from runner.errors import UserError
-from runner.optim import build_optimizer
+from runner.training.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
+from runner.training.optim import build_optimizer
 from tests.conftest import compose_config
 
 STEPS_PER_EPOCH = 10

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from runner.outputs import append_jsonl, read_jsonl, rewrite_jsonl, write_json
+from runner.rundir.outputs import append_jsonl, read_jsonl, rewrite_jsonl, write_json
 
 
 def test_write_json_replaces_atomically_and_leaves_no_temp_files(tmp_path):
@@ -45,7 +45,7 @@ def test_written_files_get_the_umask_mode_not_the_temp_files_0600(tmp_path):
     try:
         import importlib
 
-        import runner.outputs as outputs
+        import runner.rundir.outputs as outputs
 
         importlib.reload(outputs)  # FILE_MODE is read from the umask at import
         outputs.write_json(tmp_path / "summary.json", {"a": 1})

@@ -10,8 +10,8 @@ import pytest
 from runner.data import load_splits
 from runner.data.splits import Scaling
 from runner.predict import main, predict_arrays
-from runner.trained import build_net, read_run
-from runner.train import predictive_passes
+from runner.reuse.trained import build_net, read_run
+from runner.training.train import predictive_passes
 from tests.conftest import trained_run, read_summary, snapshot
 
 TINY = ("trainer.epochs=1", "model.depth=2", "model.width=16")  # the default net's blocks: batch norm, dropout
@@ -68,6 +68,20 @@ def test_batches_and_a_left_out_channel_axis_give_the_same_predictions(run_dir, 
     np.testing.assert_allclose(predict_arrays(run, x, batch_size=8)["probabilities"], whole, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(predict_arrays(run, x[..., 0][..., None], batch_size=8)["probabilities"], whole,
                                rtol=1e-5, atol=1e-7)
+
+
+def test_a_run_saved_before_the_net_moved_predicts_as_it_did(run_dir, raw_test_split, tmp_path):
+    # Runs saved before runner/ was split into parts name their net runner.model.Net (runner/reuse/trained.py).
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    config = old / ".hydra" / "config.yaml"
+    assert "_target_: runner.net.model.Net" in config.read_text()
+    config.write_text(config.read_text().replace("_target_: runner.net.model.Net", "_target_: runner.model.Net"))
+    x = raw_test_split[0][:20]
+    np.testing.assert_array_equal(predict_arrays(read_run(old, "RUN_DIR"), x, batch_size=20)["probabilities"],
+                                  predict_arrays(read_run(run_dir, "RUN_DIR"), x, batch_size=20)["probabilities"])
 
 
 def _write(path, **arrays):

@@ -1,11 +1,11 @@
-"""What preflight answers a key the chosen config lacks: what to type instead (runner/preflight.py)."""
+"""What preflight answers a key the chosen config lacks: what to type instead (runner/cli/preflight.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+from runner.cli.preflight import preflight
 from runner.errors import UserError
-from runner.preflight import preflight
 
 
 @pytest.mark.parametrize("args,line", [
@@ -46,8 +46,8 @@ def test_a_conf_file_of_ones_own_without_declared_ranges_gets_one_warning_per_pa
 def test_every_built_in_choice_declares_every_parameters_range():
     from omegaconf import OmegaConf
 
-    from runner.checks import unchecked_parameters
-    from runner.config import CONF_DIR
+    from runner.config.checks import unchecked_parameters
+    from runner.config.compose import CONF_DIR
 
     for path in sorted(CONF_DIR.glob("*/*.yaml")):  # each choice's own node, as its conf file writes it
         if path.parent.name not in ("experiment", "hparams_search"):
@@ -57,7 +57,7 @@ def test_every_built_in_choice_declares_every_parameters_range():
 def test_an_undeclared_parameter_of_a_callable_is_found_at_any_depth():
     from omegaconf import OmegaConf
 
-    from runner.checks import unchecked_parameters
+    from runner.config.checks import unchecked_parameters
 
     node = OmegaConf.create({"layer": {"_target_": "f", "a": 1, "b": 2, "_valid_": {"a": "> 0"}}, "plain": {"c": 3}})
     assert unchecked_parameters(node) == ["layer.b"]
@@ -67,11 +67,11 @@ def test_an_undeclared_parameter_of_a_callable_is_found_at_any_depth():
                                   ["-m", "activation=relu,elu"]], ids=" ".join)
 def test_the_checks_before_a_run_import_no_jax(args, tmp_path):
     """A mistake, `--help` and a plain run's checks answer in well under a second: nothing before the run builds
-    what JAX would (runner/relations.py builds only for a run that reuses layers or has no validation split)."""
+    what JAX would (runner/cli/relations.py builds only for a run that reuses layers or has no validation split)."""
     import subprocess
     import sys
 
-    code = ("import sys\nfrom runner.errors import UserError\nfrom runner.preflight import preflight\n"
+    code = ("import sys\nfrom runner.errors import UserError\nfrom runner.cli.preflight import preflight\n"
             f"try:\n    preflight({args!r})\nexcept UserError:\n    pass\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax'}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)

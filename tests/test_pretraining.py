@@ -12,14 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_parts
 from runner.data.splits import TrainTest, split_and_scale
 from runner.errors import UserError
-from runner.pretraining.methods import (RBM, Context, cd_update, fold_input_map, generated_task, pretrain, rbm_update,
-                                       train_layer)
-from runner.stages import stage_optimizer
-from runner.train import TrainState, create_train_state, make_train_epoch
-from runner.transfer import graft, reused_layers, transfer_stages
+from runner.reuse.pretraining.methods import (RBM, Context, cd_update, fold_input_map, generated_task, pretrain,
+                                              rbm_update, train_layer)
+from runner.reuse.transfer import graft, reused_layers, transfer_stages
+from runner.training.build import build_parts
+from runner.training.stages import stage_optimizer
+from runner.training.train import TrainState, create_train_state, make_train_epoch
 from tests.conftest import compose_config
 
 TINY = ("model.depth=2", "model.width=16", "trainer.batch_size=16")

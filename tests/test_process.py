@@ -1,4 +1,4 @@
-"""runner/process.py: freed host memory stays mapped between calls of a program, and the prompt exit ends the
+"""runner/training/process.py: freed host memory stays mapped between calls of a program, and the prompt exit ends the
 process as `sys.exit` would. Each case runs in a fresh interpreter: both act on the whole process."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.conftest import ROOT, USER_XLA_FLAGS
 # a compiled program (XLA's temporaries, ms per call) is measured by `make bench`'s chunk row.
 FAULTS_PER_ALLOCATION = """
 import ctypes, resource
-from runner.process import keep_freed_host_memory
+from runner.training.process import keep_freed_host_memory
 kept = keep_freed_host_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -57,7 +57,7 @@ def test_the_prompt_exit_waits_for_threads_runs_atexit_handlers_and_keeps_the_ex
     done = python(f"""
         import atexit, threading, time
         from pathlib import Path
-        from runner.process import exit_promptly
+        from runner.training.process import exit_promptly
 
         out = Path({str(tmp_path)!r})
         threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
@@ -72,5 +72,5 @@ def test_the_prompt_exit_waits_for_threads_runs_atexit_handlers_and_keeps_the_ex
 
 @pytest.mark.parametrize("code, returncode, stderr", [(None, 0, ""), ("no such thing", 1, "no such thing\n")])
 def test_the_prompt_exit_treats_none_and_messages_as_sys_exit_does(code, returncode, stderr):
-    done = python(f"from runner.process import exit_promptly; exit_promptly({code!r})")
+    done = python(f"from runner.training.process import exit_promptly; exit_promptly({code!r})")
     assert (done.returncode, done.stderr) == (returncode, stderr)

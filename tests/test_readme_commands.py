@@ -7,7 +7,7 @@ working dir in the order `SECTIONS` lists them (page line order within a section
 docs page prints too runs once, where that page prints it (README's copy is the front page's index of it). Around
 it the test sets what a person's machine would have: the venv's `python` and `runner` first on PATH, HOME, the tfds
 data dir and JAX's compilation cache in the test's temp dirs, and one test aid, RUNNER_MAX_EPOCHS=1
-(runner/config.py: `capped`), which shortens the training of every command whose result its page does not print
+(runner/config/compose.py: `capped`), which shortens the training of every command whose result its page does not print
 (`UNCAPPED` lists the others and why). Files a person brings themselves (their own inputs, another framework's
 weights) are written before their chapter runs (`brought`).
 
@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from runner.config import MAX_EPOCHS_VARIABLE
+from runner.config.compose import MAX_EPOCHS_VARIABLE
 from tests.conftest import ROOT, USER_XLA_FLAGS, read_metrics, read_summary
 
 README = "README.md"

@@ -1,4 +1,4 @@
-"""runner/records.py: the one reader of summary.json and of metrics.jsonl; a file the runner did not write is one
+"""runner/rundir/records.py: the one reader of summary.json and of metrics.jsonl; a file the runner did not write is one
 line naming the file and what is wrong."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 
 from runner.errors import UserError
-from runner.records import leave_out, read_metrics, read_summary
-from runner.relaunch import read_summary as relaunch_summary
+from runner.rundir.records import leave_out, read_metrics, read_summary
+from runner.rundir.relaunch import read_summary as relaunch_summary
 
 LINE = json.dumps({"epoch": 1, "step": 10, "train_loss": 0.5, "val_loss": None}) + "\n"
 
@@ -80,7 +80,7 @@ def test_relaunch_takes_a_summary_it_cannot_read_for_none(tmp_path):
 
 
 def test_best_val_accuracy_is_the_highest_number_and_none_without_one():
-    from runner.records import best_val_accuracy
+    from runner.rundir.records import best_val_accuracy
 
     assert best_val_accuracy([{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.75},
                               {"epoch": 3, "val_accuracy": 0.625}]) == 0.75

@@ -1,11 +1,11 @@
-"""The rules between values (runner/config.py's check_relations), checked by `validate` before anything runs: each
+"""The rules between values (runner/config/compose.py's check_relations), checked by `validate` before anything runs: each
 refusal is one line naming both keys and what is valid; a setting meant for another job of a sweep is let through."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner.relations import validate
+from runner.cli.relations import validate
 from runner.errors import UserError
 from tests.conftest import compose_config
 

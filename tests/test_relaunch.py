@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from runner.handlers import EarlyStopping, EpochEnd
-from runner.relaunch import Plan, best_val_accuracy, plan
-from runner.rundir import (JOB_NAME_LIMIT, LOCK_NAME, RUN_OUTPUTS, RunDirClaim, clear_run_outputs, job_dir_name,
-                           register_job_dir_resolver)
+from runner.rundir.claim import (JOB_NAME_LIMIT, LOCK_NAME, RUN_OUTPUTS, RunDirClaim, clear_run_outputs, job_dir_name,
+                                 register_job_dir_resolver)
+from runner.rundir.relaunch import Plan, best_val_accuracy, plan
+from runner.training.handlers import EarlyStopping, EpochEnd
 from tests.conftest import compose_config, snapshot
 
 

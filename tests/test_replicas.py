@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
-from runner.errors import UserError
+from runner.cli.replicas import check_replicas, member_config
 from runner.data import load_data
-from runner.replicas import check_replicas, member_config
+from runner.errors import UserError
 from tests.conftest import compose_config, read_metrics, read_summary
 
 SMALL = ("model.depth=2", "model.width=32", "trainer.epochs=2")
@@ -62,8 +62,8 @@ def test_each_member_gets_the_chosen_loggers_as_a_run_alone_would(tmp_path, tfds
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from runner.cli.replicas import train_replicas
     from runner.console import Console
-    from runner.replicas import train_replicas
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_config("model.depth=1", "model.width=8", "trainer.epochs=2", "trainer.batch_size=64",

@@ -12,7 +12,7 @@ import matplotlib.image
 import pytest
 import yaml
 
-from runner.report import CSV_COLUMNS, main, write_report
+from runner.report.tables import CSV_COLUMNS, main, write_report
 
 LAYERS = ["dense_0", "dense_1", "head"]
 

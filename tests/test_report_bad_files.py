@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from runner.report import main
+from runner.report.tables import main
 from tests.conftest import ROOT
 from tests.test_report import fake_run
 

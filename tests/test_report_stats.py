@@ -1,4 +1,4 @@
-"""Evidence over seeds (runner.stats, and runner.report's groups, ablation and plots), against hand computations."""
+"""Evidence over seeds (runner.report.stats, and runner.report.tables's groups, ablation and plots), against hand computations."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import matplotlib.image
 import pytest
 from omegaconf import OmegaConf
 
-from runner.callbacks import MultirunReport
+from runner.cli.callbacks import MultirunReport
 from runner.errors import UserError
-from runner.report import write_report
-from runner.stats import (INTERVAL_METHOD, BaselineError, bounds_of, difference_bounds, find_baseline, group_indices,
-                          isolation_axes, mean_interval, paired_difference, per_epoch, per_seed, prediction_interval,
-                          split_overrides, varying_keys)
+from runner.report.stats import (INTERVAL_METHOD, BaselineError, bounds_of, difference_bounds, find_baseline,
+                                 group_indices, isolation_axes, mean_interval, paired_difference, per_epoch, per_seed,
+                                 prediction_interval, split_overrides, varying_keys)
+from runner.report.tables import write_report
 from tests.test_report import fake_run
 
 # Student's t quantiles from a printed table (and R's qt(0.975, df)), not from the code under test

@@ -1,6 +1,6 @@
 """What a stopped run says to type next: a single run resumes its dir; a sweep's job names the whole sweep, and
-following what it says finishes every job of the sweep (runner/run.py: continue_with; runner/callbacks.py keeps
-the sweep's command line). Also the test aid RUNNER_MAX_EPOCHS (runner/config.py: capped)."""
+following what it says finishes every job of the sweep (runner/cli/run.py: continue_with; runner/cli/callbacks.py keeps
+the sweep's command line). Also the test aid RUNNER_MAX_EPOCHS (runner/config/compose.py: capped)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from runner.callbacks import SWEEP_ARGV, MultirunReport
-from runner.config import MAX_EPOCHS_VARIABLE, capped
-from runner.run import continue_with
+from runner.cli.callbacks import SWEEP_ARGV, MultirunReport
+from runner.cli.run import continue_with
+from runner.config.compose import MAX_EPOCHS_VARIABLE, capped
 from tests.conftest import compose_config, read_summary
 
 

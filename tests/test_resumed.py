@@ -8,7 +8,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from runner.errors import UserError
-from runner.resumed import resumed_overrides
+from runner.rundir.resumed import resumed_overrides
 from tests.conftest import compose_config
 
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from runner.errors import UserError
-from runner.outputs import append_jsonl, write_atomic
-from runner.rundir import LOCK_NAME, RunDirClaim, holds_run, note_created, written_names
+from runner.rundir.claim import LOCK_NAME, RunDirClaim, holds_run, note_created, written_names
+from runner.rundir.outputs import append_jsonl, write_atomic
 from tests.conftest import snapshot
 
 
@@ -95,7 +95,7 @@ def test_a_second_claim_on_a_locked_dir_is_refused_naming_the_holder(tmp_path):
 def test_a_killed_holder_leaves_the_dir_unlocked(tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from runner.rundir import RunDirClaim; "
+        "import sys, time; from runner.rundir.claim import RunDirClaim; "
         f"c = RunDirClaim({str(run_dir)!r}, 'hydra.run.dir'); c.lock(); print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

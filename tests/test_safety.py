@@ -1,4 +1,4 @@
-"""Config is data, and nothing escapes the run dir (runner/safety.py): a generated table over every key of the
+"""Config is data, and nothing escapes the run dir (runner/config/safety.py): a generated table over every key of the
 composed config, at every depth, with each hostile value; the path rule on its own."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from runner.cli.preflight import preflight
+from runner.config.safety import MAX_VALUE_LENGTH, check_override, check_paths_inside
 from runner.errors import UserError
-from runner.preflight import preflight
-from runner.safety import MAX_VALUE_LENGTH, check_override, check_paths_inside
 from tests.conftest import compose_config, compose_shared
 
 

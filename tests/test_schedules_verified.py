@@ -1,4 +1,4 @@
-"""Schedules checked against what a run does with them: the rate applied at each step (runner.handlers
+"""Schedules checked against what a run does with them: the rate applied at each step (runner.training.handlers
 LearningRateTrace, drawn as the report's learning_rate.png) and the warnings of runner.techniques.schedules
 beyond_run, each against the schedule's own definition over the steps a run applies (0..T-1)."""
 
@@ -16,14 +16,14 @@ import optax
 import pytest
 import yaml
 
-from runner.build import build_parts, build_schedule
-from runner.config import CONF_DIR
-from runner.handlers import EpochEnd, LearningRateTrace, Plateau
-from runner.optim import continue_schedule, schedule_count
-from runner.report import find_run_dirs, label_runs, load_run, write_report
-from runner.report_plots import learning_rate_line, plot_learning_rate
-from runner.stages import Stage, stage_optimizer
+from runner.config.compose import CONF_DIR
+from runner.report.plots import learning_rate_line, plot_learning_rate
+from runner.report.tables import find_run_dirs, label_runs, load_run, write_report
 from runner.techniques.schedules import beyond_run
+from runner.training.build import build_parts, build_schedule
+from runner.training.handlers import EpochEnd, LearningRateTrace, Plateau
+from runner.training.optim import continue_schedule, schedule_count
+from runner.training.stages import Stage, stage_optimizer
 from tests.conftest import compose_config, compose_shared
 
 STEPS = 5  # steps per epoch
@@ -97,7 +97,7 @@ def test_the_trace_is_the_rate_the_optimizer_applied_at_every_step(name, tmp_pat
 
 def test_after_a_stage_change_the_trace_goes_on_along_the_runs_schedule(tmp_path):
     # Stage 1 (epoch 1) keeps dense_0 frozen; stage 2 starts a fresh optimizer state whose schedule goes on from
-    # the run's step (runner.loop.enter_stage), so the rate keeps decaying across the change.
+    # the run's step (runner.training.loop.enter_stage), so the rate keeps decaying across the change.
     applied = train(tmp_path / "lr_trace.jsonl", 3, "optimizer=sgd", "schedule=exponential", "schedule.decay_every=1",
                     fresh_optimizer_at=(2,), first_stage_frozen=True)
     trace = read_trace(tmp_path / "lr_trace.jsonl")

@@ -1,4 +1,4 @@
-"""The Optuna search presets (conf/hparams_search/) and the runner's sweeper (runner/search.py), without training:
+"""The Optuna search presets (conf/hparams_search/) and the runner's sweeper (runner/cli/search.py), without training:
 each preset composes into a search that maximizes with a seeded TPE sampler, and searches only keys that exist,
 over values their declared ranges accept."""
 
@@ -13,11 +13,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
 from omegaconf import OmegaConf, open_dict
 
-from runner.checks import SPEC_KEY, parse_spec
-from runner.config import CONF_DIR
+from runner.cli.preflight import preflight
+from runner.cli.search import RESULTS_FILE, OptunaSearch, check_search
+from runner.config.checks import SPEC_KEY, parse_spec
+from runner.config.compose import CONF_DIR
 from runner.errors import UserError
-from runner.preflight import preflight
-from runner.search import RESULTS_FILE, OptunaSearch, check_search
 from tests.conftest import compose_config
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))

@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_parts
 from runner.errors import UserError
-from runner.loop import StageProgram, enter_stage
-from runner.optim import schedule_count
-from runner.stages import Stage, entering, first_epoch_of, freeze_lower, single, stage_at, stage_optimizer
-from runner.train import create_train_state
+from runner.training.build import build_parts
+from runner.training.loop import StageProgram, enter_stage
+from runner.training.optim import schedule_count
+from runner.training.stages import Stage, entering, first_epoch_of, freeze_lower, single, stage_at, stage_optimizer
+from runner.training.train import create_train_state
 from tests.conftest import compose_config
 
 LAYERS = ("dense_0", "dense_1", "dense_2")

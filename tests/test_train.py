@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from runner.build import build_parts
-from runner.train import create_train_state, make_evaluate, make_train_epoch, make_train_step
+from runner.training.build import build_parts
+from runner.training.train import create_train_state, make_evaluate, make_train_epoch, make_train_step
 from tests.conftest import compose_config
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from runner import weights
-from runner.build import build_parts
 from runner.data.splits import TrainTest, keep_classes
 from runner.errors import UserError
-from runner.stages import Stage, stage_optimizer
-from runner.train import create_train_state
-from runner.transfer import graft, read_source, reused_layers, transfer_stages
+from runner.net import weights
+from runner.reuse.transfer import graft, read_source, reused_layers, transfer_stages
+from runner.training.build import build_parts
+from runner.training.stages import Stage, stage_optimizer
+from runner.training.train import create_train_state
 from tests.conftest import compose_config
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype(np.float32))
@@ -87,7 +87,7 @@ def test_a_shape_that_does_not_fit_is_one_line_naming_both_tensors(tmp_path):
     _, small = _state("model.width=16")
     weights.save(tmp_path / "model.safetensors", small.params, small.batch_stats)
     (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("model: {_target_: runner.model.Net}\n")
+    (tmp_path / ".hydra" / "config.yaml").write_text("model: {_target_: runner.net.model.Net}\n")
     source = read_source(OmegaConf.create({"source": str(tmp_path), "layout": "flax"}))
     _, wide = _state("model.width=32")
     with pytest.raises(UserError, match=r"dense_0 .* kernel has shape \(64, 16\), this model's dense_0.kernel \(64, 32\)"):

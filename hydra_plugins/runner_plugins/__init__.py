@@ -2,7 +2,7 @@
 
 Hydra instantiates a launcher or sweeper only from a class defined in the hydra_plugins package, and finds them by
 scanning that package (hydra/core/plugins.py); so the classes are defined here, and what each adds to the plugin it
-extends is in runner/launchers.py and runner/search.py. Importing this module is cheap: Hydra imports it on every
+extends is in runner/scale/launchers.py and runner/cli/search.py. Importing this module is cheap: Hydra imports it on every
 start, and the plugins it extends are imported by the same scan.
 """
 
@@ -10,8 +10,8 @@ from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher a
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _submitit
 
-from runner.launchers import ResumeOnRequeue, ThreadCapped
-from runner.search import OptunaSearch
+from runner.cli.search import OptunaSearch
+from runner.scale.launchers import ResumeOnRequeue, ThreadCapped
 
 
 class ParallelLauncher(ThreadCapped, _JoblibLauncher):

@@ -27,9 +27,9 @@ from runner.bench.harness import (CHUNKS, EVAL_BATCH_SIZE, MISTAKE, Case, measur
                                   measure_evaluation, measure_first_step, measure_mistake_answer, own_peak_memory_mib)
 from runner.bench.inference import measure_inference
 from runner.console import Console
-from runner.loop import CHUNK_SECONDS
-from runner.outputs import write_json
-from runner.process import keep_freed_host_memory
+from runner.rundir.outputs import write_json
+from runner.training.loop import CHUNK_SECONDS
+from runner.training.process import keep_freed_host_memory
 
 MLP20X100 = ("model.depth=20", "model.width=100", "activation=elu", "initializer=he_normal",
              "normalization=none", "regularizer=[]", "optimizer=adam")
@@ -113,7 +113,7 @@ def machine() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Measure everything and write results.json; returns its path."""
     args = parse_args(argv)
-    kept = keep_freed_host_memory()  # as a run does (runner/process.py), before JAX starts its threads
+    kept = keep_freed_host_memory()  # as a run does (runner/training/process.py), before JAX starts its threads
     console = Console()
     out_dir = args.out / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     console.info(f"bench: {args.examples} synthetic examples, median of {args.epochs} epochs, "

@@ -29,14 +29,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from runner.bench.reference import NUM_CLASSES, init_limit, limit_spec, make_limit_epoch, make_per_step_epoch
-from runner.build import build_parts
-from runner.distributed import DataParallel
-from runner.loop import CHUNK_SECONDS, Pacer, StageProgram, train_in_chunks
-from runner.records import SUMMARY_FILE, read_summary
-from runner.stages import Stage
-from runner.config import compose_config
-from runner.relations import validate
-from runner.train import create_train_state, make_evaluate, make_train_epoch
+from runner.cli.relations import validate
+from runner.config.compose import compose_config
+from runner.rundir.records import SUMMARY_FILE, read_summary
+from runner.scale.distributed import DataParallel
+from runner.training.build import build_parts
+from runner.training.loop import CHUNK_SECONDS, Pacer, StageProgram, train_in_chunks
+from runner.training.stages import Stage
+from runner.training.train import create_train_state, make_evaluate, make_train_epoch
 
 IMAGE_SHAPE = (28, 28, 1)
 EVAL_BATCH_SIZE = 1000
@@ -89,7 +89,7 @@ CHUNKS = 8  # chunks per bench epoch: a run's are ~CHUNK_SECONDS each, so this i
 
 
 class ChunkedLoop(Loop):
-    """The runner's epoch as `runner.loop` runs it: chunks of steps, a host read of the metrics after each."""
+    """The runner's epoch as `runner.training.loop` runs it: chunks of steps, a host read of the metrics after each."""
 
     def __init__(self, program: StageProgram, state: Any, x: jax.Array, y: jax.Array, key: jax.Array):
         super().__init__(None, state, x, y, key)
@@ -149,7 +149,7 @@ def measure_data_parallel_anywhere(overrides: Sequence[str], batch_size: int, ex
     if jax.local_device_count() >= devices:
         return measure_data_parallel(overrides, batch_size, examples, epochs, devices)
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-    code = ("import json, sys; from runner.process import keep_freed_host_memory; keep_freed_host_memory(); "
+    code = ("import json, sys; from runner.training.process import keep_freed_host_memory; keep_freed_host_memory(); "
             "from runner.bench.harness import measure_data_parallel; "
             "print(json.dumps(measure_data_parallel(*json.loads(sys.argv[1]))))")
     done = subprocess.run([sys.executable, "-c", code, json.dumps([list(overrides), batch_size, examples, epochs,
@@ -182,7 +182,7 @@ def compiled(fn: Callable, *args) -> tuple[Callable, float]:
 
 
 def runner_loop(cfg: DictConfig, x: jax.Array, y: jax.Array, batch_size: int) -> tuple[Loop, float]:
-    """The runner's compiled epoch, built as `runner.run.train_and_evaluate` builds it."""
+    """The runner's compiled epoch, built as `runner.cli.run.train_and_evaluate` builds it."""
     parts = build_parts(cfg, NUM_CLASSES, len(x) // batch_size)
     init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(cfg.trainer.seed), 3)
     state = create_train_state(init_key, parts, x[:batch_size])

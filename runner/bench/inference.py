@@ -9,7 +9,7 @@ running statistics):
     default_folded   the same, its batch norm folded into the dense layers (runner/export.py:fold_batch_norm)
     fast             +experiment=fast: no batch norm, leaky ReLU
     sparse           +experiment=sparse (FTRL + l1, no batch norm, no dropout, ELU), trained on digits for its
-                     trainer.epochs and zeroed below its trainer.sparsify_threshold (runner/run.py:sparsify), as a
+                     trainer.epochs and zeroed below its trainer.sparsify_threshold (runner/cli/run.py:sparsify), as a
                      run of the preset ends: its zeros come from training (FTRL's weights are functions of its
                      accumulators; random data drives every weight to 0), so they are measured, not assumed; dense
                      kernels
@@ -36,11 +36,11 @@ from jax.experimental import sparse
 
 from runner.bench.harness import validated_config
 from runner.bench.reference import NUM_CLASSES, run_once
-from runner.build import build_parts
-from runner.export import fold_batch_norm
+from runner.cli.run import sparsify, weight_sparsity
 from runner.data import load_data
-from runner.run import sparsify, weight_sparsity
-from runner.train import create_train_state, make_train_epoch
+from runner.export import fold_batch_norm
+from runner.training.build import build_parts
+from runner.training.train import create_train_state, make_train_epoch
 
 SPARSE = ("+experiment=sparse",)
 NETS = {  # row: (overrides, the guideline it checks)

@@ -18,10 +18,10 @@ import optax
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
-from runner import stages
-from runner.conv import conv
-from runner.model import Net
+from runner.net.conv import conv
+from runner.net.model import Net
 from runner.techniques import schedules
+from runner.training import stages
 
 NUM_CLASSES = 10
 

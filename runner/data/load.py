@@ -9,7 +9,7 @@ The conf/dataset files are the registry: each names the callable that reads its 
       name: digits
 
 `source(data_dir=...)` returns the dataset's unscaled train and test arrays (`TrainTest`). A file may also name a
-`check`, called with no arguments before anything runs (runner/preflight.py), that raises UserError where the
+`check`, called with no arguments before anything runs (runner/cli/preflight.py), that raises UserError where the
 source would: a bad local file then costs nothing on disk. Neither is imported before it is needed, so importing
 this package does not import tensorflow_datasets.
 """
@@ -20,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from runner.checks import strip_specs
+from runner.config.checks import strip_specs
 from runner.data.splits import Scaling, Splits, keep_classes, resize_images, split_and_scale
 from runner.errors import UserError, first_line
 
@@ -29,7 +29,7 @@ def load_splits(dataset: DictConfig, *, seed: int, scaling: Scaling | None = Non
     """Reads the dataset's source and returns its scaled train, validation and test splits.
 
     Args:
-      dataset: the config's `dataset` node (runner/config.py, DatasetConfig): `source` reads the data from
+      dataset: the config's `dataset` node (runner/config/compose.py, DatasetConfig): `source` reads the data from
         `data_dir`; `validation`, `val_fraction`, `val_size`, `train_subset` and `labeled_examples` shape the
         splits, `scaling` scales them; `name` names them.
       seed: seeds the permutation that picks the validation examples.

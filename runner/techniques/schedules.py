@@ -43,7 +43,7 @@ def beyond_run(schedule: Schedule, total_steps: int) -> list[str]:
     0..total_steps-1) never reaches, with the rate of its last step; [] when the whole schedule fits the run.
 
     `total_steps` is the whole run's: a stage's fresh optimizer state goes on along the run's schedule
-    (runner.optim.continue_schedule), so the schedule sees every step of every stage."""
+    (runner.training.optim.continue_schedule), so the schedule sees every step of every stage."""
     last = total_steps - 1
     return [f"{mark.setting} falls at step {mark.step}, but the schedule's last step is {last}: {mark.missed} "
             f"(the rate at step {last} is {float(schedule.learning_rate_at(last)):.3g})"

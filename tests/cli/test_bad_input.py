@@ -31,7 +31,7 @@ CASES = [
     (["dataset=tfds", "dataset.name=no_such_dataset_xyz"], ["no_such_dataset_xyz", "digits"]),
     (["schedule=exponential", "schedule.unit=fortnight"], ["schedule.unit", "epoch"]),
     (["trainer.early_stopping.monitor=val_f1"], ["trainer.early_stopping.monitor", "val_loss"]),
-    # relations between values (runner/config.py check_relations; every rule: tests/test_relations.py)
+    # relations between values (runner/config/compose.py check_relations; every rule: tests/test_relations.py)
     (["schedule=piecewise_constant", "schedule.boundaries=[15,5]"], ["schedule.boundaries", "each above", "[15, 5]"]),
     (["dataset.val_fraction=0", "trainer.early_stopping.patience=3"],
      ["trainer.early_stopping.patience", "dataset.val_fraction=0"]),

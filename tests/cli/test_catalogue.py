@@ -12,7 +12,7 @@ import math
 import pytest
 import yaml
 
-from runner.config import CONF_DIR
+from runner.config.compose import CONF_DIR
 from tests.conftest import read_summary
 
 SMALL = ("trainer.epochs=1", "model.depth=1", "model.width=16", "dataset=digits", "normalization=none",

@@ -11,9 +11,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from runner.build import build_parts
-from runner.config import CONF_DIR
-from runner.relations import validate
+from runner.cli.relations import validate
+from runner.config.compose import CONF_DIR
+from runner.training.build import build_parts
 from tests.conftest import read_summary
 
 NO_PLOTS = ("hydra.callbacks.report.plots=false",)  # report.csv is what these read; plots cost seconds a sweep
@@ -75,7 +75,7 @@ def test_vanishing_gradients_sigmoid_with_normal_init_has_a_gradient_ratio_10x_b
         sigmoid, elu = (read_summary(jobs[v]) for v in ("sigmoid_normal", "elu_he"))
         assert sigmoid["grad_norm_ratio"] * 10 <= elu["grad_norm_ratio"], (seed, sigmoid, elu)
         assert (jobs["elu_he"] / "diagnostics.jsonl").exists()
-    # The multirun ended with its report (runner.callbacks.MultirunReport): every job, by best validation accuracy.
+    # The multirun ended with its report (runner.cli.callbacks.MultirunReport): every job, by best validation accuracy.
     report = vanishing_gradients_sweep / "report"
     rows = list(csv.DictReader((report / "report.csv").open()))
     assert sorted(row["run_dir"] for row in rows) == sorted(d.name for d in run_dirs)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from runner.config import CONF_DIR
+from runner.config.compose import CONF_DIR
 from tests.conftest import compose_config
 
 GROUPS_HEADING = "== Groups: choose one with group=choice =="  # conf/hydra/help/runner.yaml

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from runner import weights
-from runner.checkpoint import Checkpoints
+from runner.cli.preflight import Composer, preflight
 from runner.data.idx import read_idx
 from runner.data.npz import read_npz
 from runner.errors import UserError
-from runner.preflight import Composer, preflight
-from runner.records import read_metrics, read_summary
-from runner.transfer import graft, read_source, reused_layers
+from runner.net import weights
+from runner.reuse.transfer import graft, read_source, reused_layers
+from runner.rundir.records import read_metrics, read_summary
+from runner.training.checkpoint import Checkpoints
 from tests.conftest import Runner, snapshot
 
 TINY = ("model.depth=2", "model.width=8", "trainer.epochs=1", "trainer.checkpoint_every=1")
@@ -227,7 +227,7 @@ def test_a_malformed_conf_file_under_cd_is_one_line_naming_it(tmp_path, name, ma
 
 
 def test_a_conf_dir_holding_a_copy_of_the_primary_config_and_good_choices_is_accepted(tmp_path):
-    from runner.config import CONF_DIR
+    from runner.config.compose import CONF_DIR
 
     (tmp_path / "optimizer").mkdir()
     shutil.copy(CONF_DIR / "config.yaml", tmp_path / "config.yaml")  # `cp -r conf mine`: changes nothing
@@ -249,7 +249,7 @@ def test_a_conf_dir_holding_a_copy_of_the_primary_config_and_good_choices_is_acc
 ])
 def test_every_groups_unknown_choice_is_the_same_line_with_the_valid_choices(tmp_path, override, line):
     (tmp_path / "logger").mkdir()
-    (tmp_path / "logger" / "mine.yaml").write_text("# @package logger.mine\n_target_: runner.loggers.JsonlLogger\n")
+    (tmp_path / "logger" / "mine.yaml").write_text("# @package logger.mine\n_target_: runner.training.loggers.JsonlLogger\n")
     with pytest.raises(UserError) as refused:
         preflight(["-cd", str(tmp_path), override, f"hydra.run.dir={tmp_path / 'out'}"])
     assert str(refused.value).startswith(line), str(refused.value)
@@ -291,9 +291,9 @@ def test_the_refused_resume_names_changed_choices_not_their_declarations(trained
 def _fresh(*overrides):
     import jax
 
-    from runner.build import build_parts
-    from runner.config import compose_config
-    from runner.train import create_train_state
+    from runner.config.compose import compose_config
+    from runner.training.build import build_parts
+    from runner.training.train import create_train_state
 
     cfg = compose_config(*overrides)
     parts = build_parts(cfg, num_classes=3, steps_per_epoch=1)
@@ -419,7 +419,7 @@ def test_resuming_a_run_whose_checkpoints_are_all_torn_is_one_line_and_exit_2(cl
 
 @pytest.mark.xdist_group("trained")  # one worker makes the module's run once
 def test_the_report_on_a_run_dir_whose_summary_is_not_json_is_one_line_and_exit_2(trained, tmp_path, capsys):
-    from runner.report import main
+    from runner.report.tables import main
 
     run = _copy(trained, tmp_path)
     (run / "summary.json").write_text("status: completed\n")

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from runner.distributed import check_coordinator_port, launched_processes, wait_for_coordinator
 from runner.errors import UserError
+from runner.scale.distributed import check_coordinator_port, launched_processes, wait_for_coordinator
 
 # Each case checks what the one line says: the bound it waited (the runner's own 5 s or 10 s, or the user's 1 s).
 # Not the wall time, which a loaded machine stretches past any bound: the subprocess's timeout only keeps a hang

@@ -68,7 +68,7 @@ CONF = {
     "model/one_layer.yaml": "_target_: usermod.OneLayer\nwidth: 32\n_valid_: {width: 'int >= 1'}\n",
     "dataset/blobs.yaml": "defaults:\n  - /dataset_schema@_here_\nname: blobs\nsource:\n  _target_: usermod.blobs\n"
                           "  _partial_: true\n  n: 400\n  _valid_: {n: 'int >= 10'}\n",
-    "stages/warm_up_lower.yaml": "_target_: runner.stages.freeze_lower\nfrozen_layers: 1\nfrozen_epochs: 1\n"
+    "stages/warm_up_lower.yaml": "_target_: runner.training.stages.freeze_lower\nfrozen_layers: 1\nfrozen_epochs: 1\n"
                                  "_valid_: {frozen_layers: 'int >= 0', frozen_epochs: 'int >= 1'}\n",
 }
 CHOICES = ["optimizer=lion", "activation=celu", "initializer=orthogonal", "regularizer=[tiny]", "schedule=halving",

@@ -82,7 +82,7 @@ CASES = [
     (["regularizer=[none]", "regularizer.none._target_=builtins.open", "+regularizer.none._args_=[precious.txt,w]"],
      ["_target_", "command line"]),
     (["+optimizer._partial_=true"], ["_partial_", "command line"]),
-    # Config is data (runner/safety.py): nothing the command line says runs code or writes outside the run dir.
+    # Config is data (runner/config/safety.py): nothing the command line says runs code or writes outside the run dir.
     (["+initializer.dtype={_target_: builtins.open, _args_: [precious.txt, w]}"], ["initializer.dtype", "_target_"]),
     (["+hydra.callbacks.e={_target_: builtins.open, _args_: [precious.txt, w]}"], ["hydra.callbacks.e", "_target_"]),
     (["+hydra.callbacks.e.x=1"], ["hydra.callbacks.e.x", "callbacks"]),

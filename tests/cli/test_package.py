@@ -85,7 +85,7 @@ def test_installed_wheel_trains_from_an_unrelated_directory(venv, tmp_path, tfds
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = user_env(tfds_dir)
-    where = sh(venv / "bin" / "python", "-c", "import runner, runner.config as c; print(runner.__file__); "
+    where = sh(venv / "bin" / "python", "-c", "import runner, runner.config.compose as c; print(runner.__file__); "
                "print(c.CONF_DIR)", cwd=elsewhere, env=env).stdout.split()
     site = Path(sh(venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
                    env=env).stdout.strip())

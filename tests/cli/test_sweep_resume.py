@@ -200,7 +200,7 @@ def test_a_fresh_sweep_into_a_sweep_dir_whose_job_left_only_metrics_is_refused(c
 
 def test_a_run_writes_nothing_in_its_dir_that_a_rerun_would_not_take_away(cli):
     """rundir.RUN_OUTPUTS is what a failed job's re-run removes: every file a run can write must be in it."""
-    from runner.rundir import RUN_OUTPUTS
+    from runner.rundir.claim import RUN_OUTPUTS
 
     result = cli("trainer.epochs=1", "model.depth=1", "model.width=8", "dataset.train_subset=64",
                  "trainer.diagnostics_every=1",

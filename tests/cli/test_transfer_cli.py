@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from runner import weights
+from runner.net import weights
 from tests.conftest import trained_run, read_metrics, read_summary
 
 SMALL = ("model.depth=3", "model.width=32", "trainer.batch_size=16")

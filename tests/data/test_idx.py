@@ -312,7 +312,7 @@ def test_dataset_fashion_mnist_reads_dataset_path_else_the_installed_files_else_
 def test_checking_local_files_imports_no_tensorflow_datasets(tmp_path):
     # Preflight runs the check of every job before anything runs; tfds takes seconds to import.
     code = (
-        "import sys; from runner.config import compose_config; from runner.data import check_dataset; "
+        "import sys; from runner.config.compose import compose_config; from runner.data import check_dataset; "
         f"check_dataset(compose_config('dataset=fashion_mnist', 'dataset.path={_write_set(tmp_path)}').dataset); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow_datasets', 'jax')))"
     )

@@ -8,9 +8,9 @@ import sys
 import pytest
 from hydra.utils import instantiate
 
-from runner.checks import strip_specs
-from runner.config import CONF_DIR
-from runner.relations import validate
+from runner.cli.relations import validate
+from runner.config.checks import strip_specs
+from runner.config.compose import CONF_DIR
 from runner.data import check_dataset, load_splits
 from runner.errors import UserError
 from tests.conftest import compose_config
@@ -32,7 +32,7 @@ def test_every_dataset_file_names_a_source_that_takes_the_data_dir(dataset, choi
 def test_no_data_dir_means_the_tfds_default_set_by_the_TFDS_DATA_DIR_variable(tmp_path):
     # A fresh interpreter: tfds reads TFDS_DATA_DIR once, when it is imported.
     code = (
-        "from runner.config import compose_config; from runner.data import load_splits; "
+        "from runner.config.compose import compose_config; from runner.data import load_splits; "
         "print(load_splits(compose_config('dataset=digits').dataset, seed=0).x_train.shape)"
     )
     environment = os.environ | {"TFDS_DATA_DIR": str(tmp_path)}
@@ -46,7 +46,7 @@ def test_no_data_dir_means_the_tfds_default_set_by_the_TFDS_DATA_DIR_variable(tm
 def test_the_data_package_and_a_dataset_without_a_check_import_no_tensorflow_datasets():
     # Preflight imports runner.data to run a dataset's check; tfds takes seconds to import.
     code = (
-        "import sys; from runner.config import compose_config; from runner.data import check_dataset; "
+        "import sys; from runner.config.compose import compose_config; from runner.data import check_dataset; "
         "check_dataset(compose_config('dataset=digits').dataset); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow_datasets', 'jax')))"
     )

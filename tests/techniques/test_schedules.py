@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import yaml
 
-from runner.build import build_schedule
-from runner.config import CONF_DIR
-from runner.relations import validate
+from runner.cli.relations import validate
+from runner.config.compose import CONF_DIR
 from runner.errors import UserError
 from runner.techniques.schedules import Schedule
+from runner.training.build import build_schedule
 from tests.conftest import compose_config
 
 STEPS_PER_EPOCH = 10

@@ -1,0 +1,1 @@
+"""`python -m runner.report`: tables of runs, groups over seeds and their statistics, plots."""

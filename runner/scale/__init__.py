@@ -1,0 +1,1 @@
+"""Where a run's work goes: devices and processes (data parallel), parallel and cluster launchers."""
