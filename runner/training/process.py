@@ -14,7 +14,11 @@ cost: the process keeps its peak host memory until it exits, as a training proce
 changes.
 
 Compiled programs are kept on disk (JAX's persistent cache), so a config run before starts training without
-recompiling.
+recompiling. Every program is kept, however quick its compile: a run compiles some twenty small ones (the
+initializer, evaluation, the chunk and its start, the plateau decision), each ~45 ms on this CPU, against a few ms
+to read back. Measured on a 1-epoch run of a small net (2 CPU cores): 4.35 s from start to exit with JAX's
+default of caching only programs that took 1 s or more (0.2 s set here before), 3.1 s with every one kept (the
+cache of that config: 312 KB).
 
 The exit skips the interpreter's teardown: once every thread has ended, the atexit handlers have run and the
 standard streams are flushed, nothing is left to write, yet tearing down the modules, JAX's client and their
@@ -42,7 +46,7 @@ def prepare_training_process() -> None:
     keep_freed_host_memory()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "runner" / "jax"))
     jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def keep_freed_host_memory() -> bool:
