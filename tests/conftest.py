@@ -26,13 +26,55 @@ os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sample(values, fast) -> list:
-    """`values` as test parameters, those not in `fast` marked slow: `make test` runs a sample of a long table,
-    `make test-full` all of it. A tuple value is one parameter set (several argnames)."""
-    def param(value):
-        args = value if isinstance(value, tuple) else (value,)
-        return pytest.param(*args, marks=() if value in fast else pytest.mark.slow)
-    return [param(value) for value in values]
+# The slow tier, by a rule over measured costs rather than a list: a test is slow when its setup and call took
+# SLOW_SECONDS or more (tests/durations.json, written by `make test-durations` on 2 quiet cores), and so is every test
+# of an xdist group whose shared fixture alone took that long (the fixture would run for any member of the group).
+# `make test` (CI) runs the rest; `make test-full` runs every test; `-m slow` only these. A test not measured yet
+# (new, or under a second) runs in make test until it is measured.
+DURATIONS = ROOT / "tests" / "durations.json"
+SLOW_SECONDS = 6.0
+
+
+@functools.cache
+def measured() -> tuple[dict[str, dict], frozenset[str]]:
+    """(each measured test's {"setup", "call", "group"}, the xdist groups whose fixture is slow)."""
+    tests = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    return tests, frozenset(t["group"] for t in tests.values() if t["group"] and t["setup"] >= SLOW_SECONDS)
+
+
+def is_slow(node_id: str, group: str | None) -> bool:
+    tests, slow_groups = measured()
+    cost = tests.get(node_id.partition("@")[0])
+    return (cost is not None and cost["setup"] + cost["call"] >= SLOW_SECONDS) or group in slow_groups
+
+
+def pytest_itemcollected(item):
+    group = item.get_closest_marker("xdist_group")
+    if is_slow(item.nodeid, group.args[0] if group else None):
+        item.add_marker(pytest.mark.slow)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--write-durations", action="store_true",
+                     help=f"write each test's setup and call seconds to {DURATIONS.relative_to(ROOT)} "
+                          "(make test-durations)")
+
+
+_durations: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when in ("setup", "call"):
+        node_id, _, group = report.nodeid.partition("@")  # xdist names a grouped test <nodeid>@<group>
+        entry = _durations.setdefault(node_id, {"setup": 0.0, "call": 0.0, "group": group or None})
+        entry[report.when] += report.duration
+
+
+def pytest_sessionfinish(session):
+    if session.config.getoption("--write-durations") and not hasattr(session.config, "workerinput"):
+        kept = {k: {**v, "setup": round(v["setup"], 2), "call": round(v["call"], 2)}
+                for k, v in sorted(_durations.items()) if v["setup"] + v["call"] >= 1.0}
+        DURATIONS.write_text(json.dumps(kept, indent=1) + "\n")
 
 
 @pytest.hookimpl(trylast=True)  # after xdist's own hook, which names each xdist_group test

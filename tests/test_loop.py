@@ -67,7 +67,7 @@ def _assert_same_trees(a, b):
 
 
 @pytest.mark.parametrize("overrides, diagnostics_every", [
-    ((), 0), pytest.param(("regularizer=[dropout,l2]",), 2, marks=pytest.mark.slow)])
+    ((), 0), (("regularizer=[dropout,l2]",), 2)])
 def test_chunked_epochs_are_bit_identical_to_whole_epochs(overrides, diagnostics_every):
     whole_loop, state, whole = _loop(FixedPacer(10**6), *overrides, diagnostics_every=diagnostics_every)
     whole_loop.run(state, 0, 1)
