@@ -36,21 +36,21 @@ SLOW_SECONDS = 8.0
 
 
 @functools.cache
-def measured() -> tuple[dict[str, dict], frozenset[str]]:
-    """(each measured test's {"setup", "call", "group"}, the xdist groups whose fixture is slow)."""
-    tests = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    return tests, frozenset(t["group"] for t in tests.values() if t["group"] and t["setup"] >= SLOW_SECONDS)
+def measured() -> dict[str, dict]:
+    """Each measured test's {"setup", "call", "group"} seconds, by node id."""
+    return json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
 
-def is_slow(node_id: str, group: str | None) -> bool:
-    tests, slow_groups = measured()
+def is_slow(node_id: str, group: str | None, tests: dict[str, dict], threshold: float = SLOW_SECONDS) -> bool:
+    """Whether the test `node_id` (of xdist group `group`) is in the slow tier, by the measured `tests`."""
     cost = tests.get(node_id.partition("@")[0])
-    return (cost is not None and cost["setup"] + cost["call"] >= SLOW_SECONDS) or group in slow_groups
+    slow_groups = {t["group"] for t in tests.values() if t["group"] and t["setup"] >= threshold}
+    return (cost is not None and cost["setup"] + cost["call"] >= threshold) or group in slow_groups
 
 
 def pytest_itemcollected(item):
     group = item.get_closest_marker("xdist_group")
-    if is_slow(item.nodeid, group.args[0] if group else None):
+    if is_slow(item.nodeid, group.args[0] if group else None, measured()):
         item.add_marker(pytest.mark.slow)
 
 
@@ -70,11 +70,18 @@ def pytest_runtest_logreport(report):
         entry[report.when] += report.duration
 
 
+def merged_durations(known: dict[str, dict], ran: dict[str, dict]) -> dict[str, dict]:
+    """`known` with each test that `ran` measured anew: kept from 1 s (the slow tier's rule needs no less)."""
+    merged = {k: v for k, v in known.items() if k not in ran}
+    merged.update({k: {**v, "setup": round(v["setup"], 2), "call": round(v["call"], 2)}
+                   for k, v in ran.items() if v["setup"] + v["call"] >= 1.0})
+    return dict(sorted(merged.items()))
+
+
 def pytest_sessionfinish(session):
+    # Tests not run this time keep what they measured before: a run of a few files updates only theirs.
     if session.config.getoption("--write-durations") and not hasattr(session.config, "workerinput"):
-        kept = {k: {**v, "setup": round(v["setup"], 2), "call": round(v["call"], 2)}
-                for k, v in sorted(_durations.items()) if v["setup"] + v["call"] >= 1.0}
-        DURATIONS.write_text(json.dumps(kept, indent=1) + "\n")
+        DURATIONS.write_text(json.dumps(merged_durations(measured(), _durations), indent=1) + "\n")
 
 
 @pytest.hookimpl(trylast=True)  # after xdist's own hook, which names each xdist_group test

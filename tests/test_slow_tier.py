@@ -1,0 +1,40 @@
+"""The slow tier's rule (tests/conftest.py): a test is slow when its measured setup and call reach the threshold,
+and so is every test of an xdist group whose shared fixture alone does; a new measurement replaces only the tests
+it ran."""
+
+from __future__ import annotations
+
+from tests.conftest import is_slow, merged_durations
+
+MEASURED = {
+    "t.py::cheap": {"setup": 0.5, "call": 2.0, "group": None},
+    "t.py::costly": {"setup": 1.0, "call": 7.5, "group": None},
+    "t.py::first_of_group": {"setup": 9.0, "call": 1.0, "group": "shared"},  # the group's fixture ran here
+    "t.py::other_of_group": {"setup": 0.0, "call": 1.5, "group": "shared"},
+}
+
+
+def test_a_test_is_slow_from_the_threshold_on_and_only_then():
+    assert not is_slow("t.py::cheap", None, MEASURED, threshold=8.0)
+    assert is_slow("t.py::costly", None, MEASURED, threshold=8.0)
+    assert not is_slow("t.py::costly", None, MEASURED, threshold=8.6)
+
+
+def test_every_test_of_a_group_whose_fixture_is_slow_is_slow_however_cheap_itself():
+    assert is_slow("t.py::other_of_group@shared", "shared", MEASURED, threshold=8.0)
+    assert not is_slow("t.py::other_of_group@shared", "shared", MEASURED, threshold=9.5)
+    assert is_slow("t.py::first_of_group@shared", "shared", MEASURED, threshold=9.5)  # its own 10 s
+
+
+def test_an_unmeasured_test_runs_in_make_test():
+    assert not is_slow("t.py::new_test", None, MEASURED, threshold=8.0)
+
+
+def test_a_measurement_replaces_the_tests_it_ran_and_keeps_the_others():
+    ran = {"t.py::costly": {"setup": 0.2, "call": 3.123, "group": None},  # made cheaper
+           "t.py::cheap": {"setup": 0.1, "call": 0.4, "group": None}}  # under a second: no longer listed
+    merged = merged_durations(MEASURED, ran)
+    assert merged["t.py::costly"] == {"setup": 0.2, "call": 3.12, "group": None}
+    assert "t.py::cheap" not in merged
+    assert merged["t.py::first_of_group"] == MEASURED["t.py::first_of_group"]
+    assert list(merged) == sorted(merged)
