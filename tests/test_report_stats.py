@@ -1,4 +1,5 @@
-"""Evidence over seeds (runner.report.stats, and runner.report.tables's groups, ablation and plots), against hand computations."""
+"""Evidence over seeds (runner.report.stats, and runner.report.tables's groups, ablation and plots), against hand
+computations."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""`python -m runner.report`: see runner/report/tables.py."""
+"""`python -m runner.report PATH...`: the command; what it does is runner/report/tables.py's `main`."""
 
 import sys
 
 from runner.report.tables import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -42,7 +42,6 @@ import io
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,6 +392,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_report(args.paths, args.out, plots=not args.no_plots, console=Console(), baseline=args.baseline)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
