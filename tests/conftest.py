@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict
 
 from runner.config.compose import compose_config, register_schemas  # noqa: F401 (tests import compose_config from here)
+from tests.forkserver import ForkServer
 
 register_schemas()
 # The tests' programs are small: XLA's compile time dominates them, and its backend optimisations cost a quarter of
@@ -79,6 +80,8 @@ def merged_durations(known: dict[str, dict], ran: dict[str, dict]) -> dict[str, 
 
 
 def pytest_sessionfinish(session):
+    for server in _fork_servers.values():
+        server.close()
     # Tests not run this time keep what they measured before: a run of a few files updates only theirs.
     if session.config.getoption("--write-durations") and not hasattr(session.config, "workerinput"):
         DURATIONS.write_text(json.dumps(merged_durations(measured(), _durations), indent=1) + "\n")
@@ -113,14 +116,34 @@ def tfds_dir(tmp_path_factory) -> Path:
     return path
 
 
+# One fork server per environment the tests' commands run in (tests/forkserver.py): a command forked from it skips
+# the ~1.5 s of imports every `python -m runner` starts with. RUNNER_TESTS_FORK=0 starts each as a process of its own.
+_fork_servers: dict[tuple, ForkServer] = {}
+
+
+def fork_server(env: dict[str, str]) -> ForkServer | None:
+    if os.environ.get("RUNNER_TESTS_FORK", "1") == "0":
+        return None
+    key = tuple(sorted((k, v) for k, v in env.items() if k != "PYTEST_CURRENT_TEST"))  # pytest's, set per test
+    if key not in _fork_servers:
+        _fork_servers[key] = ForkServer(env)
+    return _fork_servers[key]
+
+
 class Runner:
-    """Runs `python -m runner` in a working dir, as a user would from a shell."""
+    """Runs `python -m runner` in a working dir, as a user would from a shell. A Runner whose env is left as made
+    here runs its commands through the fork server of that env; one given another env starts a process each."""
 
     def __init__(self, cwd: Path, tfds_dir: Path):
         self.cwd, self.env = cwd, {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), "JAX_PLATFORMS": "cpu",
                                    "XLA_FLAGS": USER_XLA_FLAGS}
+        self._made_env = dict(self.env)
 
     def __call__(self, *args: str, module: str = "runner", timeout: float = 300) -> subprocess.CompletedProcess:
+        server = fork_server(self.env) if self.env == self._made_env else None
+        done = server.run([module, *args], self.cwd, self.env, timeout) if server is not None else None
+        if done is not None:
+            return done
         return subprocess.run([sys.executable, "-m", module, *args], cwd=self.cwd, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
