@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -11,11 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import open_dict
 
-from runner.config.compose import compose_config, register_schemas  # noqa: F401 (tests import compose_config from here)
+from runner.config.compose import compose_config, compose_shared, register_schemas  # noqa: F401 (tests import them from here)
 from tests.forkserver import ForkServer
 
 register_schemas()
@@ -210,53 +206,3 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
 
 
-@functools.cache
-def _composed_choices(choices: tuple[str, ...], config_name: str, hydra: bool):
-    if not hydra:  # the job's config alone: a third of the copying, for values outside Hydra's node
-        cfg = copy.deepcopy(_composed_choices(choices, config_name, True))
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-    return compose_config(*choices, config_name=config_name, hydra=True)
-
-
-def compose_shared(*overrides: str, config_name: str = "config", hydra: bool = False):
-    """compose_config's config, its costly part shared: what Hydra builds its defaults tree from (the group choices,
-    `group=choice`, and hydra.searchpath; ~0.1 s a composition) is composed once per session, and the values
-    (`group.key=value`: a dotted key names no group) are applied to a copy by the step of Hydra's compose that
-    applies them (ConfigLoaderImpl._apply_overrides_to_config: the same values, the same errors), then recorded in
-    Hydra's node as compose records them. For tables that try many values on one composition
-    (tests/test_safety.py checks it against compose_config)."""
-    def is_value(o) -> bool:
-        return "." in o.key_or_group and o.key_or_group != "hydra.searchpath"
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    values = [o for o in parsed if is_value(o)]
-    choices = tuple(o.input_line for o in parsed if not is_value(o))
-    with_hydra = hydra or any(o.is_hydra_override() for o in values)
-    cfg = copy.deepcopy(_composed_choices(choices, config_name, with_hydra))
-    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-    if not with_hydra:
-        return cfg
-    # What compose does after applying them (hydra/_internal/config_loader_impl.py, _load_configuration_impl).
-    task = [o for o in parsed if not o.is_hydra_override()]
-    node = cfg.hydra
-    node.overrides.task = [o.input_line for o in task]
-    node.overrides.hydra = [o.input_line for o in parsed if o.is_hydra_override()]
-    with open_dict(node):
-        for key in node.job.env_copy:
-            node.job.env_set[key] = os.environ[key]
-    node.runtime.cwd = os.getcwd()
-    dirname = node.job.config.override_dirname
-    node.job.override_dirname = get_overrides_dirname(overrides=task, kv_sep=dirname.kv_sep,
-                                                      item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
-    if not hydra:
-        with open_dict(cfg):
-            del cfg["hydra"]
-    return cfg
-
-
-@pytest.fixture
-def shared_compositions(monkeypatch):
-    """preflight composing with compose_shared: a table's cases run the whole check, one composition each less."""
-    monkeypatch.setattr("runner.cli.preflight.compose_config", compose_shared)

@@ -166,19 +166,13 @@ def _schema_declared() -> list[tuple[str, str]]:
             for value in _bad_values(field.metadata["valid"])]
 
 
+# Each value through the whole pre-run check (a value that does not convert to the field's type is refused where
+# Hydra applies it: compose_shared, with which preflight composes).
 SCHEMA_DECLARED = _schema_declared()
-# Each value through the whole pre-run check; the first of each schema and of each kind of value composed by Hydra
-# on its own, the others sharing one composition (compose_shared: a value that does not convert to the field's type
-# is refused where Hydra applies it, as in a composition of its own).
-COMPOSED_ALONE = (_first(SCHEMA_DECLARED, lambda c: c[0].split("=")[0].rsplit(".", 1)[0])
-                  + _first(SCHEMA_DECLARED, lambda c: _kind(c[0])))
 
 
 @pytest.mark.parametrize("override, spec", [pytest.param(*c, id=c[0]) for c in SCHEMA_DECLARED])
-def test_every_schema_field_out_of_range_is_refused_before_anything_runs(override, spec, tmp_path, monkeypatch,
-                                                                        request):
-    if (override, spec) not in COMPOSED_ALONE:
-        request.getfixturevalue("shared_compositions")
+def test_every_schema_field_out_of_range_is_refused_before_anything_runs(override, spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as refused:
         preflight([override])

@@ -44,27 +44,19 @@ def test_the_table_covers_every_group_and_hydras_own_keys():
     assert len(KEYS) > 100 and all(k in KEYS for k in WRITTEN_PATHS)
 
 
-# The text rules answer before any composition, for every key at once. An interpolation needs a composition per key
-# (~0.1 s each): the first key of each group at each depth composed on its own, then every key with the compositions
-# shared (compose_shared: one composition of the defaults, each key's value applied as Hydra applies it).
-SAMPLED_KEYS = sorted({".".join(key.split(".")[:depth]) + "|" + key: key for key in KEYS
-                       for depth in (1, 2)}.values(), key=KEYS.index)
-SAMPLED_KEYS = [k for i, k in enumerate(SAMPLED_KEYS) if k.rsplit(".", 1)[0] not in
-                {s.rsplit(".", 1)[0] for s in SAMPLED_KEYS[:i]}]
-CASES = [(what, form, "all") for what in HOSTILE for form in ("{key}={value}", "+{key}={value}", "++{key}={value}")
-         if "interpolation" not in what] + [("an interpolation that does not resolve", "{key}={value}", "sample"),
-                                            ("an interpolation that does not resolve", "{key}={value}", "shared")]
+# The text rules answer before any composition, for every key at once; an interpolation needs a composition per key,
+# which preflight shares (runner.config.compose.compose_shared: one composition of the defaults, each key's value
+# applied as Hydra applies it).
+CASES = [(what, form) for what in HOSTILE for form in ("{key}={value}", "+{key}={value}", "++{key}={value}")
+         if "interpolation" not in what] + [("an interpolation that does not resolve", "{key}={value}")]
 
 
-@pytest.mark.parametrize("what,form,keys", CASES)
-def test_every_key_refuses_every_hostile_value_in_one_line_naming_it(what, form, keys, tmp_path, monkeypatch,
-                                                                     request):
-    if keys == "shared":
-        request.getfixturevalue("shared_compositions")
+@pytest.mark.parametrize("what,form", CASES)
+def test_every_key_refuses_every_hostile_value_in_one_line_naming_it(what, form, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "precious.txt").write_text("keep\n")
     wrong = []
-    for key in SAMPLED_KEYS if keys == "sample" else KEYS:
+    for key in KEYS:
         override = form.format(key=key, value=HOSTILE[what])
         try:
             preflight([override] + ([] if key == "hydra.run.dir" else [f"hydra.run.dir={tmp_path / 'run'}"]))
@@ -77,18 +69,11 @@ def test_every_key_refuses_every_hostile_value_in_one_line_naming_it(what, form,
     assert not (tmp_path / "run").exists()
 
 
-# A path with '..' is a fine value for most keys (a data dir, a run dir the user names); each key's check costs a
-# composition (~0.2 s): the keys Hydra writes through and a sample of the rest composed on their own, every other key
-# with the compositions shared (compose_shared).
-COMPOSED_ALONE = [*WRITTEN_PATHS, "hydra.run.dir", "dataset.data_dir", "transfer.source", "trainer.epochs",
-                  "hydra.job.name"]
-
-
+# A path with '..' is a fine value for most keys (a data dir, a run dir the user names); each key's check is a
+# composition, shared by preflight (compose_shared).
 @pytest.mark.parametrize("key", KEYS)
 def test_a_path_out_of_the_dir_is_refused_where_hydra_writes_through_it_and_never_a_traceback(key, tmp_path,
-                                                                                             monkeypatch, request):
-    if key not in COMPOSED_ALONE:
-        request.getfixturevalue("shared_compositions")
+                                                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [f"{key}=../../escape"] + ([] if key == "hydra.run.dir" else [f"hydra.run.dir={tmp_path / 'run'}"])
     try:
@@ -101,7 +86,7 @@ def test_a_path_out_of_the_dir_is_refused_where_hydra_writes_through_it_and_neve
     assert not (tmp_path.parent.parent / "escape").exists() or key == "hydra.run.dir"
 
 
-# compose_shared, which the tables above share compositions with, against Hydra's own compose.
+# compose_shared, with which preflight composes (the tables above among its callers), against Hydra's own compose.
 @pytest.mark.parametrize("overrides", [
     ["optimizer=adam", "+optimizer.nesterov=true", "trainer.epochs=3", "hydra.run.dir=../../escape",
      "hydra.job.name=${oc.env:HOME}"],

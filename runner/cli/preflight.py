@@ -27,7 +27,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from runner.cli.relations import validate
 from runner.cli.search import check_search
 from runner.config.checks import TopLevel, describe, unchecked_parameters
-from runner.config.compose import CONF_DIR, compose_config
+from runner.config.compose import CONF_DIR, compose_config, compose_shared
 from runner.config.safety import check_flags, check_interpolations, check_override, check_paths_inside
 from runner.console import Console
 from runner.errors import UserError, first_line
@@ -329,7 +329,7 @@ class Composer:
 def _compose(config_name: str, extra: list[str], job: list[str], hydra: bool) -> DictConfig:
     """Hydra's compose, its errors turned into one line each."""
     try:
-        return compose_config(*job, *extra, config_name=config_name, hydra=hydra)
+        return compose_shared(*job, *extra, config_name=config_name, hydra=hydra)
     except MissingConfigException as e:
         group, _, choice = (e.missing_cfg_file or "").rpartition("/")
         # A list group (logger=[jsonl,nosuch], regularizer=[...]) gets no options from Hydra: the same line anyway.
