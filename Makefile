@@ -27,7 +27,7 @@ run: $(STAMP)  ## train the default config on the embedded digits dataset (offli
 
 # Two workers (pytest-xdist): the tests are mostly single-threaded and these machines have two cores; loadgroup
 # keeps the tests of one xdist_group (those sharing an expensive fixture) on one worker.
-test: $(STAMP)  ## run the tests CI runs: all but the slow tier (tests/conftest.py: 8 s or more as measured)
+test: $(STAMP)  ## run the tests CI runs: all but the slow tier (tests/conftest.py: 10 s or more as measured)
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 test-full: $(STAMP)  ## run every test, the slow tier too (CI runs make test and a CLI smoke: .ci/run)

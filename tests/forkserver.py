@@ -45,7 +45,8 @@ class ForkServer:
         self.lock = threading.Lock()
         self.pending = b""
 
-    def run(self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess | None:
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str],
+            timeout: float) -> subprocess.CompletedProcess | None:
         """`python -m *argv` in `cwd` as subprocess.run(capture_output=True, text=True) reports it; None when the
         server is busy with another thread's command (the caller starts a process of its own)."""
         if not self.lock.acquire(blocking=False):

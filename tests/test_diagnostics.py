@@ -71,9 +71,9 @@ def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
     parts, state, x, y = _setup()
     records = _records(parts, state, x, y, every=2)
     states = _states(parts, state, x, y, steps=3)
-    for record in records[:2]:
-        s = states[record["step"]]
-        indices = _batches(x)[record["step"]]
+    for logged in records[:2]:
+        s = states[logged["step"]]
+        indices = _batches(x)[logged["step"]]
         dropout_rng = jax.random.split(jax.random.fold_in(s.rng, s.step), 3)[2]
 
         def loss(params):
@@ -84,18 +84,18 @@ def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
         grads = jax.grad(loss)(s.params)
         for name in layer_names(s.params):
             expected = float(jnp.linalg.norm(grads[name]["kernel"]))
-            assert _layer(record, name)["grad_norm"] == pytest.approx(expected, rel=1e-4), (record["step"], name)
+            assert _layer(logged, name)["grad_norm"] == pytest.approx(expected, rel=1e-4), (logged["step"], name)
 
 
 def test_update_ratio_is_the_change_of_the_kernel_over_its_norm_before_the_step():
     parts, state, x, y = _setup("optimizer=momentum")
     [first, second, *_] = _records(parts, state, x, y, every=1)
     states = _states(parts, state, x, y, steps=3)
-    for record in (first, second):
-        before, after = states[record["step"]], states[record["step"] + 1]
+    for logged in (first, second):
+        before, after = states[logged["step"]], states[logged["step"] + 1]
         for name in layer_names(state.params):
             w0, w1 = before.params[name]["kernel"], after.params[name]["kernel"]
-            layer = _layer(record, name)
+            layer = _layer(logged, name)
             assert layer["weight_norm"] == pytest.approx(float(jnp.linalg.norm(w0)), rel=1e-5)
             assert layer["update_ratio"] == pytest.approx(float(jnp.linalg.norm(w1 - w0) / jnp.linalg.norm(w0)),
                                                           rel=1e-3)

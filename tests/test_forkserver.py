@@ -15,7 +15,8 @@ from tests.forkserver import ForkServer
 PROBE = '''
 import json, os, signal, sys
 print(json.dumps({"argv": sys.argv[1:], "argv0": os.path.basename(sys.argv[0]), "cwd": os.getcwd(),
-                  "path0": sys.path[0], "probe": os.environ.get("PROBE"), "test": os.environ.get("PYTEST_CURRENT_TEST"), "stdin": sys.stdin.read(),
+                  "path0": sys.path[0], "probe": os.environ.get("PROBE"),
+                  "test": os.environ.get("PYTEST_CURRENT_TEST"), "stdin": sys.stdin.read(),
                   "name": __name__}))
 print("on stderr", file=sys.stderr)
 ending = sys.argv[1]

@@ -97,7 +97,6 @@ def test_entering_a_stage_starts_a_fresh_optimizer_state_for_its_chain():
     program = StageProgram(parts, Stage("train", 1), 16, 0, state, x, y, jax.random.PRNGKey(1))
     trained = whole_epoch(program, state, x, y, jax.random.PRNGKey(2))
     entered = enter_stage(trained, parts, Stage("next", 1, frozenset({"dense_0"})))
-    fresh = entered.tx.init(trained.params)
     adam = [s for s in jax.tree.leaves(entered.opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))
             if isinstance(s, optax.ScaleByAdamState)]
     assert int(adam[0].count) == 0  # the moments restart (and with them Adam's bias correction) ...

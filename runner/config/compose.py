@@ -122,7 +122,8 @@ def compose_shared(*overrides: str, config_name: str = "config", hydra: bool = F
     (`group.key=value`: a dotted key names no group) are applied to a copy by the step of Hydra's compose that
     applies them (ConfigLoaderImpl._apply_overrides_to_config: the same values, the same errors), then recorded in
     Hydra's node as compose records them. Preflight composes a sweep's jobs with it: the jobs of
-    `-m trainer.seed=range(0,5) activation=relu,elu,selu` share 3 compositions, not 15 (its preflight: 0.9 s, was 2.0 s).
+    `-m trainer.seed=range(0,5) activation=relu,elu,selu` share 3 compositions, not 15 (its preflight: 0.9 s,
+    was 2.0 s).
     tests/test_safety.py holds it to compose_config."""
     def is_value(o) -> bool:
         return "." in o.key_or_group and o.key_or_group != "hydra.searchpath"

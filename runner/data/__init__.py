@@ -14,4 +14,4 @@ from runner.data.load import check_dataset, load_data, load_splits
 from runner.data.npz import validate_npz
 from runner.data.splits import Splits
 
-__all__ = ["Splits", "check_dataset", "load_splits", "validate_npz"]
+__all__ = ["Splits", "check_dataset", "load_data", "load_splits", "validate_npz"]
