@@ -328,8 +328,9 @@ class Composer:
 
 def _compose(config_name: str, extra: list[str], job: list[str], hydra: bool) -> DictConfig:
     """Hydra's compose, its errors turned into one line each."""
+    config_dir = _config_dir(extra)
     try:
-        return compose_shared(*job, *extra, config_name=config_name, hydra=hydra)
+        return compose_shared(*job, *extra, config_name=config_name, hydra=hydra, config_dir=config_dir)
     except MissingConfigException as e:
         group, _, choice = (e.missing_cfg_file or "").rpartition("/")
         # A list group (logger=[jsonl,nosuch], regularizer=[...]) gets no options from Hydra: the same line anyway.
@@ -337,7 +338,8 @@ def _compose(config_name: str, extra: list[str], job: list[str], hydra: bool) ->
         if options and group:
             raise UserError(f"{group}={choice}: unknown choice; valid: {', '.join(sorted(options))}") from None
         if not group and choice == config_name:
-            raise UserError(f"-cn {choice}: no such primary config; valid: config") from None
+            mine = sorted(p.stem for p in Path(config_dir).glob("*.yaml")) if config_dir else []
+            raise UserError(f"-cn {choice}: no such primary config; valid: {', '.join(['config', *mine])}") from None
         raise UserError(first_line(e)) from None
     except (HydraException, OmegaConfBaseException) as e:
         if (line := _not_in_defaults(e, job, extra)) is not None:
@@ -347,6 +349,11 @@ def _compose(config_name: str, extra: list[str], job: list[str], hydra: bool) ->
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         raise UserError(f"{mark.name if mark else 'a conf file'}: not YAML ({not_yaml(e)}); valid: a YAML mapping, "
                         "like the runner's conf/<group>/<choice>.yaml") from None
+
+
+def _config_dir(extra: list[str] | tuple[str, ...]) -> str | None:
+    """The `-cd DIR` that `extra` (Composer.extra) names; None without one."""
+    return next((path for override in extra for path in re.findall(r"file://([^,\]]+)", override)), None)
 
 
 def _not_in_defaults(e: Exception, job: list[str], extra: list[str]) -> str | None:
@@ -381,7 +388,9 @@ def _check_conf_dir(conf_dir: Path, config_name: str) -> None:
     """The conf files of a `-cd DIR` that Hydra may read, each read first: one that is not a YAML mapping (broken,
     cut off, not text, a list) is one line naming it, as is a primary config there, which Hydra never reads."""
     primary, builtin = conf_dir / f"{config_name}.yaml", CONF_DIR / f"{config_name}.yaml"
-    if primary.is_file() and builtin.is_file():  # (a -cn only the dir has is refused as no such primary config)
+    if primary.is_file() and not builtin.is_file():  # a -cn only the dir has: the primary config, as Hydra finds it
+        _read_conf_file(primary, None)
+    if primary.is_file() and builtin.is_file():
         mine = _read_conf_file(primary, None)
         if mine != OmegaConf.to_container(OmegaConf.load(builtin)):  # a copy of conf/ changes nothing
             raise UserError(f"{primary}: not read, so what it sets would be silently ignored: the runner's own "
@@ -440,12 +449,24 @@ def _callable_example(group: str) -> str | None:
 def _top_level(config_name: str, extra: tuple[str, ...]) -> TopLevel:
     """The groups a config may and must have: its primary config's keys and defaults list (composed once)."""
     keys = {str(k) for k in _compose(config_name, list(extra), [], hydra=False)}
-    defaults = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults", [])
-    groups = {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()
-              if not str(k).startswith(("override ", "hydra/"))}
+    groups = _default_groups(config_name, _config_dir(extra))
     return TopLevel(allowed=keys | set(groups),
                     required={g for g, choice in groups.items()
                               if choice is not None and not isinstance(choice, ListConfig)})
+
+
+def _default_groups(config_name: str, config_dir: str | None) -> dict:
+    """{group: choice} of a primary config's defaults list, where Hydra finds it (conf/, then a -cd DIR), with those
+    of a primary config it names (a -cd DIR's `defaults: [config, _self_]` extends the runner's)."""
+    dirs = [CONF_DIR] + ([Path(config_dir)] if config_dir else [])
+    path = next(d / f"{config_name}.yaml" for d in dirs if (d / f"{config_name}.yaml").is_file())
+    groups = {}
+    for entry in OmegaConf.load(path).get("defaults", []) or []:
+        if isinstance(entry, str) and entry != "_self_" and any((d / f"{entry}.yaml").is_file() for d in dirs):
+            groups.update(_default_groups(entry, config_dir))
+        elif isinstance(entry, DictConfig):
+            groups.update({k: v for k, v in entry.items() if not str(k).startswith(("override ", "hydra/"))})
+    return groups
 
 
 def _explain(e: Exception, job: list[str]) -> str:

@@ -106,17 +106,37 @@ class TransferConfig:
     cache: bool = False  # frozen layers' outputs computed once per example; the upper layers train on them
 
 
-def compose_config(*overrides: str, config_name: str = "config", hydra: bool = False) -> DictConfig:
-    """The config `python -m runner` would see for these overrides (with Hydra's own node if `hydra`).
+def compose_config(*overrides: str, config_name: str = "config", hydra: bool = False,
+                   config_dir: str | None = None) -> DictConfig:
+    """The config `python -m runner` would see for these overrides (with Hydra's own node if `hydra`), and for
+    `--config-dir config_dir` if given.
 
     The one place a config is composed: preflight, the benchmark and the tests all call it.
     """
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if config_dir is not None:
+            _add_config_dir(config_dir)
         return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
 
 
-def compose_shared(*overrides: str, config_name: str = "config", hydra: bool = False) -> DictConfig:
+def _add_config_dir(config_dir: str) -> None:
+    """Put `config_dir` in the search path where Hydra's `--config-dir` puts it (hydra/_internal/utils.py,
+    _run_hydra): after conf/, before the structured configs. Hydra looks for the primary config (`-cn NAME`) there
+    too; a `hydra.searchpath` override comes too late for that (the primary config is looked up, and its absence
+    cached, before the override is read)."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    loader.config_search_path.prepend(provider="command-line", path=f"file://{Path(config_dir).resolve()}",
+                                      anchor=SearchPathQuery(provider="schema"))
+    loader.repository = ConfigRepository(config_search_path=loader.config_search_path)
+
+
+def compose_shared(*overrides: str, config_name: str = "config", hydra: bool = False,
+                   config_dir: str | None = None) -> DictConfig:
     """compose_config's config, its costly part shared: what Hydra builds its defaults tree from (the group choices,
     `group=choice`, and hydra.searchpath; ~0.1 s a composition) is composed once per process, and the values
     (`group.key=value`: a dotted key names no group) are applied to a copy by the step of Hydra's compose that
@@ -132,7 +152,7 @@ def compose_shared(*overrides: str, config_name: str = "config", hydra: bool = F
     values = [o for o in parsed if is_value(o)]
     choices = tuple(o.input_line for o in parsed if not is_value(o))
     with_hydra = hydra or any(o.is_hydra_override() for o in values)
-    cfg = copy.deepcopy(_composed_choices(choices, config_name, with_hydra))
+    cfg = copy.deepcopy(_composed_choices(choices, config_name, with_hydra, config_dir))
     ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
     if not with_hydra:
         return cfg
@@ -155,13 +175,14 @@ def compose_shared(*overrides: str, config_name: str = "config", hydra: bool = F
 
 
 @functools.cache
-def _composed_choices(choices: tuple[str, ...], config_name: str, hydra: bool) -> DictConfig:
+def _composed_choices(choices: tuple[str, ...], config_name: str, hydra: bool,
+                      config_dir: str | None) -> DictConfig:
     if not hydra:  # the job's config alone: a third of the copying, for values outside Hydra's node
-        cfg = copy.deepcopy(_composed_choices(choices, config_name, True))
+        cfg = copy.deepcopy(_composed_choices(choices, config_name, True, config_dir))
         with open_dict(cfg):
             del cfg["hydra"]
         return cfg
-    return compose_config(*choices, config_name=config_name, hydra=True)
+    return compose_config(*choices, config_name=config_name, hydra=True, config_dir=config_dir)
 
 
 def register_schemas() -> None:
