@@ -41,16 +41,28 @@ def measured() -> dict[str, dict]:
     return json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
 
-def is_slow(node_id: str, group: str | None, tests: dict[str, dict], threshold: float = SLOW_SECONDS) -> bool:
-    """Whether the test `node_id` (of xdist group `group`) is in the slow tier, by the measured `tests`."""
+def slow_groups(tests: dict[str, dict], threshold: float = SLOW_SECONDS) -> set[str]:
+    """The xdist groups whose shared fixture alone took `threshold` or more, by the measured `tests`."""
+    return {t["group"] for t in tests.values() if t["group"] and t["setup"] >= threshold}
+
+
+def is_slow(node_id: str, group: str | None, tests: dict[str, dict], threshold: float = SLOW_SECONDS,
+            groups: set[str] | None = None) -> bool:
+    """Whether the test `node_id` (of xdist group `group`) is in the slow tier, by the measured `tests`
+    (`groups`: their slow_groups, if worked out already)."""
     cost = tests.get(node_id.partition("@")[0])
-    slow_groups = {t["group"] for t in tests.values() if t["group"] and t["setup"] >= threshold}
-    return (cost is not None and cost["setup"] + cost["call"] >= threshold) or group in slow_groups
+    groups = slow_groups(tests, threshold) if groups is None else groups
+    return (cost is not None and cost["setup"] + cost["call"] >= threshold) or group in groups
+
+
+@functools.cache
+def _measured_slow_groups() -> frozenset[str]:
+    return frozenset(slow_groups(measured()))
 
 
 def pytest_itemcollected(item):
     group = item.get_closest_marker("xdist_group")
-    if is_slow(item.nodeid, group.args[0] if group else None, measured()):
+    if is_slow(item.nodeid, group.args[0] if group else None, measured(), groups=_measured_slow_groups()):
         item.add_marker(pytest.mark.slow)
 
 

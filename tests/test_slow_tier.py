@@ -4,7 +4,7 @@ it ran."""
 
 from __future__ import annotations
 
-from tests.conftest import is_slow, merged_durations
+from tests.conftest import is_slow, merged_durations, slow_groups
 
 MEASURED = {
     "t.py::cheap": {"setup": 0.5, "call": 2.0, "group": None},
@@ -24,6 +24,16 @@ def test_every_test_of_a_group_whose_fixture_is_slow_is_slow_however_cheap_itsel
     assert is_slow("t.py::other_of_group@shared", "shared", MEASURED, threshold=8.0)
     assert not is_slow("t.py::other_of_group@shared", "shared", MEASURED, threshold=9.5)
     assert is_slow("t.py::first_of_group@shared", "shared", MEASURED, threshold=9.5)  # its own 10 s
+
+
+def test_the_groups_worked_out_once_give_what_each_test_would_work_out():
+    assert slow_groups(MEASURED, threshold=8.0) == {"shared"} and slow_groups(MEASURED, threshold=9.5) == set()
+    for node_id in MEASURED:
+        for threshold in (8.0, 9.5):
+            groups = slow_groups(MEASURED, threshold)
+            group = MEASURED[node_id]["group"]
+            assert (is_slow(node_id, group, MEASURED, threshold, groups=groups)
+                    == is_slow(node_id, group, MEASURED, threshold))
 
 
 def test_an_unmeasured_test_runs_in_make_test():
