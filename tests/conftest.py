@@ -150,8 +150,10 @@ class Runner:
                                    "XLA_FLAGS": USER_XLA_FLAGS}
         self._made_env = dict(self.env)
 
-    def __call__(self, *args: str, module: str = "runner", timeout: float = 300) -> subprocess.CompletedProcess:
-        server = fork_server(self.env) if self.env == self._made_env else None
+    def __call__(self, *args: str, module: str = "runner", timeout: float = 300,
+                 fork: bool = True) -> subprocess.CompletedProcess:
+        """`fork=False`: a process started afresh (its own imports and hash seed), where that is the claim."""
+        server = fork_server(self.env) if fork and self.env == self._made_env else None
         done = server.run([module, *args], self.cwd, self.env, timeout) if server is not None else None
         if done is not None:
             return done

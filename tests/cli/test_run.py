@@ -35,7 +35,8 @@ def test_default_config_reaches_95_percent_on_digits(cli):
     assert resolved["schedule"]["_target_"].endswith("schedules.constant")
 
 
-# Two seeds in one multirun, and seed 0 again in a process of its own: 2 processes for the three comparisons.
+# Two seeds in one multirun, and seed 0 again in a process of its own, started afresh (not forked from the tests'
+# server: its own imports and hash seed): 2 processes for the three comparisons.
 SEEDS_RUN = ("dataset=mnist1d", "dataset.train_subset=256", "model.depth=1", "model.width=16", "trainer.epochs=2")
 
 
@@ -45,7 +46,7 @@ def seeded_runs(tmp_path_factory, tfds_dir) -> dict[str, list[dict]]:
     cli = Runner(tmp_path_factory.mktemp("seeds"), tfds_dir)
     swept = cli("-m", *SEEDS_RUN, "trainer.seed=0,1", "hydra.sweep.dir=outputs/sweep")
     assert swept.returncode == 0, swept.stderr
-    alone = cli(*SEEDS_RUN, "trainer.seed=0", "hydra.run.dir=outputs/alone")
+    alone = cli(*SEEDS_RUN, "trainer.seed=0", "hydra.run.dir=outputs/alone", fork=False)  # started afresh
     assert alone.returncode == 0, alone.stderr
     runs = {str(read_summary(d)["seed"]): read_metrics(d) for d in (cli.cwd / "outputs" / "sweep").iterdir()
             if (d / "summary.json").exists()}
