@@ -7,8 +7,8 @@ and environment) imports those once and forks a child for each command. The chil
 ARGS` would be from there on: its own pid, the command's cwd, environment, argv, sys.path[0] and standard streams
 (files the caller reads), the module run as `__main__` by runpy, the exit code of `sys.exit` or of its own
 `os._exit`, and a signal's death reported as subprocess reports it (-N). What it shares with the server was set
-before any command: modules imported under the same environment (the server serves only commands whose
-environment is its own), no thread and no JAX backend started (so forking is safe; checked before each fork),
+before any command: modules imported under the same environment (the caller keys its servers by environment,
+bar pytest's PYTEST_CURRENT_TEST, which the child takes from the command as it takes the rest), no thread and no JAX backend started (so forking is safe; checked before each fork),
 and what those imports printed on stderr, which each child prints first, as a fresh process would.
 
 Protocol, a line of JSON each way: {"argv", "cwd", "env", "stdout", "stderr"} in; {"pid"} once forked, then
