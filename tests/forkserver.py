@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from pathlib import Path
+
+from runner.training.process import exit_promptly
 
 # What `python -m runner` imports before it trains (runner/__main__.py, runner/cli/run.py and what they import
 # lazily), and the other commands' heavy dependencies. Importing one a command would not have imported changes
@@ -88,9 +92,6 @@ class ForkServer:
 
 
 def serve(requests, replies) -> None:
-    import runpy
-    import threading
-
     from jax._src import xla_bridge
 
     for line in requests:
@@ -100,7 +101,7 @@ def serve(requests, replies) -> None:
         pid = os.fork()
         if pid == 0:
             replies.close()  # the server's end of the protocol: no command's to hold
-            _child(request, runpy)
+            _child(request)
         replies.write(json.dumps({"pid": pid}) + "\n")
         replies.flush()
         _, status = os.waitpid(pid, 0)
@@ -109,8 +110,7 @@ def serve(requests, replies) -> None:
         replies.flush()
 
 
-def _child(request: dict, runpy) -> None:
-    code = 1
+def _child(request: dict) -> None:
     try:
         os.chdir(request["cwd"])
         os.environ.clear()  # the server's, bar what no import read (the caller keys its servers by the rest)
@@ -129,34 +129,13 @@ def _child(request: dict, runpy) -> None:
             runpy.run_module(request["argv"][0], run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as e:
-            code = _exit_code(e.code)
+            code = e.code
         except BaseException:
-            import traceback
-
             traceback.print_exc()
             code = 1
-        # What the interpreter does at exit: wait for non-daemon threads, run the atexit handlers, flush.
-        import atexit
-        import threading
-
-        threading._shutdown()
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        exit_promptly(code)  # the interpreter's exit, as `python -m runner` ends its own (never returns)
     finally:
-        os._exit(code)
-
-
-def _exit_code(code) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
+        os._exit(1)  # only if setting the child up failed
 
 
 _IMPORT_STDERR = b""  # what the imports printed on stderr, once

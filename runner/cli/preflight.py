@@ -10,7 +10,6 @@ had ended for good, the one line that says there is nothing to train.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import functools
@@ -21,7 +20,7 @@ from pathlib import Path
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from runner.cli.relations import validate
@@ -297,7 +296,6 @@ class Composer:
         if config_dir is not None:
             _check_conf_dir(Path(config_dir), config_name)
         self.extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-        self._with_hydra: dict[tuple[str, ...], DictConfig] = {}  # job -> its composition with Hydra's node
 
     @functools.cached_property
     def top_level(self) -> TopLevel:
@@ -306,21 +304,13 @@ class Composer:
         return _top_level(self.config_name, tuple(self.extra))
 
     def __call__(self, job: list[str]) -> DictConfig:
-        composed = self._with_hydra.get(tuple(o for o in job if not _is_hydra(o)))
-        if composed is None:
-            return self._compose(job, hydra=False)
-        # Composed already with Hydra's node (the first job): the job's config is that without it (~0.1 s saved)
-        cfg = copy.deepcopy(composed)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+        # The first job's group choices were composed for hydra() already: compose_shared reuses that composition.
+        return self._compose(job, hydra=False)
 
     def hydra(self, overrides: list[str]) -> DictConfig:
         """The config with Hydra's own node (hydra.run.dir, ...), for the first job of a sweep."""
         job = expand_sweep(overrides)[0]
-        cfg = self._compose(job + [o for o in overrides if _is_hydra(o)], hydra=True)
-        self._with_hydra[tuple(o for o in job if not _is_hydra(o))] = cfg
-        return cfg
+        return self._compose(job + [o for o in overrides if _is_hydra(o)], hydra=True)
 
     def _compose(self, job: list[str], hydra: bool) -> DictConfig:
         return _compose(self.config_name, self.extra, job, hydra)
@@ -378,8 +368,8 @@ def _group_choices(group: str, extra: tuple[str, ...]) -> list[str]:
     from hydra.core.object_type import ObjectType
 
     search_path = create_config_search_path(f"file://{CONF_DIR}")
-    for path in (path for override in extra for path in re.findall(r"file://[^,\]]+", override)):
-        search_path.append("command-line", path)
+    if (config_dir := _config_dir(extra)) is not None:
+        search_path.append("command-line", f"file://{config_dir}")
     repository = ConfigRepository(config_search_path=search_path)
     return sorted(repository.get_group_options(group, results_filter=ObjectType.CONFIG))
 
@@ -388,11 +378,9 @@ def _check_conf_dir(conf_dir: Path, config_name: str) -> None:
     """The conf files of a `-cd DIR` that Hydra may read, each read first: one that is not a YAML mapping (broken,
     cut off, not text, a list) is one line naming it, as is a primary config there, which Hydra never reads."""
     primary, builtin = conf_dir / f"{config_name}.yaml", CONF_DIR / f"{config_name}.yaml"
-    if primary.is_file() and not builtin.is_file():  # a -cn only the dir has: the primary config, as Hydra finds it
-        _read_conf_file(primary, None)
-    if primary.is_file() and builtin.is_file():
+    if primary.is_file():  # (one only the dir has is the primary config, as Hydra finds it: read like the rest)
         mine = _read_conf_file(primary, None)
-        if mine != OmegaConf.to_container(OmegaConf.load(builtin)):  # a copy of conf/ changes nothing
+        if builtin.is_file() and mine != OmegaConf.to_container(OmegaConf.load(builtin)):  # a copy changes nothing
             raise UserError(f"{primary}: not read, so what it sets would be silently ignored: the runner's own "
                             f"conf/{config_name}.yaml is the primary config, and --config-dir adds choices to its "
                             f"groups; valid: remove it, or put what it changes in {conf_dir}/experiment/NAME.yaml "
