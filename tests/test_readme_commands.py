@@ -9,7 +9,10 @@ it the test sets what a person's machine would have: the venv's `python` and `ru
 data dir and JAX's compilation cache in the test's temp dirs, and one test aid, RUNNER_MAX_EPOCHS=1
 (runner/config/compose.py: `capped`), which shortens the training of every command whose result its page does not print
 (`UNCAPPED` lists the others and why). Files a person brings themselves (their own inputs, another framework's
-weights) are written before their chapter runs (`brought`).
+weights) are written before their chapter runs (`brought`). One thing differs, unseen by the commands: the `python`
+first on PATH is tests/forkserver.py's `Shim`, which forks each `python -m runner...` from a server that has
+imported what it imports (a process of its own as bash sees it: its streams, exit code, signals); any other
+`python` is the venv's.
 
 What is checked: a `$ ` command prints each line its page shows (an `error:` line is its whole stderr, exit code 2);
 a command in `CHECKS` does what its page says it does (a number within TOLERANCE, the files it names, the message it
@@ -36,6 +39,7 @@ import pytest
 
 from runner.config.compose import MAX_EPOCHS_VARIABLE
 from tests.conftest import ROOT, USER_XLA_FLAGS, read_metrics, read_summary
+from tests.forkserver import Shim
 
 README = "README.md"
 GENERATED = ("docs/book.md",)  # written by runner/book.py from its runs: a table, no commands
@@ -491,19 +495,21 @@ def test_readme_chapter_runs_as_printed(chapter, tmp_path, tfds_dir):
     env = environment(tmp_path, tfds_dir)
     commands = chapters()[chapter]
     brought(chapter, tmp_path)
-    for command in commands:
-        started, cpu = time.perf_counter(), _children_cpu()
-        done = run(command, tmp_path, env)
-        print(f"{time.perf_counter() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  {command.page} line "
-              f"{command.line}: {command.key}")  # shown by pytest -s
-        check(done)
-
-
-def _children_cpu() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    # `python -m runner...` forked from a server that has imported what it imports (tests/forkserver.py `Shim`),
+    # still a process of its own as bash sees it; RUNNER_TESTS_FORK=0: the venv's python itself.
+    shim = None if os.environ.get("RUNNER_TESTS_FORK", "1") == "0" else tmp_path / "forks"
+    if shim is not None:
+        env = {**env, "PATH": f"{shim / 'bin'}{os.pathsep}{env['PATH']}"}
+        shim = Shim(env, shim)
+    try:
+        for command in commands:
+            started = time.perf_counter()
+            done = run(command, tmp_path, env)
+            print(f"{time.perf_counter() - started:6.1f} s  {command.page} line {command.line}: {command.key}")  # -s
+            check(done)
+    finally:
+        if shim is not None:
+            shim.close()
 
 
 def test_every_readme_command_is_run_or_listed():
