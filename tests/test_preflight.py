@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from hydra.types import RunMode
+
 from runner.cli.preflight import preflight
 from runner.errors import UserError
 
@@ -77,3 +79,34 @@ def test_the_checks_before_a_run_import_no_jax(args, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+
+@pytest.mark.parametrize("argv", [[], ["-m", "activation=relu,elu"], ["-cd", "mine", "-cn", "sweeps"],
+                                  ["-cd", "mine", "-cn", "sweeps", "-m", "trainer.seed=0,1"]])
+def test_the_hydra_mode_preflight_hands_on_is_the_one_hydra_would_compose(argv, tmp_path, monkeypatch):
+    # runner/__main__.py known_hydra_mode answers Hydra's get_mode with it instead of a second composition.
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.config.compose import CONF_DIR
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()  # a primary config of one's own that makes every run a sweep
+    (tmp_path / "mine" / "sweeps.yaml").write_text("defaults: [config, _self_]\nhydra:\n  mode: MULTIRUN\n")
+    invocation = preflight(argv)
+    search_path = create_config_search_path(str(CONF_DIR))
+    if "-cd" in argv:  # where Hydra's --config-dir puts it
+        search_path.prepend("command-line", f"file://{tmp_path / 'mine'}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    try:
+        hydra = Hydra.create_main_hydra2("runner", search_path)
+        overrides = [a for a in invocation.argv[argv.index("-cn") + 2 if "-cn" in argv else 0:] if a != "-m"]
+        composed = hydra.get_mode(config_name=argv[argv.index("-cn") + 1] if "-cn" in argv else "config",
+                                  overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    assert invocation.hydra_mode == (composed,)
+    assert composed == (RunMode.MULTIRUN if "-cd" in argv else None)

@@ -54,6 +54,9 @@ class Invocation:
     finished: str | None = None  # a resumed single run that had ended for good: why there is nothing to train
     # a resumed single run with no checkpoint: what to say, and the runner's files of the earlier attempt to clear
     restart: tuple[str, tuple[str, ...]] | None = None
+    # hydra.mode as composed here for these argv (None where no config sets it), which Hydra would compose the
+    # whole config again to read (runner/__main__.py `known_hydra_mode`); () where not known
+    hydra_mode: tuple = ()
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -123,7 +126,10 @@ def preflight(argv: list[str]) -> Invocation:
     if processes > 1 and process_index_from_env() != 0:  # process 0 claims, locks and writes .hydra/
         wait_for_coordinator()  # before Hydra makes anything: an unreachable one is one line, not a stack dump
         return Invocation(flags + overrides + ["hydra.output_subdir=null"], False, None)
-    return _claim(flags + overrides, out_dir, dir_key, multirun, cfg)
+    invocation = _claim(flags + overrides, out_dir, dir_key, multirun, cfg)
+    # A resumed run's overrides are its earlier ones merged: composed for hydra_cfg before that merge.
+    known = not (resume and not multirun) and invocation.argv == flags + overrides
+    return dataclasses.replace(invocation, hydra_mode=(hydra_cfg.hydra.mode,) if known else ())
 
 
 def _one_dir_for_all_processes(overrides: list[str], multirun: bool) -> list[str]:
