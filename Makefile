@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-full bench book clean
+.PHONY: help install run test test-slow test-full test-durations bench book clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -26,15 +26,20 @@ run: $(STAMP)  ## train the default config on the embedded digits dataset (offli
 	$(PY) -m runner
 
 # Two workers (pytest-xdist): the tests are mostly single-threaded and these machines have two cores; loadgroup
-# keeps the tests of one xdist_group (those sharing an expensive fixture) on one worker.
-test: $(STAMP)  ## run the tests CI runs: all but the slow tier (tests/conftest.py: 10 s or more as measured)
-	$(PY) -m pytest -n 2 --dist loadgroup
+# keeps the tests of one xdist_group (those sharing an expensive fixture) on one worker, and the order is
+# tests/conftest.py's (costliest first: both workers finish together), not xdist's own reordering.
+PYTEST := $(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+test: $(STAMP)  ## run the tests but the slow tier (tests/conftest.py: the costliest by measure), in under 4 min
+	$(PYTEST)
 
-test-full: $(STAMP)  ## run every test, the slow tier too (CI runs make test and a CLI smoke: .ci/run)
-	$(PY) -m pytest -n 2 --dist loadgroup -m ''
+test-slow: $(STAMP)  ## run the slow tier only (CI runs make test, then this: every test)
+	$(PYTEST) -m slow
+
+test-full: $(STAMP)  ## run every test in one session (make test and make test-slow together)
+	$(PYTEST) -m ''
 
 test-durations: $(STAMP)  ## run every test and write each one's seconds to tests/durations.json (the slow tier's data)
-	$(PY) -m pytest -n 2 --dist loadgroup -m '' --write-durations
+	$(PYTEST) -m '' --write-durations
 
 bench: $(STAMP)  ## measure throughput against a hand-written JAX loop
 	$(PY) -m runner.bench
