@@ -171,11 +171,8 @@ SECTIONS = {
     "Finding a learning rate": "learning rate",  # docs/tuning.md
     "Searching hyperparameters": None, "Running on many cores or a cluster": None,  # every command NOT_RUN
 }
-# Each command that trains costs 4-9 s on 2 cores however short its training (importing JAX, composing, compiling,
-# checkpointing); measured on this repository's 2 cores at load 2-3 (`pytest -s` prints each command's time and CPU):
-# first steps 80-95 s, devices 4 commands (23 s), resume and report 9 commands and two sweeps (50 s), transfer and
-# use 15 commands (65 s), learning rate three range tests (22 s), pretraining four full trainings with RBM and
-# autoencoder pretraining first (53 s), seeds 25 sweep jobs (55 s), replicas 13 members (27 s).
+# Each command that trains costs 3-9 s on 2 cores however short its training (composing, tracing, compiling,
+# checkpointing); `pytest -s` prints each command's seconds.
 
 
 def _section_key(command: Command) -> tuple[str, str] | str | None:
