@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,25 +20,38 @@ from tests.conftest import compose_config
 BATCH, N, KEY = 16, 96, jax.random.PRNGKey(3)  # 6 steps per epoch
 # Plain SGD at lr 10 on an ELU net: finite for 4 steps, then the loss and every gradient are NaN.
 DIVERGING = ("optimizer=sgd", "optimizer.learning_rate=10", "normalization=none", "regularizer=[]", "model.depth=4")
+# The MLPs by hand below: no normalization, dropout or penalty.
+PLAIN = ("normalization=none", "regularizer=[]")
 
 
-def _setup(*overrides, n=N, shape=(8, 8, 1)):
+@functools.cache
+def _setup(*overrides):
+    """(parts, state, x, y) of a small net on random 8x8 inputs: built once per config for the module's tests,
+    which only read them (a state is changed by `replace`, into a new one)."""
     cfg = compose_config(f"trainer.batch_size={BATCH}", "model.depth=2", "model.width=8", *overrides)
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(n, *shape)).astype(np.float32))
-    y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
-    parts = build_parts(cfg, num_classes=10, steps_per_epoch=n // BATCH)
+    x = jnp.asarray(rng.normal(size=(N, 8, 8, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, N).astype(np.int32))
+    parts = build_parts(cfg, num_classes=10, steps_per_epoch=N // BATCH)
     state = create_train_state(jax.random.PRNGKey(0), parts, x[:BATCH])
     return parts, state, x, y
 
 
-def _epoch(parts, state, x, y, every, key=KEY, checked=False):
-    state, metrics = jax.jit(make_train_epoch(parts, BATCH, every, checked))(state, x, y, key)
+@functools.cache
+def _program(overrides, every, checked=False):
+    """The compiled epoch of `_setup(*overrides)`'s parts, compiled once for the module's tests (a fresh closure
+    would compile again)."""
+    return jax.jit(make_train_epoch(_setup(*overrides)[0], BATCH, every, checked))
+
+
+def _epoch(overrides, state, every, key=KEY, checked=False):
+    _, _, x, y = _setup(*overrides)
+    state, metrics = _program(overrides, every, checked)(state, x, y, key)
     return state, jax.device_get(metrics)
 
 
-def _records(parts, state, x, y, every, epoch=1, key=KEY):
-    _, metrics = _epoch(parts, state, x, y, every, key)
+def _records(overrides, state, every, epoch=1, key=KEY):
+    _, metrics = _epoch(overrides, state, every, key)
     return to_records(epoch, metrics["diagnostics"], layer_names(state.params))
 
 
@@ -45,8 +60,10 @@ def _batches(x, key=KEY):
     return np.asarray(jax.random.permutation(key, x.shape[0]))[: (x.shape[0] // BATCH) * BATCH].reshape(-1, BATCH)
 
 
-def _states(parts, state, x, y, steps):
-    """The state before each of the epoch's first `steps` steps, stepping one at a time."""
+@functools.cache
+def _states(overrides, steps):
+    """The state before each of the epoch's first `steps` steps, stepping one at a time from `_setup`'s state."""
+    parts, state, x, y = _setup(*overrides)
     step, states = jax.jit(make_train_step(parts)), [state]
     for indices in _batches(x)[: steps - 1]:
         states.append(step(states[-1], x[indices], y[indices])[0])
@@ -68,30 +85,35 @@ def _hand_forward(params, x, activation):
 
 def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
     # Batch norm and dropout on: the diagnostics must see the step's own batch statistics and dropout mask.
-    parts, state, x, y = _setup()
-    records = _records(parts, state, x, y, every=2)
-    states = _states(parts, state, x, y, steps=3)
-    for logged in records[:2]:
-        s = states[logged["step"]]
-        indices = _batches(x)[logged["step"]]
+    _, state, x, y = _setup()
+    records = _records((), state, every=4)
+    states = _states((), steps=5)
+
+    @jax.jit
+    def kernel_grads(s, xb, yb):
         dropout_rng = jax.random.split(jax.random.fold_in(s.rng, s.step), 3)[2]
 
         def loss(params):
-            logits, _ = s.apply_fn({"params": params, "batch_stats": s.batch_stats}, x[indices], train=True,
+            logits, _ = s.apply_fn({"params": params, "batch_stats": s.batch_stats}, xb, train=True,
                                    rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y[indices]).mean()
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-        grads = jax.grad(loss)(s.params)
-        for name in layer_names(s.params):
+        return jax.grad(loss)(s.params)
+
+    assert [logged["step"] for logged in records] == [0, 4]
+    for logged in records:
+        indices = _batches(x)[logged["step"]]
+        grads = kernel_grads(states[logged["step"]], x[indices], y[indices])
+        for name in layer_names(state.params):
             expected = float(jnp.linalg.norm(grads[name]["kernel"]))
             assert _layer(logged, name)["grad_norm"] == pytest.approx(expected, rel=1e-4), (logged["step"], name)
 
 
 def test_update_ratio_is_the_change_of_the_kernel_over_its_norm_before_the_step():
-    parts, state, x, y = _setup("optimizer=momentum")
-    [first, second, *_] = _records(parts, state, x, y, every=1)
-    states = _states(parts, state, x, y, steps=3)
-    for logged in (first, second):
+    _, state, *_ = _setup()
+    records = _records((), state, every=4)
+    states = _states((), steps=6)
+    for logged in records:  # steps 0 and 4
         before, after = states[logged["step"]], states[logged["step"] + 1]
         for name in layer_names(state.params):
             w0, w1 = before.params[name]["kernel"], after.params[name]["kernel"]
@@ -101,10 +123,12 @@ def test_update_ratio_is_the_change_of_the_kernel_over_its_norm_before_the_step(
                                                           rel=1e-3)
 
 
+TANH = (*PLAIN, "activation=tanh", "initializer=normal")
+
+
 def test_activation_statistics_are_those_of_a_hand_forward_pass_and_tanh_saturates_beyond_0_9():
-    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=tanh",
-                                     "initializer=normal")
-    [record, *_] = _records(parts, state, x, y, every=4)
+    _, state, x, _ = _setup(*TANH)
+    [record, *_] = _records(TANH, state, every=4)
     pre, act = _hand_forward(state.params, x[_batches(x)[0]], jnp.tanh)
     for name in layer_names(state.params):
         layer = _layer(record, name)
@@ -120,9 +144,9 @@ def test_activation_statistics_are_those_of_a_hand_forward_pass_and_tanh_saturat
 
 
 def test_sigmoid_outputs_below_0_05_or_above_0_95_count_as_saturated():
-    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=sigmoid",
-                                     "initializer=normal")
-    [record, *_] = _records(parts, state, x, y, every=4)
+    sigmoid = (*PLAIN, "activation=sigmoid", "initializer=normal")
+    _, state, x, _ = _setup(*sigmoid)
+    [record, *_] = _records(sigmoid, state, every=4)
     _, act = _hand_forward(state.params, x[_batches(x)[0]], jax.nn.sigmoid)
     for name in ("dense_0", "dense_1"):
         expected = float(jnp.mean((act[name] < 0.05) | (act[name] > 0.95)))
@@ -130,19 +154,22 @@ def test_sigmoid_outputs_below_0_05_or_above_0_95_count_as_saturated():
         assert _layer(record, name)["dead_fraction"] == 0.0  # a sigmoid is never <= 0
 
 
+RELU = (*PLAIN, "activation=relu")
+
+
 def test_saturation_is_null_for_an_activation_without_two_asymptotes():
-    parts, state, x, y = _setup("activation=relu")
-    [record, *_] = _records(parts, state, x, y, every=4)
+    _, state, *_ = _setup(*RELU)
+    [record, *_] = _records(RELU, state, every=4)
     assert all(layer["saturated_fraction"] is None for layer in record["layers"])
 
 
 def test_a_unit_is_dead_when_its_activation_is_at_most_0_for_the_whole_batch():
-    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=relu")
+    _, state, x, _ = _setup(*RELU)
     params = jax.tree_util.tree_map(lambda p: p, state.params)
     params["dense_1"]["bias"] = jnp.full_like(params["dense_1"]["bias"], -1e4)  # every unit of dense_1 forced dead
     params["dense_0"]["bias"] = params["dense_0"]["bias"].at[:3].set(-1e4)  # 3 of dense_0's 8 units dead
     state = state.replace(params=params)
-    [record, *_] = _records(parts, state, x, y, every=4)
+    [record, *_] = _records(RELU, state, every=4)
     _, act = _hand_forward(params, x[_batches(x)[0]], jax.nn.relu)
     assert _layer(record, "dense_1")["dead_fraction"] == 1.0
     expected = float(jnp.mean(jnp.all(act["dense_0"] <= 0, axis=0)))
@@ -150,8 +177,8 @@ def test_a_unit_is_dead_when_its_activation_is_at_most_0_for_the_whole_batch():
 
 
 def test_diagnosed_steps_are_exactly_the_multiples_of_n_across_epochs():
-    parts, state, x, y = _setup()
-    train_epoch = jax.jit(make_train_epoch(parts, BATCH, 4))
+    _, state, x, y = _setup()
+    train_epoch = _program((), 4)
     steps = []
     for epoch in range(1, 4):  # 6 steps per epoch: the multiples of 4 fall at different places in each
         state, metrics = train_epoch(state, x, y, jax.random.fold_in(KEY, epoch))
@@ -161,13 +188,14 @@ def test_diagnosed_steps_are_exactly_the_multiples_of_n_across_epochs():
 
 
 def test_diagnostics_do_not_change_training():
-    parts, state, x, y = _setup()
-    off_state, off = _epoch(parts, state, x, y, every=0)
-    for every in (1, 4):
-        on_state, on = _epoch(parts, state, x, y, every=every)
-        assert (on["loss"], on["accuracy"]) == (off["loss"], off["accuracy"])
-        for a, b in zip(jax.tree_util.tree_leaves(on_state), jax.tree_util.tree_leaves(off_state)):
-            np.testing.assert_array_equal(a, b)
+    # Every 4th of 6 steps: the epoch holds diagnosed steps (0, 4) and steps that are not, in one program.
+    _, state, *_ = _setup()
+    off_state, off = _epoch((), state, every=0)
+    on_state, on = _epoch((), state, every=4)
+    assert len(to_records(1, on["diagnostics"], layer_names(state.params))) == 2
+    assert (on["loss"], on["accuracy"]) == (off["loss"], off["accuracy"])
+    for a, b in zip(jax.tree_util.tree_leaves(on_state), jax.tree_util.tree_leaves(off_state), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_checked_epoch_names_the_first_nonfinite_step_and_lowest_layer_and_keeps_the_last_finite_state():
@@ -183,7 +211,7 @@ def test_a_checked_epoch_names_the_first_nonfinite_step_and_lowest_layer_and_kee
     else:
         pytest.fail("the configuration meant to diverge stayed finite")
     assert step > 0  # a step before it was finite, so "the last finite state" is not the initial one
-    kept, metrics = _epoch(parts, state, x, y, every=0, checked=True)
+    kept, metrics = _epoch(DIVERGING, state, every=0, checked=True)
     assert int(metrics["first_nonfinite_step"]) == step
     assert int(metrics["nonfinite_layer"]) == (finite.index(False) if not all(finite) else -1)
     assert int(kept.step) == step
@@ -192,9 +220,9 @@ def test_a_checked_epoch_names_the_first_nonfinite_step_and_lowest_layer_and_kee
 
 
 def test_an_unchecked_epoch_flags_nonfinite_params_for_a_replay():
-    _, metrics = _epoch(*_setup(*DIVERGING), every=0)
+    _, metrics = _epoch(DIVERGING, _setup(*DIVERGING)[1], every=0)
     assert metrics["first_nonfinite_step"] >= 0 or not metrics["params_finite"]
-    _, healthy = _epoch(*_setup(), every=0)
+    _, healthy = _epoch((), _setup()[1], every=0)
     assert healthy["first_nonfinite_step"] == -1 and healthy["params_finite"]
 
 
@@ -203,11 +231,18 @@ def test_lowest_nonfinite_is_the_first_layer_from_the_input_whose_gradient_is_no
     assert int(lowest_nonfinite(jnp.array([True, True]))) == -1
 
 
+def _param_tree(*overrides):
+    """The model's params for this config, as shapes: its init traced, not compiled."""
+    cfg = compose_config(f"trainer.batch_size={BATCH}", "model.width=8", *overrides)
+    model = build_parts(cfg, num_classes=10, steps_per_epoch=1).model
+    x = jax.ShapeDtypeStruct((BATCH, 8, 8, 1), jnp.float32)
+    return jax.eval_shape(lambda x: model.init({"params": KEY, "dropout": KEY}, x, train=False), x)["params"]
+
+
 def test_layers_are_ordered_from_the_input_to_the_head():
-    _, state, *_ = _setup("model.depth=11")
-    assert layer_names(state.params) == [f"dense_{i}" for i in range(11)] + ["head"]
-    _, state, *_ = _setup("model=cnn", "model.channels=[4,4]", "model.depth=1", shape=(8, 8, 1))
-    assert layer_names(state.params) == ["conv_0", "conv_1", "dense_2", "head"]
+    assert layer_names(_param_tree("model.depth=11")) == [f"dense_{i}" for i in range(11)] + ["head"]
+    assert layer_names(_param_tree("model=cnn", "model.channels=[4,4]", "model.depth=1")) == \
+        ["conv_0", "conv_1", "dense_2", "head"]
 
 
 @pytest.mark.parametrize("steps_per_epoch,every", [(6, 4), (40, 20), (45, 100), (7, 7), (10, 3)])
@@ -238,8 +273,9 @@ def _hand_kernel_grads(params, x, y, activation, derivative):
 
 
 def test_grad_norm_per_input_is_the_kernel_gradient_norm_over_root_fan_in_and_the_ratio_is_first_over_head():
-    parts, state, x, y = _setup("normalization=none", "regularizer=[]", "activation=tanh")
-    [record, *_] = _records(parts, state, x, y, every=4)
+    tanh = (*PLAIN, "activation=tanh")
+    _, state, x, y = _setup(*tanh)
+    [record, *_] = _records(tanh, state, every=4)
     indices = _batches(x)[0]
     grads = _hand_kernel_grads(state.params, x[indices], y[indices], np.tanh, lambda a: 1 - a**2)
     fan_in = {"dense_0": 64, "dense_1": 8, "head": 8}  # 8x8x1 inputs, width 8
