@@ -75,8 +75,9 @@ def _layer(record, name):
 
 
 def _hand_forward(params, x, activation):
-    """Pre-activations and activations of an MLP without normalization or dropout, by hand."""
-    h, pre, act = x.reshape(x.shape[0], -1), {}, {}
+    """Pre-activations and activations of an MLP without normalization or dropout, by hand in NumPy."""
+    params = jax.device_get(params)
+    h, pre, act = np.asarray(x).reshape(x.shape[0], -1), {}, {}
     for name in layer_names(params):
         pre[name] = h @ params[name]["kernel"] + params[name]["bias"]
         h = act[name] = activation(pre[name]) if name != "head" else None
@@ -103,9 +104,9 @@ def test_grad_norm_is_the_l2_norm_of_the_kernel_gradient_of_that_step():
     assert [logged["step"] for logged in records] == [0, 4]
     for logged in records:
         indices = _batches(x)[logged["step"]]
-        grads = kernel_grads(states[logged["step"]], x[indices], y[indices])
+        grads = jax.device_get(kernel_grads(states[logged["step"]], x[indices], y[indices]))
         for name in layer_names(state.params):
-            expected = float(jnp.linalg.norm(grads[name]["kernel"]))
+            expected = float(np.linalg.norm(grads[name]["kernel"]))
             assert _layer(logged, name)["grad_norm"] == pytest.approx(expected, rel=1e-4), (logged["step"], name)
 
 
@@ -116,10 +117,10 @@ def test_update_ratio_is_the_change_of_the_kernel_over_its_norm_before_the_step(
     for logged in records:  # steps 0 and 4
         before, after = states[logged["step"]], states[logged["step"] + 1]
         for name in layer_names(state.params):
-            w0, w1 = before.params[name]["kernel"], after.params[name]["kernel"]
+            w0, w1 = np.asarray(before.params[name]["kernel"]), np.asarray(after.params[name]["kernel"])
             layer = _layer(logged, name)
-            assert layer["weight_norm"] == pytest.approx(float(jnp.linalg.norm(w0)), rel=1e-5)
-            assert layer["update_ratio"] == pytest.approx(float(jnp.linalg.norm(w1 - w0) / jnp.linalg.norm(w0)),
+            assert layer["weight_norm"] == pytest.approx(float(np.linalg.norm(w0)), rel=1e-5)
+            assert layer["update_ratio"] == pytest.approx(float(np.linalg.norm(w1 - w0) / np.linalg.norm(w0)),
                                                           rel=1e-3)
 
 
@@ -129,7 +130,7 @@ TANH = (*PLAIN, "activation=tanh", "initializer=normal")
 def test_activation_statistics_are_those_of_a_hand_forward_pass_and_tanh_saturates_beyond_0_9():
     _, state, x, _ = _setup(*TANH)
     [record, *_] = _records(TANH, state, every=4)
-    pre, act = _hand_forward(state.params, x[_batches(x)[0]], jnp.tanh)
+    pre, act = _hand_forward(state.params, x[_batches(x)[0]], np.tanh)
     for name in layer_names(state.params):
         layer = _layer(record, name)
         assert layer["preact_mean"] == pytest.approx(float(pre[name].mean()), rel=1e-4, abs=1e-6)
@@ -139,7 +140,7 @@ def test_activation_statistics_are_those_of_a_hand_forward_pass_and_tanh_saturat
             continue
         assert layer["act_mean"] == pytest.approx(float(act[name].mean()), rel=1e-4, abs=1e-6)
         assert layer["act_std"] == pytest.approx(float(act[name].std()), rel=1e-4)
-        assert layer["saturated_fraction"] == pytest.approx(float(jnp.mean(jnp.abs(act[name]) > 0.9)))
+        assert layer["saturated_fraction"] == pytest.approx(float(np.mean(np.abs(act[name]) > 0.9)))
     assert _layer(record, "dense_0")["saturated_fraction"] > 0.1  # N(0, 1) weights on 64 inputs saturate tanh
 
 
@@ -147,9 +148,9 @@ def test_sigmoid_outputs_below_0_05_or_above_0_95_count_as_saturated():
     sigmoid = (*PLAIN, "activation=sigmoid", "initializer=normal")
     _, state, x, _ = _setup(*sigmoid)
     [record, *_] = _records(sigmoid, state, every=4)
-    _, act = _hand_forward(state.params, x[_batches(x)[0]], jax.nn.sigmoid)
+    _, act = _hand_forward(state.params, x[_batches(x)[0]], lambda z: 1 / (1 + np.exp(-z)))
     for name in ("dense_0", "dense_1"):
-        expected = float(jnp.mean((act[name] < 0.05) | (act[name] > 0.95)))
+        expected = float(np.mean((act[name] < 0.05) | (act[name] > 0.95)))
         assert 0 < expected and _layer(record, name)["saturated_fraction"] == pytest.approx(expected)
         assert _layer(record, name)["dead_fraction"] == 0.0  # a sigmoid is never <= 0
 
@@ -170,9 +171,9 @@ def test_a_unit_is_dead_when_its_activation_is_at_most_0_for_the_whole_batch():
     params["dense_0"]["bias"] = params["dense_0"]["bias"].at[:3].set(-1e4)  # 3 of dense_0's 8 units dead
     state = state.replace(params=params)
     [record, *_] = _records(RELU, state, every=4)
-    _, act = _hand_forward(params, x[_batches(x)[0]], jax.nn.relu)
+    _, act = _hand_forward(params, x[_batches(x)[0]], lambda z: np.maximum(z, 0))
     assert _layer(record, "dense_1")["dead_fraction"] == 1.0
-    expected = float(jnp.mean(jnp.all(act["dense_0"] <= 0, axis=0)))
+    expected = float(np.mean(np.all(act["dense_0"] <= 0, axis=0)))
     assert _layer(record, "dense_0")["dead_fraction"] == pytest.approx(expected) and expected >= 3 / 8
 
 
@@ -333,7 +334,7 @@ def _first_step_ratio(*overrides):
     state = create_train_state(jax.random.PRNGKey(0), parts, x)
     names = layer_names(state.params)
     step, layer_stats = make_train_step_with_trace(parts), make_layer_stats(parts.model.activation, names)
-    values = jax.jit(lambda s: layer_stats(s, step(s, x, y)[2]))(state)  # what the compiled epoch measures
+    values = jax.jit(lambda s, x, y: layer_stats(s, step(s, x, y)[2]))(state, x, y)  # what the epoch measures
     buffer = record(empty_buffer(1, len(names)), state.step, values)
     return summarize(to_records(1, jax.device_get(buffer), names))["grad_norm_ratio"]
 
