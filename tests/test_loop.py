@@ -4,6 +4,7 @@ in it on the run's batches with its per-step losses, and a handler may judge a n
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import jax
@@ -21,6 +22,8 @@ from runner.training.train import Parts, TrainState, Update, create_train_state,
 from tests.conftest import compose_config
 
 N, BATCH = 112, 16  # 7 steps an epoch
+# A step without randomness or batch statistics; the chunked-epoch test's second case has both (and diagnostics).
+PLAIN = ("regularizer=[]", "normalization=none")
 
 
 class Recorder:
@@ -47,17 +50,32 @@ class FixedPacer(Pacer):
         return max(1, min(remaining, size))
 
 
-def _loop(pacer, *overrides, epochs=3, interrupt=None, on_steps=None, diagnostics_every=0):
+@functools.cache
+def _built(*overrides):
+    """(parts, x, y) of a small net on random 8x8 inputs, built once per config for the module's tests."""
     cfg = compose_config(f"trainer.batch_size={BATCH}", "model.depth=2", "model.width=16", *overrides)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(N, 8, 8, 1)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, N).astype(np.int32))
-    parts = build_parts(cfg, num_classes=10, steps_per_epoch=N // BATCH)
+    return build_parts(cfg, num_classes=10, steps_per_epoch=N // BATCH), x, y
+
+
+def _loop(pacer, *overrides, epochs=3, interrupt=None, on_steps=None, diagnostics_every=0):
+    parts, x, y = _built(*overrides)
     stages = [Stage("train", epochs)]
     state = create_train_state(jax.random.PRNGKey(0), parts, x[:BATCH], tx=stage_optimizer(parts.optimizer, stages[0]))
     recorder = Recorder()
     loop = Loop(parts, stages, BATCH, diagnostics_every, x, y, jax.random.PRNGKey(1), [recorder], None,
                 on_steps=on_steps, interrupt=interrupt, pacer=pacer)
+    return loop, state, recorder
+
+
+@functools.cache
+def _whole(*overrides, diagnostics_every=0):
+    """The loop of `_loop` run with each epoch one chunk, and its recorder: the uninterrupted run the module's
+    tests compare with, run once."""
+    loop, state, recorder = _loop(FixedPacer(10**6), *overrides, diagnostics_every=diagnostics_every)
+    loop.run(state, 0, 1)
     return loop, state, recorder
 
 
@@ -67,10 +85,9 @@ def _assert_same_trees(a, b):
 
 
 @pytest.mark.parametrize("overrides, diagnostics_every", [
-    ((), 0), (("regularizer=[dropout,l2]",), 2)])
+    (PLAIN, 0), (("regularizer=[dropout,l2]",), 2)])
 def test_chunked_epochs_are_bit_identical_to_whole_epochs(overrides, diagnostics_every):
-    whole_loop, state, whole = _loop(FixedPacer(10**6), *overrides, diagnostics_every=diagnostics_every)
-    whole_loop.run(state, 0, 1)
+    whole_loop, state, whole = _whole(*overrides, diagnostics_every=diagnostics_every)
     chunked_loop, state, chunked = _loop(FixedPacer(1, 3, 2), *overrides, diagnostics_every=diagnostics_every)
     chunked_loop.run(state, 0, 1)
     assert chunked.records == whole.records
@@ -84,8 +101,7 @@ def test_chunked_epochs_are_bit_identical_to_whole_epochs(overrides, diagnostics
 
 
 def test_a_signal_mid_epoch_drops_that_epochs_steps_and_continuing_equals_the_uninterrupted_run():
-    reference_loop, state, reference = _loop(FixedPacer(2))
-    reference_loop.run(state, 0, 1)
+    _, _, reference = _whole(*PLAIN)  # chunked alike, bit for bit: test_chunked_epochs_are_bit_identical_to_whole_epochs
 
     interrupt, signals = threading.Event(), []
 
@@ -94,7 +110,7 @@ def test_a_signal_mid_epoch_drops_that_epochs_steps_and_continuing_equals_the_un
             signals.append(epoch)
             interrupt.set()
 
-    loop, state, recorder = _loop(FixedPacer(2), interrupt=interrupt, on_steps=signal_in_epoch_2)
+    loop, state, recorder = _loop(FixedPacer(2), *PLAIN, interrupt=interrupt, on_steps=signal_in_epoch_2)
     outcome = loop.run(state, 0, 1)
     assert (outcome.status, outcome.epoch, outcome.abandoned) == ("interrupted", 1, True)
     assert len(recorder.records) == 1
@@ -109,7 +125,7 @@ def test_a_signal_mid_epoch_drops_that_epochs_steps_and_continuing_equals_the_un
 
 def test_a_signal_in_the_last_chunk_finishes_the_epoch():
     interrupt = threading.Event()
-    loop, state, recorder = _loop(FixedPacer(7), interrupt=interrupt,
+    loop, state, recorder = _loop(FixedPacer(7), *PLAIN, interrupt=interrupt,
                                   on_steps=lambda epoch, done, steps, metrics: interrupt.set())
     outcome = loop.run(state, 0, 1)
     # Nothing of epoch 1 is dropped; ending the run after it is the Interrupt handler's job (runner/training/handlers.py).
@@ -134,14 +150,10 @@ def test_members_are_each_the_run_alone_and_one_going_non_finite_stops_only_itse
     from runner.training.handlers import EachMember
 
     # no batch norm: it leaves the dense biases a zero gradient, whose rounding noise Adam scales up to whole steps
-    cfg = compose_config(f"trainer.batch_size={BATCH}", "model.depth=2", "model.width=16", "regularizer=[]",
-                         "normalization=none")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N, 8, 8, 1)).astype(np.float32)
-    y = rng.integers(0, 10, N).astype(np.int32)
+    parts, x, y = _built(*PLAIN)
+    x, y = np.asarray(x), np.asarray(y)
     poisoned = x.copy()
     poisoned[:, 0, 0, 0] = np.inf
-    parts = build_parts(cfg, num_classes=10, steps_per_epoch=N // BATCH)
     stages = [Stage("train", 2)]
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(0)])
     xs, ys = jnp.stack([x, poisoned]), jnp.stack([y, y])
