@@ -22,7 +22,7 @@ from runner.techniques.regularizers import Regularizer
 from runner.techniques.schedules import Schedule
 from runner.training.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
 from runner.training.optim import build_optimizer
-from tests.conftest import compose_config
+from tests.conftest import compose_config, compose_shared
 
 STEPS_PER_EPOCH = 10
 # Every config group; experiment/ holds presets, composed with `+experiment=` below; hydra/ configures Hydra.
@@ -51,7 +51,9 @@ def group_cases(*groups: str) -> list:
 
 
 def _compose(group: str, name: str, *overrides: str):
-    return compose_config(select(group, name), *REQUIRED.get((group, name), ()), *overrides)
+    """compose_config's config, by compose_shared: each choice composed once for the module's tests, the values
+    (`model.depth=2`) applied to a copy."""
+    return compose_shared(select(group, name), *REQUIRED.get((group, name), ()), *overrides)
 
 
 def _run_model(model, shape=(4, 8, 8, 1)):
@@ -200,14 +202,18 @@ def test_the_chapters_presets_exist():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_validates_and_builds(name):
-    cfg = compose_config(f"+experiment={name}")
+    cfg = compose_shared(f"+experiment={name}")
     validate(cfg)
     parts = build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
     variables, logits = _run_model(parts.model)
     assert bool(jnp.all(jnp.isfinite(logits)))
-    params = variables["params"]
-    grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = parts.optimizer.update(grads, parts.optimizer.init(params), params)
+    optimizer = parts.optimizer
+
+    @jax.jit  # one program: op by op, the chain's few ops on each of a deep net's leaves cost seconds
+    def first_update(params):
+        return optimizer.update(jax.tree.map(jnp.ones_like, params), optimizer.init(params), params)[0]
+
+    updates = first_update(variables["params"])
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 
@@ -220,7 +226,7 @@ def test_experiment_files_start_with_the_global_package_and_a_run_me_comment():
 
 
 def test_practical_defaults_is_the_chapters_default_table():
-    cfg = compose_config("+experiment=practical_defaults")
+    cfg = compose_shared("+experiment=practical_defaults")
     assert cfg.initializer._target_ == "jax.nn.initializers.he_normal"
     assert cfg.activation._target_ == "jax.nn.elu"
     assert cfg.normalization.layer._target_ == "flax.linen.BatchNorm"
@@ -230,7 +236,7 @@ def test_practical_defaults_is_the_chapters_default_table():
 
 
 def test_sparse_selects_ftrl_with_l1_and_the_l1_penalty_without_normalization_or_dropout():
-    cfg = compose_config("+experiment=sparse")
+    cfg = compose_shared("+experiment=sparse")
     assert cfg.optimizer._target_ == "runner.techniques.optimizers.ftrl"
     assert cfg.optimizer.l1 > 0
     assert list(cfg.regularizer) == ["l1"] and cfg.regularizer.l1.strength > 0
@@ -240,7 +246,7 @@ def test_sparse_selects_ftrl_with_l1_and_the_l1_penalty_without_normalization_or
 
 
 def test_fast_selects_leaky_relu_he_normal_and_adam_without_normalization():
-    cfg = compose_config("+experiment=fast")
+    cfg = compose_shared("+experiment=fast")
     assert cfg.activation._target_ == "jax.nn.leaky_relu"
     assert cfg.normalization.layer is None
     assert cfg.initializer._target_ == "jax.nn.initializers.he_normal"
