@@ -332,12 +332,13 @@ MlflowLogger(RunStart(run_dir, {"job": run_dir.name}, 1, 0), tracking_uri=sys.ar
 
 def test_parallel_sweep_jobs_share_a_new_sqlite_store(tmp_path):
     store = f"sqlite:///{tmp_path}/outputs/mlflow.db"  # new: the jobs race to create its tables
+    # Two jobs are a race (each a process of ~2.5 CPU-s: importing mlflow, and making or finding the tables).
     jobs = [subprocess.Popen([sys.executable, "-c", PARALLEL_JOB, str(tmp_path / f"job{i}"), store],
-                             stderr=subprocess.PIPE, text=True) for i in range(3)]
-    assert [(job.wait(timeout=120), job.stderr.read()) for job in jobs] == [(0, "")] * 3
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    assert [(job.wait(timeout=120), job.stderr.read()) for job in jobs] == [(0, "")] * 2
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
-    assert sorted(r.data.params["job"] for r in runs) == ["job0", "job1", "job2"]
+    assert sorted(r.data.params["job"] for r in runs) == ["job0", "job1"]
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
