@@ -18,7 +18,7 @@ import yaml
 
 from runner.config.compose import CONF_DIR
 from runner.errors import UserError
-from runner.training.build import build_parts, build_model, build_regularizer, build_schedule, instantiate
+from runner.training.build import build_parts, build_schedule, instantiate
 from runner.training.optim import build_optimizer
 from tests.conftest import compose_config
 
@@ -224,16 +224,31 @@ def test_one_cycle_with_plain_sgd_is_a_user_error():
 
 # Max-norm: the regularizer's transform ends the chain.
 
+# A net of two hidden layers under max-norm, and a rate that makes any optimizer's first step huge.
+MAX_NORM = ("optimizer.learning_rate=100", "regularizer=[max_norm]", "normalization=none", "model.depth=2",
+            "model.width=16")
+
+
+@functools.cache
+def params_and_huge_grads():
+    """Params of the MAX_NORM net's shapes (its init traced, not run: the shapes are every optimizer's) and
+    gradients 50 times a standard normal, drawn by NumPy: op by op, JAX's draws and initializers compile a program
+    per shape (seconds)."""
+    model = build_parts(composed("optimizer=sgd", *MAX_NORM), 10, STEPS_PER_EPOCH).model
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x)["params"],
+                            jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32))
+    rng = np.random.default_rng(0)
+    return tuple(jax.tree.map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), jnp.float32), shapes)
+                 for scale in (0.1, 50.0))
+
+
 @pytest.mark.parametrize("clip", ["none", "value"])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_max_norm_holds_after_a_huge_step_of_every_optimizer(name, clip):
-    cfg = with_clip(composed(f"optimizer={name}", "optimizer.learning_rate=100", "regularizer=[max_norm]",
-                             "normalization=none", "model.depth=2", "model.width=16"), clip)
+    cfg = with_clip(composed(f"optimizer={name}", *MAX_NORM), clip)
     max_value = cfg.regularizer.max_norm.max_value
     parts = build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH)
-    params = parts.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))["params"]
-    keys = iter(jax.random.split(jax.random.PRNGKey(1), 100))
-    grads = jax.tree.map(lambda p: 50.0 * jax.random.normal(next(keys), p.shape), params)
+    params, grads = params_and_huge_grads()
     opt = parts.optimizer
     updates, _ = opt.update(grads, opt.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -247,11 +262,8 @@ def test_max_norm_holds_after_a_huge_step_of_every_optimizer(name, clip):
 
 def test_max_norm_without_the_transform_would_be_violated():
     # The same huge sgd step without max_norm leaves columns far outside the ball: the test above can fail.
-    cfg = compose_config("optimizer=sgd", "optimizer.learning_rate=100", "regularizer=[]", "normalization=none",
-                         "model.depth=2", "model.width=16")
-    model = build_model(cfg, num_classes=10, regularizer=build_regularizer(cfg))
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))["params"]
-    opt = build_optimizer(cfg.optimizer, build_schedule(cfg, STEPS_PER_EPOCH))
-    grads = jax.tree.map(jnp.ones_like, params)
+    cfg = compose_config("optimizer=sgd", *MAX_NORM, "regularizer=[]")
+    params, grads = params_and_huge_grads()
+    opt = build_parts(cfg, num_classes=10, steps_per_epoch=STEPS_PER_EPOCH).optimizer
     new = optax.apply_updates(params, opt.update(grads, opt.init(params), params)[0])
     assert np.linalg.norm(np.asarray(new["dense_0"]["kernel"]), axis=0).max() > 10.0
