@@ -211,14 +211,14 @@ def test_an_rbm_layer_trained_in_the_loop_is_cd_update_applied_by_hand_over_the_
     state = TrainState.create(apply_fn=None, params=start, tx=optax.identity(), batch_stats={})
     trained = train_layer(context, "dense_0", rbm_update(k, lr), state, lr, v, key, epochs, "reconstruction error")
 
-    machine, means = start, []
+    machine, means, by_hand = start, [], jax.jit(cd_update)  # one program, not op by op
     for epoch in range(1, epochs + 1):
         epoch_key = jax.random.fold_in(key, epoch)
         order = np.asarray(jax.random.permutation(epoch_key, n)).reshape(n // batch, batch)
         errors = []
         for i, indices in enumerate(order):
             uniforms = jax.random.uniform(jax.random.fold_in(epoch_key, i), (k, batch, hidden))
-            machine, error = cd_update(machine, jnp.asarray(v[indices]), uniforms, lr)
+            machine, error = by_hand(machine, jnp.asarray(v[indices]), uniforms, lr)
             errors.append(float(error))
         means.append(np.mean(errors))
     for got, want in zip(trained.params, machine, strict=True):
