@@ -17,15 +17,16 @@ from runner.errors import UserError
 from runner.models import main
 from runner.reuse.catalog import architecture, best_run, layers, read_sections
 from runner.rundir.records import read_overrides
-from tests.conftest import ROOT, Runner, compose_config, read_summary, snapshot
+from tests.conftest import ROOT, Runner, compose_config, compose_shared, read_summary, snapshot
 
 
 def fake_run(root: Path, name: str, accuracy: float | None = 0.9, *overrides: str, status: str = "completed",
              shape=(8, 8, 1), finished: float = 1_700_000_000.0) -> Path:
-    """A run dir with only what the catalog reads: summary.json and .hydra/config.yaml as a run writes them."""
+    """A run dir with only what the catalog reads: summary.json and .hydra/config.yaml as a run writes them (the
+    config by compose_shared: the module's runs share a few compositions)."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(*overrides)))
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_shared(*overrides)))
     summary = {"status": status, "test_accuracy": accuracy, **({"input_shape": list(shape)} if shape else {})}
     (run / "summary.json").write_text(json.dumps(summary))
     os.utime(run / "summary.json", (finished, finished))
