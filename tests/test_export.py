@@ -83,13 +83,13 @@ def test_the_folded_layer_is_w_times_s_with_bias_b_minus_mean_times_s_plus_beta(
 
 TINY = ("trainer.epochs=1", "model.depth=2", "model.width=16")
 
-# Imports jax and numpy only, loads the program and writes its logits of the given inputs.
+# Imports jax and numpy only, loads the program and writes its logits of each given input: PROGRAM X OUT [X OUT ...].
 LOADER = """
 import sys
 import jax, numpy as np
 exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
-x = np.load(sys.argv[2])
-np.save(sys.argv[3], np.asarray(exported.call(x)))
+for x, out in zip(sys.argv[2::2], sys.argv[3::2]):
+    np.save(out, np.asarray(exported.call(np.load(x))))
 assert not [m for m in sys.modules if m.split(".")[0] in ("runner", "flax", "optax", "hydra", "omegaconf")]
 """
 
@@ -108,13 +108,16 @@ def test_the_exported_program_runs_with_only_jax_and_numpy_at_any_batch(cli, run
 
     run = read_run(run_dir, "RUN_DIR")
     model, variables = build_net(run, (8, 8, 1))
-    for n in (1, 13):  # the batch dimension is symbolic
-        raw = (np.random.default_rng(n).uniform(0, 16, size=(n, 8, 8, 1))).astype(np.float32)  # digits' range
-        np.save(cli.cwd / "x.npy", raw)
-        done = subprocess.run([sys.executable, "-c", LOADER, str(run_dir / PROGRAM_FILE), "x.npy", "logits.npy"],
-                              cwd=cli.cwd, env=cli.env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        _assert_same_logits(np.load(cli.cwd / "logits.npy"), model.apply(variables, run.scale(raw)))
+    batches = (1, 13)  # the batch dimension is symbolic: one program, called at each size in one process
+    raw = {n: np.random.default_rng(n).uniform(0, 16, size=(n, 8, 8, 1)).astype(np.float32) for n in batches}
+    for n in batches:  # digits' range
+        np.save(cli.cwd / f"x{n}.npy", raw[n])
+    files = [name for n in batches for name in (f"x{n}.npy", f"logits{n}.npy")]
+    done = subprocess.run([sys.executable, "-c", LOADER, str(run_dir / PROGRAM_FILE), *files],
+                          cwd=cli.cwd, env=cli.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for n in batches:
+        _assert_same_logits(np.load(cli.cwd / f"logits{n}.npy"), model.apply(variables, run.scale(raw[n])))
 
     with safe_open(str(run_dir / FOLDED_FILE), "numpy") as f:  # the folded weights, by the runner's names
         assert set(f.keys()) == {"dense_0.kernel", "dense_0.bias", "dense_1.kernel", "dense_1.bias", "head.kernel",
