@@ -54,7 +54,8 @@ def test_mc_samples_are_the_mean_and_std_of_dropout_passes(run_dir, raw_test_spl
 
     model, variables = build_net(run, x.shape[1:])
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 0), 8)
-    passes = np.asarray(predictive_passes(model.apply, variables, run.scale(x), keys))
+    passes = np.asarray(jax.jit(lambda v, x, k: predictive_passes(model.apply, v, x, k))(  # one program
+        variables, run.scale(x), keys))
     np.testing.assert_allclose(got["probabilities"], passes.mean(0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got["probabilities_std"], passes.std(0), rtol=1e-4, atol=1e-6)
     assert got["probabilities_std"].max() > 0.01  # dropout is on: the passes differ
