@@ -17,6 +17,9 @@ from runner.training.diagnostics import (capacity, empty_buffer, fan_in, layer_n
 from runner.training.train import create_train_state, make_train_epoch, make_train_step, make_train_step_with_trace
 from tests.conftest import compose_config
 
+# The module's built nets and compiled programs are shared by its tests (cached per process): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("diagnostics_module")
+
 BATCH, N, KEY = 16, 96, jax.random.PRNGKey(3)  # 6 steps per epoch
 # Plain SGD at lr 10 on an ELU net: finite for 4 steps, then the loss and every gradient are NaN.
 DIVERGING = ("optimizer=sgd", "optimizer.learning_rate=10", "normalization=none", "regularizer=[]", "model.depth=4")

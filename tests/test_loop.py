@@ -21,6 +21,9 @@ from runner.training.stages import Stage, stage_optimizer
 from runner.training.train import Parts, TrainState, Update, create_train_state, make_train_epoch
 from tests.conftest import compose_config
 
+# The module's built nets and compiled programs are shared by its tests (cached per process): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("loop_module")
+
 N, BATCH = 112, 16  # 7 steps an epoch
 # A step without randomness or batch statistics; the chunked-epoch test's second case has both (and diagnostics).
 PLAIN = ("regularizer=[]", "normalization=none")

@@ -19,6 +19,9 @@ from runner.reuse.catalog import architecture, best_run, layers, read_sections
 from runner.rundir.records import read_overrides
 from tests.conftest import ROOT, Runner, compose_config, compose_shared, read_summary, snapshot
 
+# The module's built nets and compiled programs are shared by its tests (cached per process): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("models_module")
+
 
 def fake_run(root: Path, name: str, accuracy: float | None = 0.9, *overrides: str, status: str = "completed",
              shape=(8, 8, 1), finished: float = 1_700_000_000.0) -> Path:

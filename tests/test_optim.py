@@ -22,6 +22,9 @@ from runner.training.build import build_parts, build_schedule, instantiate
 from runner.training.optim import build_optimizer
 from tests.conftest import compose_config
 
+# The module's built nets and compiled programs are shared by its tests (cached per process): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("optim_module")
+
 STEPS_PER_EPOCH = 10
 OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
 

@@ -14,6 +14,9 @@ from runner.reuse.trained import build_net, read_run
 from runner.training.train import predictive_passes
 from tests.conftest import trained_run, read_summary, snapshot
 
+# The module's built nets and compiled programs are shared by its tests (cached per process): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("predict_module")
+
 TINY = ("trainer.epochs=1", "model.depth=2", "model.width=16")  # the default net's blocks: batch norm, dropout
 
 

@@ -18,6 +18,9 @@ from runner.training.stages import Stage, entering, first_epoch_of, freeze_lower
 from runner.training.train import create_train_state
 from tests.conftest import compose_config
 
+# The module's built nets and compiled programs are shared by its tests (cached per process): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("stages_module")
+
 LAYERS = ("dense_0", "dense_1", "dense_2")
 
 

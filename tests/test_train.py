@@ -13,6 +13,9 @@ from runner.training.build import build_parts
 from runner.training.train import create_train_state, make_evaluate, make_train_epoch, make_train_step
 from tests.conftest import compose_config
 
+# The module's built nets and compiled programs are shared by its tests (cached per process): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("train_module")
+
 
 @functools.cache
 def _setup(*overrides, n=100):
