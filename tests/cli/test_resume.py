@@ -8,14 +8,29 @@ import subprocess
 import sys
 import time
 
+import pytest
 
-from tests.conftest import read_metrics, read_summary, snapshot
+from tests.conftest import read_metrics, read_summary, snapshot, trained_run
 
 # A small net on a few examples (2 steps an epoch): these tests are of checkpoints, not of training.
 TINY = ("model.depth=1", "model.width=8", "dataset.train_subset=64")
-# Long enough to be caught mid-training, cheap enough for the suite: 20 epochs, each checkpointed (~0.4 s an
-# epoch at load 5, seconds after the third epoch for the signal to land), with early stopping's state to carry.
-SLOW_RUN = (*TINY, "trainer.epochs=20", "trainer.checkpoint_every=1", "trainer.early_stopping.patience=50")
+# Long enough to be caught mid-training, cheap enough for the suite: 12 epochs, each checkpointed (~0.4 s an
+# epoch at load 5, 50 ms unloaded: 9 epochs after the third for the signal to land), with early stopping's state
+# to carry.
+SLOW_RUN = (*TINY, "trainer.epochs=12", "trainer.checkpoint_every=1", "trainer.early_stopping.patience=50")
+# One finished run, each of its 3 epochs checkpointed and kept, which the tests of a resume that falls back or is
+# refused each copy: one training for the three of them.
+FINISHED = (*TINY, "trainer.epochs=3", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=3")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tfds_dir):
+    return trained_run(tmp_path_factory, tfds_dir, "finished", *FINISHED)
+
+
+def _copy_run(run_dir, cli):
+    """The finished run, as the test's own outputs/r."""
+    return shutil.copytree(run_dir, cli.cwd / "outputs" / "r", ignore=shutil.ignore_patterns(".runner.lock"))
 
 
 def _without_times(records):
@@ -23,7 +38,8 @@ def _without_times(records):
 
 
 def test_sigterm_then_resume_with_only_the_run_dir_equals_an_uninterrupted_run(cli):
-    reference = cli(*SLOW_RUN, "hydra.run.dir=outputs/reference")
+    # checkpointed only at its end: where a run saves does not change what it trains (hydra.job's exclude_keys)
+    reference = cli(*SLOW_RUN, "trainer.checkpoint_every=0", "hydra.run.dir=outputs/reference")
     assert reference.returncode == 0, reference.stderr
 
     run_dir = cli.cwd / "outputs" / "interrupted"
@@ -40,7 +56,7 @@ def test_sigterm_then_resume_with_only_the_run_dir_equals_an_uninterrupted_run(c
     summary = read_summary(run_dir)
     assert summary["status"] == "interrupted"
     stopped_at = summary["epochs"]
-    assert 3 <= stopped_at < 20, "the signal should land mid-training"
+    assert 3 <= stopped_at < 12, "the signal should land mid-training"
     assert (run_dir / "checkpoints" / str(stopped_at)).is_dir()
 
     # As the interrupt message says: the run's own saved config is the source, no overrides repeated.
@@ -55,11 +71,9 @@ def test_sigterm_then_resume_with_only_the_run_dir_equals_an_uninterrupted_run(c
         assert final[key] == expected[key], key
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(cli):
-    run = (*TINY, "trainer.epochs=3", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=3",
-           "hydra.run.dir=outputs/r")
-    assert cli(*run).returncode == 0
-    checkpoints = cli.cwd / "outputs" / "r" / "checkpoints"
+@pytest.mark.xdist_group("resume_finished")  # one worker trains the module's finished run once
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(cli, finished):
+    checkpoints = _copy_run(finished, cli) / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["1", "2", "3"]
     for f in (checkpoints / "3" / "state").rglob("*"):
         if f.is_file():
@@ -73,14 +87,14 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(cli):
     assert [m["epoch"] for m in read_metrics(cli.cwd / "outputs" / "r")] == [1, 2, 3, 4]
 
 
-def test_no_usable_checkpoint_is_one_line_and_exit_2(cli):
-    assert cli(*TINY, "trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
-    checkpoints = cli.cwd / "outputs" / "r" / "checkpoints"
+@pytest.mark.xdist_group("resume_finished")
+def test_no_usable_checkpoint_is_one_line_and_exit_2(cli, finished):
+    checkpoints = _copy_run(finished, cli) / "checkpoints"
     for f in checkpoints.rglob("*"):
         if f.is_file() and f.parent.name == "state":
             f.write_bytes(b"garbage")
     before = sorted(str(p) for p in (cli.cwd / "outputs").rglob("*"))
-    result = cli("trainer.epochs=2", "hydra.run.dir=outputs/r", "trainer.resume=true")
+    result = cli("trainer.epochs=4", "hydra.run.dir=outputs/r", "trainer.resume=true")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.resume: no usable checkpoint")
     assert "Traceback" not in result.stderr
@@ -89,10 +103,11 @@ def test_no_usable_checkpoint_is_one_line_and_exit_2(cli):
         [p for p in before if ".hydra" not in p]
 
 
-def test_resume_with_a_mismatched_model_is_rejected(cli):
-    assert cli(*TINY, "trainer.epochs=1", "hydra.run.dir=outputs/r").returncode == 0
+@pytest.mark.xdist_group("resume_finished")
+def test_resume_with_a_mismatched_model_is_rejected(cli, finished):
+    _copy_run(finished, cli)  # model.width=8
     before = snapshot(cli.cwd / "outputs" / "r")
-    result = cli("trainer.epochs=2", "model.width=64", "hydra.run.dir=outputs/r", "trainer.resume=true")
+    result = cli("trainer.epochs=4", "model.width=64", "hydra.run.dir=outputs/r", "trainer.resume=true")
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "trainer.resume" in line and "model.width (8 -> 64)" in line
