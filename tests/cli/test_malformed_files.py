@@ -30,7 +30,7 @@ from runner.rundir.records import read_metrics, read_summary
 from runner.training.checkpoint import Checkpoints
 from tests.conftest import Runner, snapshot
 
-TINY = ("model.depth=2", "model.width=8", "trainer.epochs=1", "trainer.checkpoint_every=1")
+TINY = ("model.depth=2", "model.width=8", "trainer.epochs=1", "trainer.checkpoint_every=1", "dataset.train_subset=64")
 
 
 @pytest.fixture(scope="module")
