@@ -13,7 +13,8 @@ from runner.net import weights
 from tests.conftest import trained_run, read_metrics, read_summary
 
 SMALL = ("model.depth=3", "model.width=32", "trainer.batch_size=16")
-TASK_A = (*SMALL, "dataset.classes=[0,1,2,3,4]", "trainer.epochs=2")
+# Task A's net is only a source of weights: 1 epoch of 4 steps (what B reuses is checked against the file, not its skill).
+TASK_A = (*SMALL, "dataset.classes=[0,1,2,3,4]", "dataset.train_subset=64", "trainer.epochs=1")
 TASK_B = (*SMALL, "dataset.classes=[5,6]", "dataset.train_subset=40", "trainer.epochs=3")
 
 
@@ -82,6 +83,14 @@ def _bad_source(tmp_path):
     return run
 
 
+def _vectors(tmp_path):
+    """An .npz of 1-D inputs (40 features, 10 classes), as mnist1d's, without building mnist1d."""
+    path = tmp_path / "vectors.npz"
+    np.savez(path, x_train=np.zeros((40, 40), np.float32), y_train=np.arange(40) % 10,
+             x_test=np.zeros((10, 40), np.float32), y_test=np.arange(10))
+    return path
+
+
 BAD = [
     (lambda s, t: ["transfer.source=/no/such/run"], ["transfer.source", "/no/such/run"]),
     (lambda s, t: [f"transfer.source={t}"], ["transfer.source", "not a run dir"]),
@@ -96,7 +105,8 @@ BAD = [
      ["transfer.cache", "augmentation"]),
     (lambda s, t: [f"transfer.source={s}", "transfer.unfreeze_after=3"], ["transfer.unfreeze_after", "below"]),
     (lambda s, t: ["dataset.classes=[3,42]"], ["dataset.classes", "42"]),
-    (lambda s, t: ["dataset=mnist1d", "dataset.resize=[8,8]"], ["dataset.resize", "not images"]),
+    (lambda s, t: ["dataset=npz", f"dataset.path={_vectors(t)}", "dataset.resize=[8,8]"],
+     ["dataset.resize", "1-D inputs, not images"]),
     (lambda s, t: ["transfer.layout=caffe"], ["transfer.layout", "torch"]),
 ]
 
