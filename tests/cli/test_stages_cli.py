@@ -12,7 +12,7 @@ from tests.conftest import read_summary
 
 TWO_STAGES = ("stages=freeze_lower", "stages.frozen_layers=2", "model.depth=4", "stages.frozen_epochs=2",
               "trainer.epochs=4", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=4",
-              "dataset.train_subset=64")  # 2 steps an epoch
+              "model.width=16", "dataset.train_subset=64")  # 2 steps an epoch
 
 
 def _saved_state(run_dir, epoch):
