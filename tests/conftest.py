@@ -224,7 +224,7 @@ def bench_smoke(tmp_path_factory, tfds_dir) -> tuple[subprocess.CompletedProcess
 
 
 VANISHING_GRADIENTS_SWEEP = ("-m", "+experiment=vanishing_gradients",
-                             "experiment/vanishing_gradients=sigmoid_normal,elu_he", "trainer.epochs=2",
+                             "experiment/vanishing_gradients=sigmoid_normal,elu_he", "trainer.epochs=1",
                              "trainer.seed=0,1,2")
 
 
