@@ -1,8 +1,10 @@
 """Every optimizer, activation and schedule in conf/ trains through the real command line.
 
-One `-m` sweep per group over all of the group's YAML files, so a new file joins its sweep by existing.
+One `-m` sweep for the three groups, every choice of each in a job: job i takes the i-th choice of every group
+(cycling through the shorter groups), each job an experiment file of a `-cd` dir (`+experiment=...`, as a user adds
+their own), so the groups' 27 choices train in 10 jobs, and a new file joins the sweep by existing.
 The rest of the config is shrunk for CPU (one epoch, one small layer, no batch norm, no dropout; the report without
-plots): each sweep costs about 2.5 s of CPU a job, most of it composing and compiling.
+plots): each job costs about 3 s of CPU, most of it composing and compiling.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import pytest
 import yaml
 
 from runner.config.compose import CONF_DIR
-from tests.conftest import read_summary
+from tests.conftest import Runner, read_summary
 
+GROUPS = ("optimizer", "activation", "schedule")
 SMALL = ("trainer.epochs=1", "model.depth=1", "model.width=16", "dataset=digits", "normalization=none",
          "regularizer=[]", "hydra.callbacks.report.plots=false")
 
@@ -23,20 +26,35 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["optimizer", "activation", "schedule"])
-def test_every_choice_of_the_group_trains_one_epoch_in_a_multirun(cli, group):
-    names = choices(group)
-    result = cli("-m", f"{group}={','.join(names)}", *SMALL)
+@pytest.fixture(scope="module")
+def catalogue_sweep(tmp_path_factory, tfds_dir) -> tuple[list[dict], list[dict]]:
+    """One multirun in which every choice of GROUPS trains: each job's choices (as Hydra recorded them) and its
+    summary."""
+    cli = Runner(tmp_path_factory.mktemp("catalogue"), tfds_dir)
+    names = {group: choices(group) for group in GROUPS}
+    jobs = max(len(n) for n in names.values())
+    (cli.cwd / "conf" / "experiment").mkdir(parents=True)
+    for i in range(jobs):
+        overrides = "".join(f"  - override /{group}: {n[i % len(n)]}\n" for group, n in names.items())
+        (cli.cwd / "conf" / "experiment" / f"every_choice_{i}.yaml").write_text(
+            f"# @package _global_\ndefaults:\n{overrides}")
+    experiments = ",".join(f"every_choice_{i}" for i in range(jobs))
+    result = cli("-m", "-cd", "conf", f"+experiment={experiments}", *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dirs = cli.run_dirs()
-    assert len(run_dirs) == len(names), result.stdout[-3000:]
-    for run_dir in run_dirs:
-        summary = read_summary(run_dir)
-        assert summary["status"] == "completed", run_dir.name
-        assert math.isfinite(summary["test_loss"]), run_dir.name
-    ran = [yaml.safe_load((d / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"][group]
-           for d in run_dirs]
-    assert sorted(ran) == names  # one job per choice
+    assert len(run_dirs) == jobs, result.stdout[-3000:]
+    ran = [yaml.safe_load((d / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"] for d in run_dirs]
+    return ran, [read_summary(d) for d in run_dirs]
+
+
+@pytest.mark.xdist_group("catalogue_sweep")
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_choice_of_the_group_trains_one_epoch_in_a_multirun(catalogue_sweep, group):
+    ran, summaries = catalogue_sweep
+    for job, summary in zip(ran, summaries):
+        assert summary["status"] == "completed" and summary["epochs"] == 1, job
+        assert math.isfinite(summary["test_loss"]), job
+    assert sorted({job[group] for job in ran}) == choices(group)  # every choice ran in a job
 
 
 def test_a_catalogue_dataset_offline_fails_fast_in_one_line_and_writes_nothing(cli, tmp_path):
