@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -35,22 +37,32 @@ def test_default_config_reaches_95_percent_on_digits(cli):
     assert resolved["schedule"]["_target_"].endswith("schedules.constant")
 
 
-# Two seeds in one multirun, and seed 0 again in a process of its own, started afresh (not forked from the tests'
-# server: its own imports and hash seed): 2 processes for the three comparisons.
+# One multirun of two optimizers by two seeds, and adam's seed 0 again in a process of its own, started afresh (not
+# forked from the tests' server: its own imports and hash seed): 2 processes for the claims below.
 SEEDS_RUN = ("dataset=mnist1d", "dataset.train_subset=256", "model.depth=1", "model.width=16", "trainer.epochs=2")
 
 
 @pytest.fixture(scope="module")
-def seeded_runs(tmp_path_factory, tfds_dir) -> dict[str, list[dict]]:
-    """Each run's metrics: the multirun's jobs by seed ("0", "1") and the lone run of seed 0 ("0 alone")."""
+def seeded_runs(tmp_path_factory, tfds_dir) -> tuple[list[Path], Path]:
+    """The run dirs of `-m optimizer=sgd,adam trainer.seed=0,1` (its four jobs), and of adam's seed 0 run alone."""
     cli = Runner(tmp_path_factory.mktemp("seeds"), tfds_dir)
-    swept = cli("-m", *SEEDS_RUN, "trainer.seed=0,1", "hydra.sweep.dir=outputs/sweep")
+    swept = cli("-m", *SEEDS_RUN, "optimizer=sgd,adam", "trainer.seed=0,1", "hydra.callbacks.report.plots=false")
     assert swept.returncode == 0, swept.stderr
-    alone = cli(*SEEDS_RUN, "trainer.seed=0", "hydra.run.dir=outputs/alone", fork=False)  # started afresh
+    jobs = cli.run_dirs()
+    alone = cli(*SEEDS_RUN, "optimizer=adam", "trainer.seed=0", "hydra.run.dir=outputs/alone", fork=False)
     assert alone.returncode == 0, alone.stderr
-    runs = {str(read_summary(d)["seed"]): read_metrics(d) for d in (cli.cwd / "outputs" / "sweep").iterdir()
-            if (d / "summary.json").exists()}
-    return {**runs, "0 alone": read_metrics(cli.cwd / "outputs" / "alone")}
+    return jobs, cli.cwd / "outputs" / "alone"
+
+
+def _config(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+
+
+def _job(seeded_runs, optimizer: str, seed: int) -> list[dict]:
+    """The metrics of the multirun's job of this optimizer's _target_ and seed."""
+    [run_dir] = [d for d in seeded_runs[0] if (_config(d)["optimizer"]["_target_"], _config(d)["trainer"]["seed"])
+                 == (optimizer, seed)]
+    return read_metrics(run_dir)
 
 
 def _without_times(records: list[dict]) -> list[dict]:
@@ -60,26 +72,23 @@ def _without_times(records: list[dict]) -> list[dict]:
 @pytest.mark.xdist_group("seeded_runs")
 def test_same_config_and_seed_give_identical_metrics(seeded_runs):
     # Another process, and a lone run against a multirun's job: the same numbers to the last bit.
-    assert len(seeded_runs["0 alone"]) == 2
-    assert _without_times(seeded_runs["0"]) == _without_times(seeded_runs["0 alone"])
+    alone = read_metrics(seeded_runs[1])
+    assert len(alone) == 2
+    assert _without_times(_job(seeded_runs, "optax.adam", 0)) == _without_times(alone)
 
 
 @pytest.mark.xdist_group("seeded_runs")
 def test_different_seeds_give_different_metrics(seeded_runs):
-    assert seeded_runs["0"][0]["train_loss"] != seeded_runs["1"][0]["train_loss"]
+    assert _job(seeded_runs, "optax.adam", 0)[0]["train_loss"] != _job(seeded_runs, "optax.adam", 1)[0]["train_loss"]
 
 
-def test_multirun_sweep_runs_every_combination_in_its_own_dir(cli):
-    result = cli("-m", "optimizer=sgd,adam", "activation=relu,elu", "trainer.epochs=1", "model.depth=1",
-                 "model.width=8", "dataset.train_subset=64", "hydra.callbacks.report.plots=false")
-    assert result.returncode == 0, result.stderr
-    run_dirs = cli.run_dirs()
-    assert len(run_dirs) == 4
-    assert all("multirun" in str(d) for d in run_dirs)
-    choices = {(yaml.safe_load((d / ".hydra" / "config.yaml").read_text())["optimizer"]["_target_"],
-                yaml.safe_load((d / ".hydra" / "config.yaml").read_text())["activation"]["_target_"])
-               for d in run_dirs}
-    assert choices == {(o, a) for o in ("optax.sgd", "optax.adam") for a in ("jax.nn.relu", "jax.nn.elu")}
+@pytest.mark.xdist_group("seeded_runs")
+def test_multirun_sweep_runs_every_combination_in_its_own_dir(seeded_runs):
+    jobs, _ = seeded_runs
+    assert len(jobs) == 4 and len(set(jobs)) == 4
+    assert all("multirun" in str(d) for d in jobs)
+    combinations = {(_config(d)["optimizer"]["_target_"], _config(d)["trainer"]["seed"]) for d in jobs}
+    assert combinations == {(o, s) for o in ("optax.sgd", "optax.adam") for s in (0, 1)}
 
 
 @pytest.fixture(scope="module")
