@@ -13,6 +13,7 @@ import yaml
 from tests.conftest import read_summary
 
 NO_PLOTS = ("hydra.callbacks.report.plots=false",)  # the report's tables are enough here; plots cost seconds
+SMALL = ("model.depth=1", "model.width=8")  # a trial's outcome, not its accuracy, is checked: one small layer
 QUIET = ("A new study created", "setup plugin", "Traceback", "DeprecationWarning")  # optuna, alembic, Python
 
 
@@ -44,7 +45,7 @@ def test_an_unknown_preset_is_one_line_and_exit_2(cli):
 def test_a_trial_that_fails_at_run_time_is_recorded_and_the_study_goes_on(cli):
     # batch 5000 passes the pre-run check (an int >= 1) and fails in the run: digits has 1293 training examples.
     result = cli("-m", "hparams_search=learning_rate", "trainer.batch_size=choice(5000,32)",
-                 "hydra.sweeper.n_trials=2", "trainer.epochs=1", *NO_PLOTS)
+                 "hydra.sweeper.n_trials=2", "trainer.epochs=1", *SMALL, *NO_PLOTS)
     assert result.returncode == 1  # a sweep with a failed job
     (failed_overrides, failed), (done_overrides, done) = trials(cli)
     assert failed_overrides["trainer.batch_size"] == "5000" and failed["status"] == "failed"
@@ -61,7 +62,7 @@ def test_a_trial_that_fails_at_run_time_is_recorded_and_the_study_goes_on(cli):
 
 def test_a_diverged_trial_does_not_stop_the_study(cli):
     result = cli("-m", "hparams_search=learning_rate", "optimizer=sgd", "optimizer.learning_rate=choice(0.05,1e6)",
-                 "hydra.sweeper.n_trials=2", "trainer.epochs=1", *NO_PLOTS)
+                 "hydra.sweeper.n_trials=2", "trainer.epochs=1", *SMALL, *NO_PLOTS)
     assert result.returncode == 0, result.stderr  # diverging is an outcome, not a failure
     statuses = {o["optimizer.learning_rate"]: s["status"] for o, s in trials(cli)}
     assert statuses == {"0.05": "completed", "1000000.0": "diverged"}
