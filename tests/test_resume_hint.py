@@ -91,7 +91,8 @@ def test_the_epoch_cap_lowers_trainer_epochs_only(monkeypatch):
 
 
 # A small net on a few examples: ~3 ms of CPU an epoch, so 400 epochs leave seconds for the Ctrl-C to land in, and
-# the hint's run, capped at 100 epochs, ends job 1 wherever the Ctrl-C stopped it (within its first 100 epochs).
+# the hint's run, capped at 100 epochs, ends job 1 wherever the Ctrl-C stopped it (within its first 100 epochs). The
+# two jobs differ by their seed only, so the second reads the first's compiled programs from the cache.
 TINY = ("model.depth=1", "model.width=8", "dataset.train_subset=64")
 CAP = 100
 
@@ -100,22 +101,22 @@ def test_ctrl_c_in_a_sweep_prints_the_sweeps_command_and_following_it_finishes_e
     """Job 1 of 2 is stopped by Ctrl-C mid-run; the hint, run as printed (epochs capped to keep it short),
     finishes job 1 from its checkpoint and runs job 2: the whole sweep, not the one job."""
     sweep = cli.cwd / "outputs" / "sw"
-    first = subprocess.Popen([sys.executable, "-m", "runner", "-m", "activation=relu,elu", "trainer.epochs=400", *TINY,
+    first = subprocess.Popen([sys.executable, "-m", "runner", "-m", "trainer.seed=0,1", "trainer.epochs=400", *TINY,
                               "hydra.callbacks.report.plots=false", f"hydra.sweep.dir={sweep}"], cwd=cli.cwd,
                              env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job = {a: ",".join(sorted([f"activation={a}", "trainer.epochs=400", *TINY])) for a in ("relu", "elu")}
-    metrics = sweep / job["relu"] / "metrics.jsonl"
+    job = {s: ",".join(sorted([f"trainer.seed={s}", "trainer.epochs=400", *TINY])) for s in (0, 1)}
+    metrics = sweep / job[0] / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
         time.sleep(0.02)
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr
-    stopped_at = read_summary(sweep / job["relu"])["epochs"]
+    stopped_at = read_summary(sweep / job[0])["epochs"]
     assert 1 <= stopped_at < CAP, "the Ctrl-C should land early in job 1"
     (hint,) = [line for line in stderr.splitlines() if "continue the sweep with: " in line]
     command = hint.split("continue the sweep with: ", 1)[1]
-    assert command == (f"python -m runner -m activation=relu,elu trainer.epochs=400 {' '.join(TINY)} "
+    assert command == (f"python -m runner -m trainer.seed=0,1 trainer.epochs=400 {' '.join(TINY)} "
                        f"hydra.callbacks.report.plots=false trainer.resume=true hydra.sweep.dir={sweep}")
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "runner"]
