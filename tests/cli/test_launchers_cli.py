@@ -1,19 +1,22 @@
-"""The launcher presets end to end (conf/hydra/launcher/): parallel processes with capped threads, submitit's local
-executor, and a job that submitit pre-empts being requeued to resume from its checkpoint in its own dir."""
+"""The launcher presets end to end (conf/hydra/launcher/): parallel processes with capped threads whose lines say
+their job, submitit's local executor, and a job that submitit pre-empts being requeued to resume from its checkpoint
+in its own dir."""
 
 from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import read_metrics, read_summary
+from tests.conftest import Runner, read_metrics, read_summary
 
 
 def popen(cli, *args: str) -> subprocess.Popen:
@@ -64,11 +67,14 @@ def test_an_unknown_launcher_is_one_line_naming_the_presets(cli):
 TINY = ("model.depth=1", "model.width=8", "dataset.train_subset=64", "hydra.callbacks.report.plots=false")
 
 
-def test_parallel_runs_each_job_in_a_process_whose_xla_threads_are_capped(cli):
-    import joblib
-
-    process = popen(cli, "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "trainer.seed=0,1",
-                    "trainer.epochs=1", *TINY)
+@pytest.fixture(scope="module")
+def parallel_sweep(tmp_path_factory, tfds_dir) -> tuple[subprocess.CompletedProcess, dict[int, int], list[Path]]:
+    """A two-job hydra/launcher=parallel sweep (activation=relu,elu, two epochs each) started in the background,
+    each worker process held (SIGSTOP) once seen computing until the other is seen too: the sweep as it ended, each
+    worker's XLA compute threads by pid, and the run dirs. The labels' test and the threads' test read it."""
+    cli = Runner(tmp_path_factory.mktemp("parallel"), tfds_dir)
+    process = popen(cli, "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "activation=relu,elu",
+                    "trainer.epochs=2", *TINY, "hydra.sweep.dir=outputs/sw")
     seen: dict[int, int] = {}
 
     def both_workers_computing():
@@ -86,20 +92,45 @@ def test_parallel_runs_each_job_in_a_process_whose_xla_threads_are_capped(cli):
         for pid in seen:
             os.kill(pid, signal.SIGCONT)
         out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err), seen, cli.run_dirs()
+
+
+@pytest.mark.xdist_group("parallel_sweep")
+def test_parallel_runs_each_job_in_a_process_whose_xla_threads_are_capped(parallel_sweep):
+    import joblib
+
+    done, seen, run_dirs = parallel_sweep
+    assert done.returncode == 0, done.stderr
     # Two processes, each with cores // 2 compute threads (XLA's default is one per core).
     assert sorted(seen.values()) == [max(joblib.cpu_count() // 2, 1)] * 2
-    assert [read_summary(d)["status"] for d in cli.run_dirs()] == ["completed", "completed"]
+    assert [read_summary(d)["status"] for d in run_dirs] == ["completed", "completed"]
 
 
-def test_submitit_local_runs_a_four_job_sweep_each_job_in_its_own_process(cli):
-    result = cli("-m", "hydra/launcher=slurm_local", "trainer.seed=0,1,2,3", "trainer.epochs=1", *TINY)
+@pytest.mark.xdist_group("parallel_sweep")
+def test_each_parallel_jobs_lines_start_with_its_number_and_overrides(parallel_sweep):
+    """The jobs of a parallel sweep share the terminal: each of their lines starts with its job's label
+    (runner/console.py: job_label), so interleaved lines still say whose they are."""
+    done, _, _ = parallel_sweep
+    assert done.returncode == 0, done.stderr
+    labelled = {}
+    for line in done.stdout.splitlines():
+        if match := re.match(r"\[#(\d) (activation=\w+),[^\]]*\] (.*)", line):  # the overrides cut to the label's width
+            labelled.setdefault((match[1], match[2]), []).append(match[3])
+    assert set(labelled) == {("0", "activation=relu"), ("1", "activation=elu")}, done.stdout
+    for lines in labelled.values():  # each job's own epochs and results, under its own label
+        assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"]
+        assert any(line.startswith("results in ") for line in lines)
+    assert not [line for line in done.stdout.splitlines() if line.startswith("epoch ")]  # none unlabelled
+
+
+def test_submitit_local_runs_a_two_job_sweep_each_job_in_its_own_process(cli):
+    result = cli("-m", "hydra/launcher=slurm_local", "trainer.seed=0,1", "trainer.epochs=1", *TINY)
     assert result.returncode == 0, result.stderr
     run_dirs = cli.run_dirs()
-    assert [read_summary(d)["status"] for d in run_dirs] == ["completed"] * 4
-    assert {read_summary(d)["seed"] for d in run_dirs} == {0, 1, 2, 3}
+    assert [read_summary(d)["status"] for d in run_dirs] == ["completed"] * 2
+    assert {read_summary(d)["seed"] for d in run_dirs} == {0, 1}
     [sweep_dir] = {d.parent for d in run_dirs}
-    assert len([p for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit()]) == 4  # one submitit job each
+    assert len([p for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit()]) == 2  # one submitit job each
     assert (sweep_dir / "report" / "report.md").exists()
 
 
