@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from runner.cli.callbacks import SWEEP_ARGV, MultirunReport
 from runner.cli.run import continue_with
 from runner.config.compose import MAX_EPOCHS_VARIABLE, capped
-from tests.conftest import USER_XLA_FLAGS, compose_config, read_summary
+from tests.conftest import compose_config, read_summary
 
 
 @pytest.fixture
@@ -93,10 +93,8 @@ def test_the_epoch_cap_lowers_trainer_epochs_only(monkeypatch):
 # A small net on a few examples: ~3 ms of CPU an epoch, so 400 epochs leave seconds for the Ctrl-C to land in, and
 # the hint's run, capped at 100 epochs, ends job 1 wherever the Ctrl-C stopped it (within its first 100 epochs). The
 # two jobs differ by their seed only, so the second reads the first's compiled programs from the cache. Both commands
-# are processes of their own (one is signalled, one has the cap in its environment), compiled unoptimized, as the bench
-# smoke is: no number is compared with another program's.
+# are processes of their own (one is signalled, one has the cap in its environment).
 TINY = ("model.depth=1", "model.width=8", "dataset.train_subset=64")
-UNOPTIMIZED = {"XLA_FLAGS": f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()}
 CAP = 100
 
 
@@ -106,7 +104,7 @@ def test_ctrl_c_in_a_sweep_prints_the_sweeps_command_and_following_it_finishes_e
     sweep = cli.cwd / "outputs" / "sw"
     first = subprocess.Popen([sys.executable, "-m", "runner", "-m", "trainer.seed=0,1", "trainer.epochs=400", *TINY,
                               "hydra.callbacks.report.plots=false", f"hydra.sweep.dir={sweep}"], cwd=cli.cwd,
-                             env={**cli.env, **UNOPTIMIZED}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job = {s: ",".join(sorted([f"trainer.seed={s}", "trainer.epochs=400", *TINY])) for s in (0, 1)}
     metrics = sweep / job[0] / "metrics.jsonl"
     deadline = time.time() + 120
@@ -124,7 +122,7 @@ def test_ctrl_c_in_a_sweep_prints_the_sweeps_command_and_following_it_finishes_e
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "runner"]
     done = subprocess.run([sys.executable, *words[1:]], cwd=cli.cwd,
-                          env={**cli.env, **UNOPTIMIZED, MAX_EPOCHS_VARIABLE: str(CAP)}, capture_output=True, text=True,
+                          env={**cli.env, MAX_EPOCHS_VARIABLE: str(CAP)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     summaries = {p.parent.name: read_summary(p.parent) for p in sweep.glob("*/summary.json")}

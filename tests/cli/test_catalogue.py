@@ -4,8 +4,7 @@ One `-m` sweep for the three groups, every choice of each in a job: job i takes 
 (cycling through the shorter groups), each job an experiment file of a `-cd` dir (`+experiment=...`, as a user adds
 their own), so the groups' 27 choices train in 10 jobs, and a new file joins the sweep by existing.
 The rest of the config is shrunk for CPU (one epoch, one small layer, no batch norm, no dropout; the report without
-plots), and XLA compiles unoptimized, as the bench smoke does: no number is compared with another program's, and its
-backend optimisations were a quarter of the sweep's CPU (a process of its own, for the flag, costs 1.5 s of imports).
+plots; unoptimized programs, as every command line of the tests: tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from runner.config.compose import CONF_DIR
-from tests.conftest import USER_XLA_FLAGS, Runner, read_summary
+from tests.conftest import Runner, read_summary
 
 GROUPS = ("optimizer", "activation", "schedule")
 SMALL = ("trainer.epochs=1", "model.depth=1", "model.width=16", "dataset=digits", "normalization=none",
@@ -32,7 +31,6 @@ def catalogue_sweep(tmp_path_factory, tfds_dir) -> tuple[list[dict], list[dict]]
     """One multirun in which every choice of GROUPS trains: each job's choices (as Hydra recorded them) and its
     summary."""
     cli = Runner(tmp_path_factory.mktemp("catalogue"), tfds_dir)
-    cli.env = {**cli.env, "XLA_FLAGS": f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()}
     names = {group: choices(group) for group in GROUPS}
     jobs = max(len(n) for n in names.values())
     (cli.cwd / "conf" / "experiment").mkdir(parents=True)

@@ -23,10 +23,6 @@ METHODS = ("autoencoder", "rbm", "supervised", "auxiliary")
 def pretrained(tmp_path_factory, tfds_dir) -> tuple[dict, str]:
     """Every method's run, one multirun: {method: its run dir}, and the multirun's stdout."""
     cli = Runner(tmp_path_factory.mktemp("pretrained"), tfds_dir)
-    # Compiling is most of these four short runs (each method's programs, then fine-tuning's): compiled unoptimized,
-    # 21 -> 16 CPU-s with the process's own start (no number here is compared with another program's). A process of
-    # its own, as its environment differs from the fork server's.
-    cli.env["XLA_FLAGS"] = f"{cli.env['XLA_FLAGS']} --xla_backend_optimization_level=0".strip()
     # ++: the sweep's own config (pretraining=none, the default) has no epochs to set; every method's has
     result = cli("-m", *TINY, "++pretraining.epochs=2", f"pretraining={','.join(METHODS)}",
                  "hydra.callbacks.report.plots=false")
