@@ -137,12 +137,16 @@ def costliest_first(items: list, tests: dict[str, dict]) -> list:
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> None:
-    """One persistent cache of compiled programs per worker, for its tests and the commands they run (kept out of
-    the user's home). The tests build their programs anew (fresh closures), so JAX's in-memory caches miss; an
-    identical program is read back from here instead of compiled again (the in-process tests: -10% CPU)."""
+    """One persistent cache of compiled programs per session, shared by its workers, their tests and the commands
+    they run (kept out of the user's home; JAX_COMPILATION_CACHE_DIR names another, as .ci/run does to share one
+    between make test and make test-slow). The tests build their programs anew (fresh closures), so JAX's in-memory
+    caches miss; an identical program is read back from here instead of compiled again (the in-process tests: -10%
+    CPU)."""
     import jax
 
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    session = tmp_path_factory.getbasetemp()
+    session = session.parent if os.environ.get("PYTEST_XDIST_WORKER") else session  # the workers' common dir
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(session / "jax_cache"))
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as runs set it: every program
 
