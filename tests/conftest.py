@@ -25,15 +25,18 @@ os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# The slow tier, by a rule over measured costs rather than a list: a test is slow when its setup and call took
+# The tiers, by a rule over measured costs rather than a list: a test is slow when its setup and call took
 # SLOW_SECONDS or more (tests/durations.json, written by `make test-durations` on 2 quiet cores), and so is every test
-# of an xdist group whose shared fixture alone took that long (the fixture would run for any member of the group).
-# `make test` (CI) runs the rest; `make test-full` runs every test; `-m slow` only these. A test not measured yet
-# (new, or under a second) runs in make test until it is measured.
+# of an xdist group whose shared fixture alone took that long (the fixture would run for any member of the group);
+# longest, by the same rule, from LONGEST_SECONDS. `make test` runs the tests that are not slow, `make test-slow` the
+# slow ones but the longest (CI runs both), `make test-full` every test. A test not measured yet (new, or under a
+# second) runs in make test until it is measured.
 DURATIONS = ROOT / "tests" / "durations.json"
-# Where make test stays under 4 minutes on 2 cores (CI then runs the rest: make test-slow): at 4 s, 100 of 1,979 tests
-# are slow, measured 2026-12-07.
+# Where make test stays under 4 minutes on 2 cores: at 4 s, 100 of 1,979 tests are slow (measured 2026-12-07).
 SLOW_SECONDS = 4.0
+# Where CI (both tiers, and the install) holds in 10 minutes on 2 cores: with every test it took 10 min 37 s; from
+# 30 s, 13 tests are the longest (the 100-layer SELU net, the optimizers sweep, four of the docs' chapters).
+LONGEST_SECONDS = 30.0
 
 
 @functools.cache
@@ -49,22 +52,24 @@ def slow_groups(tests: dict[str, dict], threshold: float = SLOW_SECONDS) -> set[
 
 def is_slow(node_id: str, group: str | None, tests: dict[str, dict], threshold: float = SLOW_SECONDS,
             groups: set[str] | None = None) -> bool:
-    """Whether the test `node_id` (of xdist group `group`) is in the slow tier, by the measured `tests`
-    (`groups`: their slow_groups, if worked out already)."""
+    """Whether the test `node_id` (of xdist group `group`) took `threshold` or more, by the measured `tests`
+    (`groups`: their slow_groups at that threshold, if worked out already)."""
     cost = tests.get(node_id.partition("@")[0])
     groups = slow_groups(tests, threshold) if groups is None else groups
     return (cost is not None and cost["setup"] + cost["call"] >= threshold) or group in groups
 
 
 @functools.cache
-def _measured_slow_groups() -> frozenset[str]:
-    return frozenset(slow_groups(measured()))
+def _measured_slow_groups(threshold: float) -> frozenset[str]:
+    return frozenset(slow_groups(measured(), threshold))
 
 
 def pytest_itemcollected(item):
     group = item.get_closest_marker("xdist_group")
-    if is_slow(item.nodeid, group.args[0] if group else None, measured(), groups=_measured_slow_groups()):
-        item.add_marker(pytest.mark.slow)
+    for marker, threshold in ((pytest.mark.slow, SLOW_SECONDS), (pytest.mark.longest, LONGEST_SECONDS)):
+        if is_slow(item.nodeid, group.args[0] if group else None, measured(), threshold,
+                   groups=_measured_slow_groups(threshold)):
+            item.add_marker(marker)
 
 
 def pytest_addoption(parser):
@@ -137,16 +142,12 @@ def costliest_first(items: list, tests: dict[str, dict]) -> list:
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> None:
-    """One persistent cache of compiled programs per session, shared by its workers, their tests and the commands
-    they run (kept out of the user's home; JAX_COMPILATION_CACHE_DIR names another, as .ci/run does to share one
-    between make test and make test-slow). The tests build their programs anew (fresh closures), so JAX's in-memory
-    caches miss; an identical program is read back from here instead of compiled again (the in-process tests: -10%
-    CPU)."""
+    """One persistent cache of compiled programs per worker, for its tests and the commands they run (kept out of
+    the user's home). The tests build their programs anew (fresh closures), so JAX's in-memory caches miss; an
+    identical program is read back from here instead of compiled again (the in-process tests: -10% CPU)."""
     import jax
 
-    session = tmp_path_factory.getbasetemp()
-    session = session.parent if os.environ.get("PYTEST_XDIST_WORKER") else session  # the workers' common dir
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(session / "jax_cache"))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as runs set it: every program
 

@@ -126,8 +126,8 @@ def documented_commands() -> list[Command]:
 # ---- what is not run, and why ----
 
 NOT_RUN = {
-    "make test": "runs the tests CI runs, this test's first chapter among them (3-6 min)",
-    "make test-full": "runs every test, the slow ones too (over 10 min)",
+    "make test": "runs the tests but the slow tier (under 4 min)",
+    "make test-slow": "runs the slow tier, this test's chapters among them (6 min)",
     "make bench": "minutes of timing at full size (tests/test_bench.py runs `python -m runner.bench --smoke`)",
     "make book": "47 min over 3 seeds, and needs Fashion-MNIST's files (tests/test_book.py runs "
                  "`python -m runner.book --quick` where they are)",
