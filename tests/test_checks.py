@@ -180,3 +180,21 @@ def test_every_schema_field_out_of_range_is_refused_before_anything_runs(overrid
     assert describe(spec) in str(refused.value)  # what is valid, whether OmegaConf or the range check refused it
     assert "\n" not in str(refused.value)
     assert not any(tmp_path.iterdir())
+
+
+# Presets that set a regularizer's own settings (regularizer.<name>: ...): emptied from the command line, those
+# settings have no choice left to build.
+SETTING_REGULARIZERS = {p.stem: sorted((yaml.safe_load(p.read_text()) or {}).get("regularizer") or {})
+                        for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))}
+
+
+@pytest.mark.parametrize("preset", [name for name, settings in SETTING_REGULARIZERS.items() if settings])
+def test_settings_of_a_choice_not_chosen_are_refused_in_one_line_naming_them(preset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as refused:
+        preflight([f"+experiment={preset}", "regularizer=[]"])
+    message = str(refused.value)
+    named = message.split(":")[0].removeprefix("regularizer.")
+    assert named in SETTING_REGULARIZERS[preset] and "which is not chosen (regularizer=[])" in message, message
+    assert "\n" not in message and not any(tmp_path.iterdir())
+    validate(compose_shared(f"+experiment={preset}"))  # chosen, the same settings build

@@ -205,10 +205,22 @@ def check_config(cfg: DictConfig, top_level: TopLevel | None = None) -> None:
         elif "_target_" in node or SPEC_KEY in node:
             check_target_node(key, node)
         else:  # a group of named nodes (regularizer.<name>) or of nested ones (normalization.layer)
-            for name in node:
-                child = node[name]
-                if isinstance(child, DictConfig) and "_target_" in child:
-                    check_target_node(f"{key}.{name}", child)
+            _check_named_nodes(key, node)
+
+
+def _check_named_nodes(key: str, node: DictConfig) -> None:
+    """Each mapping of a group of named nodes names a callable: one that does not holds settings of a choice that
+    is not chosen (a preset's `regularizer.l1` after `regularizer=[]`), which nothing would build."""
+    chosen = [str(name) for name in node if isinstance(node[name], DictConfig) and "_target_" in node[name]]
+    for name in (str(n) for n in node):
+        child = node[name]
+        if not isinstance(child, DictConfig):
+            continue
+        if "_target_" in child:
+            check_target_node(f"{key}.{name}", child)
+        elif SPEC_KEY not in child:
+            raise UserError(f"{key}.{name}: settings of {name}, which is not chosen ({key}=[{','.join(chosen)}]); "
+                            f"valid: choose it ({key}=[{','.join([*chosen, name])}]) or drop {key}.{name}")
 
 
 def unchecked_parameters(cfg: DictConfig) -> list[str]:
