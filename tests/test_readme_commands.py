@@ -127,7 +127,7 @@ def documented_commands() -> list[Command]:
 
 NOT_RUN = {
     "make test": "runs the tests but the slow tier (under 4 min)",
-    "make test-slow": "runs the slow tier, this test's chapters among them (5 min)",
+    "make test-slow": "runs the slow tier but its longest tests (4-5 min)",
     "make bench": "minutes of timing at full size (tests/test_bench.py runs `python -m runner.bench --smoke`)",
     "make book": "47 min over 3 seeds, and needs Fashion-MNIST's files (tests/test_book.py runs "
                  "`python -m runner.book --quick` where they are)",
