@@ -18,8 +18,8 @@ from tests.forkserver import ForkServer
 register_schemas()
 # The tests' programs are small: XLA's compile time dominates them, and its backend optimisations cost a quarter of
 # the in-process tests' time and a tenth of the command lines' (`Runner` below: 110 -> 98 CPU-s on the experiments'
-# and transfer's files). Runs compared within a test run under the same flags; the docs' commands as printed
-# (tests/test_readme_commands.py), make run and make bench keep XLA's defaults.
+# and transfer's files; the docs' chapters, tests/test_readme_commands.py: -6%). Runs compared within a test run
+# under the same flags; make run and make bench keep XLA's defaults.
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
 ROOT = Path(__file__).resolve().parent.parent
