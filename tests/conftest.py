@@ -142,6 +142,15 @@ def costliest_first(items: list, tests: dict[str, dict]) -> list:
     return sorted(items, key=lambda item: -cost[unit(item)])  # stable: a unit's items keep their order
 
 
+@pytest.fixture(autouse=True)
+def fresh_programs():
+    """Each test starts without the parts and programs an earlier test's runs kept (runner/training/programs.py),
+    as a fresh process would: a test that changes how parts are built gets what it built."""
+    from runner.training import programs
+
+    programs.forget()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> None:
     """One persistent cache of compiled programs per worker, for its tests and the commands they run (kept out of

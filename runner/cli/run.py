@@ -41,10 +41,11 @@ from runner.training.handlers import (Checkpointer, DiagnosticsWriter, EarlyStop
                                       Plateau, Progress, Validation, weights_of)
 from runner.training.interrupts import Interrupted, deferred_signals
 from runner.training.loggers import build_loggers, close_loggers
-from runner.training.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage
+from runner.training.loop import AgreedPacer, Loop, Outcome, Pacer, enter_stage, stage_chain
 from runner.training.lr_range import resolve_auto_learning_rate
-from runner.training.stages import Stage, entering, stage_optimizer
-from runner.training.train import Parts, TrainState, create_train_state
+from runner.training.programs import compiled, shared_parts
+from runner.training.stages import Stage, entering
+from runner.training.train import Parts, TrainState, init_program
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, console: Console) -> dict[str, Any]:
@@ -109,7 +110,10 @@ def setup(cfg: DictConfig, run_dir: Path, console: Console) -> Run:
     cfg, found = resolve_auto_learning_rate(cfg, splits, run_dir, console)  # optimizer.learning_rate=auto
     tc = cfg.trainer
     steps_per_epoch = len(splits.x_train) // tc.batch_size
-    parts = build_parts(cfg, splits.num_classes, steps_per_epoch)
+    # The parts, and so the programs, of the config but its seed are shared with the process's earlier runs of it (a
+    # sweep's seeds): runner/training/programs.py.
+    parts = shared_parts((_but_seed(cfg), splits.num_classes, steps_per_epoch),
+                         lambda: build_parts(cfg, splits.num_classes, steps_per_epoch))
     devices = data_parallel.devices
     console.info(f"dataset {splits.name}: {len(splits.x_train)} train / {len(splits.x_val)} val / "
                  f"{len(splits.x_test)} test; devices: {', '.join(devices)}"
@@ -121,8 +125,9 @@ def setup(cfg: DictConfig, run_dir: Path, console: Console) -> Run:
     if writer:
         for warning in beyond_run(parts.schedule, steps_per_epoch * tc.epochs):  # the schedule runs across stages
             console.warn(warning)
-    state = create_train_state(init_key, parts, data_parallel.put(splits.x_train[: tc.batch_size]),
-                               tx=stage_optimizer(parts.optimizer, stages[0]), sharding=data_parallel.replicated)
+    tx, sharding = stage_chain(parts, stages[0]), data_parallel.replicated
+    init = compiled(parts, ("init", tx, sharding), lambda: init_program(parts, tx, sharding))
+    state = init(init_key, data_parallel.put(splits.x_train[: tc.batch_size]))
     if source:
         state, splits = start_from_source(cfg, source, reused, state, parts, splits, console)
     if writer:
@@ -145,7 +150,8 @@ def train(run: Run) -> dict[str, Any]:
     cfg, tc, files, writer = run.cfg, run.cfg.trainer, RunFiles(run.run_dir), run.writer
     _, data_key, eval_key = run.keys
     x_train, y_train = run.data_parallel.put((run.splits.x_train, run.splits.y_train))  # on every device (small)
-    val = Evaluator(run.splits.x_val, run.splits.y_val, tc.eval_batch_size, data_parallel=run.data_parallel)
+    val = Evaluator(run.splits.x_val, run.splits.y_val, tc.eval_batch_size, data_parallel=run.data_parallel,
+                    parts=run.parts)
     checkpointer = Checkpointer(run.checkpoints, tc.checkpoint_every, run.stopper)
     # Signals wait for a chunk's end from here until summary.json is written: what training made is kept.
     with deferred_signals() as interrupt:
@@ -285,7 +291,7 @@ def finish(run: Run, outcome: Outcome, interrupt: threading.Event) -> dict:
         state = state.replace(params=sparsify(state.params, tc.sparsify_threshold))
     if writer:
         weights.save(run_dir / WEIGHTS_FILE, state.params, state.batch_stats)  # the weights the test metrics are of
-    summary.update(final_evaluation(cfg, splits, state, eval_key, data_parallel))
+    summary.update(final_evaluation(cfg, splits, state, eval_key, data_parallel, run.parts))
     summary["wall_time_s"] = time.perf_counter() - start
     if writer:
         write_json(run_dir / "summary.json", summary)
@@ -298,17 +304,29 @@ def finish(run: Run, outcome: Outcome, interrupt: threading.Event) -> dict:
 
 
 def final_evaluation(cfg: DictConfig, splits: Splits, state: TrainState, key: jax.Array,
-                     data_parallel: DataParallel | None = None) -> dict[str, Any]:
-    """Test metrics (and MC dropout's, when asked) of the final weights, with their sparsity."""
+                     data_parallel: DataParallel | None = None, parts: Parts | None = None) -> dict[str, Any]:
+    """Test metrics (and MC dropout's, when asked) of the final weights, with their sparsity (`parts`: the run's,
+    whose programs are kept: runner/training/programs.py)."""
     tc = cfg.trainer
-    test = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, data_parallel=data_parallel)(state, key)
+    test = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, data_parallel=data_parallel,
+                     parts=parts)(state, key)
     result = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
               "weight_sparsity": weight_sparsity(state.params)}
     if tc.mc_dropout_samples:
         mc = Evaluator(splits.x_test, splits.y_test, tc.eval_batch_size, tc.mc_dropout_samples,
-                       data_parallel)(state, key)
+                       data_parallel, parts)(state, key)
         result.update(mc_dropout_test_accuracy=mc["accuracy"], mc_dropout_test_loss=mc["loss"])
     return result
+
+
+def _but_seed(cfg: DictConfig) -> str:
+    """The config but trainer.seed, resolved, as text: what a run's parts and programs are built from (the seed
+    reaches them only as the PRNG key, an argument); a value that interpolates the seed keeps it."""
+    from omegaconf import OmegaConf
+
+    rest = OmegaConf.to_container(cfg, resolve=True)
+    rest["trainer"].pop("seed", None)
+    return OmegaConf.to_yaml(OmegaConf.create(rest))
 
 
 def sparsify(params: Any, threshold: float) -> Any:

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from runner.scale.distributed import DataParallel
-from runner.training.train import TrainState, make_evaluate
+from runner.training.programs import compiled, signature
+from runner.training.train import Parts, TrainState, make_evaluate
 
 
 def padded(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,11 +31,12 @@ class Evaluator:
 
     With `data_parallel`, the split is replicated on the run's devices and each batch split over them, as in
     training; a split smaller than a batch is one batch padded to a multiple of the device count.
+    `parts`: the run's, under which its programs are kept for a later run of them (runner/training/programs.py).
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mc_samples: int = 0,
-                 data_parallel: DataParallel | None = None):
-        self.size, self.data_parallel = len(x), data_parallel
+                 data_parallel: DataParallel | None = None, parts: Parts | None = None):
+        self.size, self.data_parallel, self.parts = len(x), data_parallel, parts
         if self.size:
             devices = 1 if data_parallel is None else data_parallel.size
             batch = max(1, min(batch_size, -(-self.size // devices) * devices))
@@ -43,7 +45,12 @@ class Evaluator:
             if data_parallel is not None:
                 split = data_parallel.batch
                 placed = {"in_shardings": data_parallel.replicated, "out_shardings": data_parallel.replicated}
-            self._jitted = self._fn = jax.jit(make_evaluate(batch, mc_samples, split), **placed)
+            self.key = ("evaluate", batch, mc_samples, None if data_parallel is None else tuple(data_parallel.devices))
+            self._jitted = self._fn = self._kept(self.key, lambda: jax.jit(make_evaluate(batch, mc_samples, split),
+                                                                           **placed))
+
+    def _kept(self, key: tuple, build):
+        return build() if self.parts is None else compiled(self.parts, key, build)
 
     def _placed(self, tree: Any) -> Any:
         return jax.device_put(tree) if self.data_parallel is None else self.data_parallel.put(tree)
@@ -51,7 +58,8 @@ class Evaluator:
     def compile(self, state: TrainState, key: jax.Array) -> None:
         """Compile now, once: evaluation reads the weights alone, the same in every stage."""
         if self.size and self._fn is self._jitted:
-            self._fn = self._jitted.lower(self._placed(_weights(state)), *self.arrays, self._placed(key)).compile()
+            args = (self._placed(_weights(state)), *self.arrays, self._placed(key))
+            self._fn = self._kept((*self.key, signature(*args)), lambda: self._jitted.lower(*args).compile())
 
     def __call__(self, state: TrainState, key: jax.Array) -> dict[str, float]:
         if not self.size:

@@ -27,6 +27,7 @@ from runner.scale.distributed import DataParallel
 from runner.training.diagnostics import layer_names
 from runner.training.handlers import EpochEnd, Handler, write_diagnostics
 from runner.training.optim import applied_rate, continue_schedule, rate_inputs, written_rate
+from runner.training.programs import compiled, signature
 from runner.training.stages import Stage, stage_at, stage_optimizer
 from runner.training.train import (Parts, TrainState, Update, classifier_update, finite_members, make_epoch_programs,
                                    nonfinite, whole_epoch)
@@ -121,8 +122,14 @@ class AgreedPacer(Pacer):
 def enter_stage(state: TrainState, parts: Parts, stage: Stage) -> TrainState:
     """The state with the stage's optimizer chain and a fresh optimizer state for it, whose schedule goes on
     from the run's step."""
-    tx = stage_optimizer(parts.optimizer, stage)
+    tx = stage_chain(parts, stage)
     return state.replace(tx=tx, opt_state=continue_schedule(tx.init(state.params), state.step))
+
+
+def stage_chain(parts: Parts, stage: Stage) -> Any:
+    """The stage's optimizer chain (runner/training/stages.py), one object per stage of shared parts: a state
+    carries its chain in its tree structure, which the programs compiled for it are kept by."""
+    return compiled(parts, ("chain", stage), lambda: stage_optimizer(parts.optimizer, stage))
 
 
 @dataclasses.dataclass
@@ -180,9 +187,18 @@ class Loop:
         if self.on_compiling is not None:
             self.on_compiling()
         start = time.perf_counter()
-        program = StageProgram(self.parts, self.stages[index], self.batch_size, self.diagnostics_every,
-                               self._placed(outcome.state), self.x, self.y, self._placed(self.data_key),
-                               self.data_parallel, self.members, self.update, self.step_losses)
+        state, key = self._placed(outcome.state), self._placed(self.data_key)
+
+        def build() -> StageProgram:
+            return StageProgram(self.parts, self.stages[index], self.batch_size, self.diagnostics_every, state,
+                                self.x, self.y, key, self.data_parallel, self.members, self.update,
+                                self.step_losses)
+        # Kept for a later run of the same parts (runner/training/programs.py): a sweep's next seed. An update of
+        # its own (pretraining's) closes over more than its key would say: built anew.
+        devices = None if self.data_parallel is None else tuple(self.data_parallel.devices)
+        program = build() if self.update is not None else compiled(
+            self.parts, ("epoch", self.stages[index], self.batch_size, self.diagnostics_every, devices, self.members,
+                         self.step_losses, signature(state, self.x, self.y, key)), build)
         if self.on_compile is not None:
             self.on_compile(outcome.state)
         outcome.compile_time += time.perf_counter() - start

@@ -51,6 +51,12 @@ def create_train_state(rng: jax.Array, parts: Parts, example_x: jax.Array,
 
     `sharding`: where the state is placed (replicated over a run's devices); default, where JAX puts it.
     """
+    return init_program(parts, tx, sharding)(rng, example_x)
+
+
+def init_program(parts: Parts, tx: optax.GradientTransformation | None = None,
+                 sharding: jax.sharding.Sharding | None = None) -> Callable:
+    """`create(rng, example_x) -> TrainState`, jitted: create_train_state's program."""
     placed = {} if sharding is None else {"out_shardings": sharding}
 
     # One compiled program: run eagerly, every initializer op would compile on its own (seconds at start-up).
@@ -67,7 +73,7 @@ def create_train_state(rng: jax.Array, parts: Parts, example_x: jax.Array,
             rng=run_rng,
         )
 
-    return create(rng, example_x)
+    return create
 
 
 def make_train_step_with_trace(parts: Parts, frozen: frozenset = frozenset()) -> Callable:
