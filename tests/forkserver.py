@@ -40,11 +40,13 @@ from pathlib import Path
 from runner.training.process import exit_promptly
 
 # What `python -m runner` imports before it trains (runner/__main__.py, runner/cli/run.py and what they import
-# lazily), and the other commands' heavy dependencies. Importing one a command would not have imported changes
+# lazily: the dataset's catalogue), what a multirun's report imports (pyplot: 0.47 s of each sweep's end), and the
+# other commands' heavy dependencies. Importing one a command would not have imported changes
 # nothing it does: none of these acts at import beyond defining itself.
 PRELOAD = ("jax", "jax.numpy", "flax", "optax", "orbax.checkpoint", "tensorflow_datasets", "hydra", "omegaconf",
-           "rich", "matplotlib", "scipy.special", "runner.cli.preflight", "runner.cli.run", "runner.cli.callbacks",
-           "runner.report.tables", "runner.training.process")
+           "rich", "matplotlib", "matplotlib.pyplot", "scipy.special", "runner.cli.preflight", "runner.cli.run",
+           "runner.cli.callbacks", "runner.data.catalogue", "runner.report.tables", "runner.report.plots",
+           "runner.training.process")
 
 
 class ForkServer:
@@ -100,9 +102,11 @@ class ForkServer:
 
 
 # What a shell adds to or changes in its commands' environment (bash: PWD, OLDPWD, SHLVL, _), and what the runner
-# reads only once it runs (RUNNER_MAX_EPOCHS: at composition; PYTEST_CURRENT_TEST: pytest's). Any other difference
-# from the server's environment could have changed what the server's imports did: that command is not forked.
-RUN_TIME_VARIABLES = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "RUNNER_MAX_EPOCHS", "PYTEST_CURRENT_TEST"})
+# reads only once it runs (RUNNER_MAX_EPOCHS: at composition; PYTEST_CURRENT_TEST: pytest's; XLA_FLAGS: when the
+# command's first JAX operation starts XLA's backend, which the server never does). Any other difference from the
+# server's environment could have changed what the server's imports did: that command is not forked.
+RUN_TIME_VARIABLES = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "RUNNER_MAX_EPOCHS", "PYTEST_CURRENT_TEST",
+                                "XLA_FLAGS"})
 
 SHIM = """#!{python} -IS
 # `python` for a shell's commands (tests/forkserver.py): `-m {modules}...` forked from the server at {socket}.
@@ -119,20 +123,23 @@ def real():
 if len(args) < 2 or args[0] != "-m" or args[1].split(".")[0] not in MODULES:
     real()
 pending, child = [], None
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# What this process was started ignoring (a shell's background job ignores SIGINT): the child ignores it too.
+ignored = [int(s) for s in FORWARDED if signal.getsignal(s) == signal.SIG_IGN]
 
 
 def forward(signum, frame):  # to the child, once it is forked; until then, kept for it
     os.kill(child, signum) if child else pending.append(signum)
 
 
-for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+for signum in FORWARDED:
     signal.signal(signum, forward)
 try:
     conn = socket.socket(socket.AF_UNIX)
     conn.connect(SOCKET)
 except OSError:
     real()
-request = {{"argv": args[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}
+request = {{"argv": args[1:], "cwd": os.getcwd(), "env": dict(os.environ), "ignored": ignored}}
 socket.send_fds(conn, [json.dumps(request).encode() + b"\\n"], [0, 1, 2])
 replies = conn.makefile("rb")
 reply = json.loads(replies.readline())
@@ -262,6 +269,10 @@ def _child(request: dict, streams: list[int] | None = None) -> None:
             os.dup2(stream, fd)
             os.close(stream)
         os.write(2, _IMPORT_STDERR)
+        if "ignored" in request:  # a shim's command: the signals its process ignored, as python would have them
+            for signum in SHIM_SIGNALS:
+                default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+                signal.signal(signum, signal.SIG_IGN if signum in request["ignored"] else default)
         sys.path[0] = os.getcwd()  # as `python -m` puts the cwd first
         sys.argv = ["-m", *request["argv"][1:]]
         try:
@@ -283,6 +294,8 @@ def _child(request: dict, streams: list[int] | None = None) -> None:
 
 
 _IMPORT_STDERR = b""  # what the imports printed on stderr, once
+# The signals a shim passes on (SHIM's FORWARDED): a shim's child takes from the shim which of them it ignores.
+SHIM_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 if __name__ == "__main__":
     _OWN_ENV = dict(os.environ)  # as started, before any import could add to it

@@ -120,6 +120,12 @@ def test_a_shells_command_through_the_shim_reports_what_the_real_python_reports(
     assert '"stdin": "typed"' in forked.stdout
 
 
+# The shell as a terminal starts it, with SIGINT's default action: a suite run as a background job (`make test &`)
+# hands its processes SIGINT ignored, which a shell cannot undo (then neither python would die of Ctrl-C).
+DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execvp(sys.argv[1], sys.argv[1:])"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_shells_command_reaches_the_forked_child_and_ends_the_shell_as_it_ended_it(shell, tmp_path,
                                                                                                    signum):
@@ -127,14 +133,34 @@ def test_a_signal_to_the_shells_command_reaches_the_forked_child_and_ends_the_sh
     (tmp_path / "probe.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
     endings = []
     for path in (env["PATH"], env["PATH"].split(os.pathsep, 1)[1]):  # through the shim, then the real python
-        process = subprocess.Popen(["bash", "-c", "python -m probe"], cwd=tmp_path, env={**env, "PATH": path},
-                                   stdout=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(DEFAULT_SIGINT + ["bash", "-c", "python -m probe"], cwd=tmp_path,
+                                   env={**env, "PATH": path}, stdout=subprocess.PIPE, text=True,
+                                   start_new_session=True)
         assert process.stdout.readline() == "started\n"
         started = time.perf_counter()
         os.killpg(process.pid, signum)  # as a terminal's Ctrl-C or a scheduler's stop: the whole group
         endings.append(process.wait(timeout=30))
         assert time.perf_counter() - started < 10  # not the sleep's end
     assert endings[0] == endings[1] and endings[0] < 0  # Python's death by SIGINT, or SIGTERM's default
+
+
+def test_a_command_started_ignoring_sigint_ignores_it_when_forked_as_the_real_python_does(shell, tmp_path):
+    shim, env = shell
+    (tmp_path / "probe.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    ignoring = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "os.execvp(sys.argv[1], sys.argv[1:])"]
+    endings = []
+    for path in (env["PATH"], env["PATH"].split(os.pathsep, 1)[1]):  # through the shim, then the real python
+        process = subprocess.Popen(ignoring + ["bash", "-c", "python -m probe"], cwd=tmp_path,
+                                   env={**env, "PATH": path}, stdout=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        assert process.stdout.readline() == "started\n"
+        os.killpg(process.pid, signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):  # still sleeping
+            process.wait(timeout=1)
+        os.killpg(process.pid, signal.SIGTERM)
+        endings.append(process.wait(timeout=30))
+    assert endings == [-signal.SIGTERM, -signal.SIGTERM]
 
 
 def test_a_command_whose_environment_differs_is_run_by_the_real_python(shell, tmp_path):
