@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
@@ -120,23 +121,28 @@ def test_a_shells_command_through_the_shim_reports_what_the_real_python_reports(
     assert '"stdin": "typed"' in forked.stdout
 
 
-# The shell as a terminal starts it, with SIGINT's default action: a suite run as a background job (`make test &`)
-# hands its processes SIGINT ignored, which a shell cannot undo (then neither python would die of Ctrl-C).
-DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                  "os.execvp(sys.argv[1], sys.argv[1:])"]
+SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
+
+
+def sleeping(env, tmp_path, sigint: str) -> Iterator[subprocess.Popen]:
+    """`python -m probe` (SLEEPER) from bash, through the shim and then by the real python, each started with SIGINT
+    `sigint` (SIG_DFL as from a terminal; SIG_IGN as a background job's, which a shell cannot undo) in a session
+    of its own, once it printed that it started."""
+    (tmp_path / "probe.py").write_text(SLEEPER)
+    start = [sys.executable, "-c", f"import os, signal, sys; signal.signal(signal.SIGINT, signal.{sigint}); "
+             "os.execvp(sys.argv[1], sys.argv[1:])", "bash", "-c", "python -m probe"]
+    for path in (env["PATH"], env["PATH"].split(os.pathsep, 1)[1]):  # through the shim, then the real python
+        process = subprocess.Popen(start, cwd=tmp_path, env={**env, "PATH": path}, stdout=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        assert process.stdout.readline() == "started\n"
+        yield process
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_shells_command_reaches_the_forked_child_and_ends_the_shell_as_it_ended_it(shell, tmp_path,
                                                                                                    signum):
-    shim, env = shell
-    (tmp_path / "probe.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
     endings = []
-    for path in (env["PATH"], env["PATH"].split(os.pathsep, 1)[1]):  # through the shim, then the real python
-        process = subprocess.Popen(DEFAULT_SIGINT + ["bash", "-c", "python -m probe"], cwd=tmp_path,
-                                   env={**env, "PATH": path}, stdout=subprocess.PIPE, text=True,
-                                   start_new_session=True)
-        assert process.stdout.readline() == "started\n"
+    for process in sleeping(shell[1], tmp_path, "SIG_DFL"):
         started = time.perf_counter()
         os.killpg(process.pid, signum)  # as a terminal's Ctrl-C or a scheduler's stop: the whole group
         endings.append(process.wait(timeout=30))
@@ -145,16 +151,8 @@ def test_a_signal_to_the_shells_command_reaches_the_forked_child_and_ends_the_sh
 
 
 def test_a_command_started_ignoring_sigint_ignores_it_when_forked_as_the_real_python_does(shell, tmp_path):
-    shim, env = shell
-    (tmp_path / "probe.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
-    ignoring = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                "os.execvp(sys.argv[1], sys.argv[1:])"]
     endings = []
-    for path in (env["PATH"], env["PATH"].split(os.pathsep, 1)[1]):  # through the shim, then the real python
-        process = subprocess.Popen(ignoring + ["bash", "-c", "python -m probe"], cwd=tmp_path,
-                                   env={**env, "PATH": path}, stdout=subprocess.PIPE, text=True,
-                                   start_new_session=True)
-        assert process.stdout.readline() == "started\n"
+    for process in sleeping(shell[1], tmp_path, "SIG_IGN"):
         os.killpg(process.pid, signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):  # still sleeping
             process.wait(timeout=1)
