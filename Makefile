@@ -39,7 +39,7 @@ test: $(STAMP)  ## run the tests but the slow tier (tests/conftest.py: the costl
 test-slow: $(STAMP)  ## run the slow tier but its longest tests (CI runs make test, then this)
 	$(PYTEST) -m 'slow and not longest'
 
-test-full: $(STAMP)  ## run every test in one session: both tiers and the 22 longest tests (9.5 min)
+test-full: $(STAMP)  ## run every test in one session: both tiers and the 16 longest tests (10.5 min)
 	$(PYTEST) -m ''
 
 test-durations: $(STAMP)  ## run every test and write each one's seconds to tests/durations.json (the slow tier's data)
