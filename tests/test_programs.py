@@ -4,9 +4,7 @@ its seed in a fresh process."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from runner.console import Console

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 from typing import Any, Callable, Hashable, TypeVar
 
 import jax
@@ -36,26 +37,29 @@ class _Kept:
 
 
 _kept: collections.OrderedDict[tuple, _Kept] = collections.OrderedDict()
+_lock = threading.RLock()  # a launcher that ran jobs in threads of one process would share the registry
 
 
 def shared_parts(key: Hashable, build: Callable[[], Parts]) -> Parts:
     """What `build()` returns, the same object for a key of the last KEPT built here."""
-    if key not in _kept:
-        _kept[key] = _Kept(build())
-        while len(_kept) > KEPT:
-            _kept.popitem(last=False)
-    _kept.move_to_end(key)
-    return _kept[key].parts
+    with _lock:
+        if key not in _kept:
+            _kept[key] = _Kept(build())
+            while len(_kept) > KEPT:
+                _kept.popitem(last=False)
+        _kept.move_to_end(key)
+        return _kept[key].parts
 
 
 def compiled(parts: Parts, key: Hashable, build: Callable[[], T]) -> T:
     """What `build()` returns, kept under `key` for `parts` when `parts` came from shared_parts; else built anew."""
-    kept = next((k for k in _kept.values() if k.parts is parts), None)
-    if kept is None:
-        return build()
-    if key not in kept.programs:
-        kept.programs[key] = build()
-    return kept.programs[key]
+    with _lock:
+        kept = next((k for k in _kept.values() if k.parts is parts), None)
+        if kept is None:
+            return build()
+        if key not in kept.programs:
+            kept.programs[key] = build()
+        return kept.programs[key]
 
 
 def signature(*trees: Any) -> tuple:
@@ -73,4 +77,5 @@ def signature(*trees: Any) -> tuple:
 
 def forget() -> None:
     """Keep nothing built so far (a test starts as a fresh process would)."""
-    _kept.clear()
+    with _lock:
+        _kept.clear()
