@@ -13,15 +13,15 @@ help:  ## list the targets
 # setuptools warns at every compat install, in a block of stars, that the mode is transitional; pip shows a build
 # backend's warnings even when --quiet. That one warning is filtered by its text (PYTHONWARNINGS, which pip's build
 # subprocess inherits): errors and every other warning still show (tests/test_makefile.py).
-# pip byte-compiles the 12,000 modules it installs one by one (23 of the install's 44 s on 2 cores); compileall
-# does it on every core, the project's own modules too: where PYTHONDONTWRITEBYTECODE is set (as on this
-# project's machines), a module without its .pyc is compiled again by every process that imports it.
+# pip byte-compiles the 12,000 modules it installs one at a time (23 of the install's 44 s on 2 cores); compileall
+# does it on every core (the install: 41 s), and the project's own modules too: where PYTHONDONTWRITEBYTECODE is set
+# (as on this project's machines), a module without its .pyc is compiled again by every process that imports it.
 COMPAT_WARNING := ignore:Compat editable installs
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	PYTHONWARNINGS="$(COMPAT_WARNING)" $(PY) -m pip install --quiet --no-compile -e '.[test]' --config-settings editable_mode=compat
-	$(PY) -m compileall -q -j 0 $(VENV)/lib runner hydra_plugins tests > /dev/null
+	$(PY) -m compileall -q -j 0 $(VENV)/lib runner hydra_plugins tests
 	touch $(STAMP)
 
 install: $(STAMP)  ## make .venv and install the project into it
