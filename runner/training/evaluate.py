@@ -47,11 +47,8 @@ class Evaluator:
                 placed = {"in_shardings": data_parallel.replicated, "out_shardings": data_parallel.replicated}
             self.program = ("evaluate", batch, mc_samples,
                             None if data_parallel is None else tuple(data_parallel.devices))
-            self._jitted = self._fn = self._kept(self.program, lambda: jax.jit(make_evaluate(batch, mc_samples, split),
-                                                                               **placed))
-
-    def _kept(self, key: tuple, build):
-        return build() if self.parts is None else compiled(self.parts, key, build)
+            self._jitted = self._fn = compiled(
+                parts, self.program, lambda: jax.jit(make_evaluate(batch, mc_samples, split), **placed))
 
     def _placed(self, tree: Any) -> Any:
         return jax.device_put(tree) if self.data_parallel is None else self.data_parallel.put(tree)
@@ -60,7 +57,8 @@ class Evaluator:
         """Compile now, once: evaluation reads the weights alone, the same in every stage."""
         if self.size and self._fn is self._jitted:
             args = (self._placed(_weights(state)), *self.arrays, self._placed(key))
-            self._fn = self._kept((*self.program, signature(*args)), lambda: self._jitted.lower(*args).compile())
+            self._fn = compiled(self.parts, (*self.program, signature(*args)),
+                                lambda: self._jitted.lower(*args).compile())
 
     def __call__(self, state: TrainState, key: jax.Array) -> dict[str, float]:
         if not self.size:

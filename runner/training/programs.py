@@ -51,8 +51,9 @@ def shared_parts(key: Hashable, build: Callable[[], Parts]) -> Parts:
         return _kept[key].parts
 
 
-def compiled(parts: Parts, key: Hashable, build: Callable[[], T]) -> T:
-    """What `build()` returns, kept under `key` for `parts` when `parts` came from shared_parts; else built anew."""
+def compiled(parts: Parts | None, key: Hashable, build: Callable[[], T]) -> T:
+    """What `build()` returns, kept under `key` for `parts` when `parts` came from shared_parts; else (parts built
+    elsewhere, or None) built anew."""
     with _lock:
         kept = next((k for k in _kept.values() if k.parts is parts), None)
         if kept is None:
