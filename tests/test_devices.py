@@ -23,15 +23,13 @@ from runner.scale.distributed import DataParallel, launched_processes, process_i
 from tests.conftest import ROOT, read_metrics, read_summary
 
 FORCED = "--xla_force_host_platform_device_count=4"
-# Compiling is most of these short runs; unoptimized programs compile ~3x faster, and both runs are compiled alike.
-UNOPTIMIZED = "--xla_backend_optimization_level=0"
 # A short run of the default config (batch norm, dropout, Adam) on digits: 2 epochs of 8 steps (256 training
 # examples; validation and test as whole: 144 and 360).
 SHORT = ("trainer.epochs=2", "model.depth=2", "model.width=64", "dataset.train_subset=256")
 
 
 def forced_devices_env(tfds_dir: Path) -> dict[str, str]:
-    return {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FORCED} {UNOPTIMIZED}".strip(),
+    return {**os.environ, "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} {FORCED}",
             "JAX_PLATFORMS": "cpu", "TFDS_DATA_DIR": str(tfds_dir)}
 
 
@@ -152,7 +150,7 @@ def start_processes(count: int, run_dir: Path, tfds_dir: Path, *overrides: str) 
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": UNOPTIMIZED, "JAX_PLATFORMS": "cpu", "TFDS_DATA_DIR": str(tfds_dir),
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TFDS_DATA_DIR": str(tfds_dir),
            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": str(count)}
     code = f"import tests.test_devices as t; t.train_as_one_of_several_processes(*{[str(run_dir), *overrides]!r})"
     return [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)},

@@ -127,7 +127,7 @@ def documented_commands() -> list[Command]:
 
 NOT_RUN = {
     "make test": "runs the tests but the slow tier (under 4 min)",
-    "make test-slow": "runs the slow tier but its longest tests (4-5 min)",
+    "make test-slow": "runs the slow tier (5-6 min)",
     "make bench": "minutes of timing at full size (tests/test_bench.py runs `python -m runner.bench --smoke`)",
     "make book": "47 min over 3 seeds, and needs Fashion-MNIST's files (tests/test_book.py runs "
                  "`python -m runner.book --quick` where they are)",
@@ -474,8 +474,8 @@ def chapters() -> dict[str, list[Command]]:
 def environment(tmp_path: Path, tfds_dir: Path) -> dict[str, str]:
     (tmp_path / "home").mkdir(exist_ok=True)
     # A shell as a person has it: not inside `make test`'s make, whose MAKEFLAGS/MAKELEVEL would make `make run` a
-    # sub-make that prints "make[1]: Entering directory" lines a person never sees. XLA compiles unoptimized, as for
-    # every command the tests run (tests/conftest.py; -6% CPU here): the numbers the pages print hold within TOLERANCE.
+    # sub-make that prints "make[1]: Entering directory" lines a person never sees. XLA compiles as for every command
+    # the tests run (tests/conftest.py, FAST_COMPILE): the numbers the pages print hold within TOLERANCE.
     outer = (MAX_EPOCHS_VARIABLE, "RUNNER_SWEEP_ARGV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEFILES")
     env = {k: v for k, v in os.environ.items() if k not in outer}
     return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
