@@ -16,14 +16,16 @@ from runner.config.compose import compose_config, compose_shared, register_schem
 from tests.forkserver import ForkServer
 
 register_schemas()
-# The tests' programs are small: XLA's compile time dominates them. Its backend optimisations cost a quarter of the
-# in-process tests' time and a tenth of the command lines' (`Runner` below: 110 -> 98 CPU-s on the experiments' and
-# transfer's files); its CPU fusion emitters, and compiling a program in parallel parts (the threads contend with
-# the other worker's), a further fifth of the whole suite's CPU time (`make test-full`: 1,2xx -> 958 CPU-s, measured
-# 2026-12-07 with jax 0.10.2). The numbers differ from XLA's defaults in the last digits: runs are compared within a
-# test run, under the same flags (a claim that hangs on the rounding is checked under XLA's defaults, as a user's command compiles);
-# make run, make bench and make book keep XLA's defaults.
-USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+# The tests' programs are small and compiling is most of their cost, so every program the tests compile (in process,
+# and in the commands they run) is compiled for a short compile: XLA's backend optimizations off (-25% of the
+# in-process tests' time), its CPU fusion emitters off, and one codegen part rather than parallel ones whose threads
+# contend with the other worker's (these two: the whole suite in one session 1,127 -> 958 CPU-s, 10 min 2 s -> 8 min
+# 36 s, measured 2026-12-07 with jax 0.10.2). The numbers differ from XLA's defaults in the last digits: runs are
+# compared under the same flags, and a claim that hangs on the rounding runs under XLA's defaults, as a user's
+# command compiles (USER_XLA_FLAGS); make run, make bench and make book keep XLA's defaults.
+# The user's own flags, as the session was started with them: xdist's workers inherit the controller's environment,
+# XLA_FLAGS set below among it, so the controller hands them on under a name of their own.
+USER_XLA_FLAGS = os.environ.setdefault("RUNNER_TESTS_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
                 "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = " ".join((USER_XLA_FLAGS, *FAST_COMPILE)).strip()
