@@ -23,12 +23,15 @@ register_schemas()
 # 36 s, measured 2026-12-07 with jax 0.10.2). The numbers differ from XLA's defaults in the last digits: runs are
 # compared under the same flags, and a claim that hangs on the rounding runs under XLA's defaults, as a user's
 # command compiles (USER_XLA_FLAGS); make run, make bench and make book keep XLA's defaults.
-# The user's own flags, as the session was started with them: xdist's workers inherit the controller's environment,
-# XLA_FLAGS set below among it, so the controller hands them on under a name of their own.
-USER_XLA_FLAGS = os.environ.setdefault("RUNNER_TESTS_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
                 "--xla_cpu_parallel_codegen_split_count=1")
-os.environ["XLA_FLAGS"] = " ".join((USER_XLA_FLAGS, *FAST_COMPILE)).strip()
+# The flags this process started with, the fast ones added: a worker or a test's subprocess (forced devices) that
+# imports this module keeps what it was given. The user's own, as the session was started with them, are handed on
+# under a name of their own: xdist's workers inherit the controller's XLA_FLAGS, the fast ones among them.
+_STARTED_WITH = os.environ.get("XLA_FLAGS", "")
+USER_XLA_FLAGS = os.environ.setdefault("RUNNER_TESTS_USER_XLA_FLAGS", _STARTED_WITH)
+os.environ["XLA_FLAGS"] = " ".join((_STARTED_WITH, *(f for f in FAST_COMPILE if f not in _STARTED_WITH.split())))
+os.environ["XLA_FLAGS"] = os.environ["XLA_FLAGS"].strip()
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -4,7 +4,7 @@ One `-m` sweep for the three groups, every choice of each in a job: job i takes 
 (cycling through the shorter groups), each job an experiment file of a `-cd` dir (`+experiment=...`, as a user adds
 their own), so the groups' 27 choices train in 10 jobs, and a new file joins the sweep by existing.
 The rest of the config is shrunk for CPU (one epoch, one small layer, no batch norm, no dropout; the report without
-plots; unoptimized programs, as every command line of the tests: tests/conftest.py).
+plots; programs compiled for a short compile, as every command line of the tests: tests/conftest.py).
 """
 
 from __future__ import annotations
