@@ -30,8 +30,8 @@ FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emit
 # under a name of their own: xdist's workers inherit the controller's XLA_FLAGS, the fast ones among them.
 _STARTED_WITH = os.environ.get("XLA_FLAGS", "")
 USER_XLA_FLAGS = os.environ.setdefault("RUNNER_TESTS_USER_XLA_FLAGS", _STARTED_WITH)
-os.environ["XLA_FLAGS"] = " ".join((_STARTED_WITH, *(f for f in FAST_COMPILE if f not in _STARTED_WITH.split())))
-os.environ["XLA_FLAGS"] = os.environ["XLA_FLAGS"].strip()
+_MISSING = [flag for flag in FAST_COMPILE if flag not in _STARTED_WITH.split()]
+os.environ["XLA_FLAGS"] = " ".join([_STARTED_WITH, *_MISSING]).strip()
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,14 +69,13 @@ def is_slow(node_id: str, group: str | None, tests: dict[str, dict], threshold: 
 
 
 @functools.cache
-def _measured_slow_groups(threshold: float) -> frozenset[str]:
-    return frozenset(slow_groups(measured(), threshold))
+def _measured_slow_groups() -> frozenset[str]:
+    return frozenset(slow_groups(measured()))
 
 
 def pytest_itemcollected(item):
     group = item.get_closest_marker("xdist_group")
-    if is_slow(item.nodeid, group.args[0] if group else None, measured(), SLOW_SECONDS,
-               groups=_measured_slow_groups(SLOW_SECONDS)):
+    if is_slow(item.nodeid, group.args[0] if group else None, measured(), groups=_measured_slow_groups()):
         item.add_marker(pytest.mark.slow)
 
 
